@@ -1,0 +1,95 @@
+//! The CadQuery subset of GenCAD-Code programs: parsing, interpretation, resource limits, errors.
+//!
+//! [`execute`] turns program text into a [`Solid`](crate::geom::Solid) or a [`CadError`] that says
+//! what went wrong and where (line, column). Every program ends quickly: the [`Limits`] bound the
+//! program size, nesting, edges, loops, extrusions and boolean nodes.
+
+pub mod interp;
+pub mod parse;
+
+use serde::{Deserialize, Serialize};
+
+use crate::geom::Solid;
+
+/// Resource bounds, part of the semantics: a program over any of them is an error.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_source_bytes: usize,
+    pub max_tokens: usize,
+    pub max_statements: usize,
+    /// Bracket / expression nesting.
+    pub max_depth: usize,
+    pub max_workplanes: usize,
+    pub max_edges: usize,
+    pub max_loops: usize,
+    pub max_prisms: usize,
+    /// Distinct boolean nodes (after hash-consing).
+    pub max_nodes: usize,
+    /// Largest accepted |number| used as geometry.
+    pub max_abs_coord: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_source_bytes: 256 * 1024,
+            max_tokens: 100_000,
+            max_statements: 5_000,
+            max_depth: 64,
+            max_workplanes: 256,
+            max_edges: 1_000,
+            max_loops: 256,
+            max_prisms: 128,
+            max_nodes: 512,
+            max_abs_coord: 1e4,
+        }
+    }
+}
+
+/// What kind of failure a program hit (stable names, used in JSON and rollouts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Not valid Python of the subset's grammar.
+    Syntax,
+    /// Valid Python, but outside the supported CadQuery subset.
+    Unsupported,
+    /// A type or name error, a missing argument, nothing to extrude, ...
+    Runtime,
+    /// The geometry is invalid (crossing loops, an island in a hole, degenerate edges, ...).
+    InvalidGeometry,
+    /// A resource limit was hit.
+    Budget,
+    /// The program ran but left no solid result.
+    NoResult,
+}
+
+impl ErrorKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorKind::Syntax => "syntax",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Runtime => "runtime",
+            ErrorKind::InvalidGeometry => "invalid_geometry",
+            ErrorKind::Budget => "budget",
+            ErrorKind::NoResult => "no_result",
+        }
+    }
+}
+
+/// An error with the 1-based line and column of the construct it names.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("line {line}, column {col}: {message}")]
+pub struct CadError {
+    pub kind: ErrorKind,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+/// Parse and run a program; its result is `solid`, else `result`, else `r`, else the last assigned workplane.
+pub fn execute(src: &str, limits: &Limits) -> Result<Solid, CadError> {
+    let stmts = parse::parse(src, limits)?;
+    interp::run(&stmts, limits)
+}

@@ -1,0 +1,129 @@
+//! Command-line interface: argument parsing and dispatch to the library's stages.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::cad::Limits;
+use crate::exec::{ExecReport, exec_program, iou_programs};
+use crate::geom::{MeasureOptions, Normalize};
+
+#[derive(Parser)]
+#[command(name = "cadvlm", version, about = "Train VLMs to write CadQuery code; execute and measure CadQuery programs exactly")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Execute programs and report volume, bbox, solids and validity (one line per file).
+    Exec(ExecArgs),
+    /// IoU of two programs' solids.
+    Iou(IouArgs),
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// Program files (`.py`).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// Print the total and per-program time to stderr.
+    #[arg(long)]
+    timing: bool,
+}
+
+#[derive(Args)]
+struct IouArgs {
+    a: PathBuf,
+    b: PathBuf,
+    /// raw | unitcube | best
+    #[arg(long, default_value = "unitcube")]
+    normalize: Normalize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Exec(a) => cmd_exec(a),
+        Cmd::Iou(a) => cmd_iou(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_program(path: &PathBuf) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to()))
+}
+
+#[derive(serde::Serialize)]
+struct ExecLine<'a> {
+    file: String,
+    #[serde(flatten)]
+    report: &'a ExecReport,
+}
+
+fn cmd_exec(a: ExecArgs) -> Result<()> {
+    let limits = Limits::default();
+    let opts = MeasureOptions::default();
+    let t0 = Instant::now();
+    let mut out = std::io::stdout().lock();
+    for f in &a.files {
+        let report = match read_program(f) {
+            Ok(src) => exec_program(&src, &limits, &opts).0,
+            Err(e) => ExecReport::failure(None, e),
+        };
+        if a.json {
+            let line = ExecLine { file: f.display().to_string(), report: &report };
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
+        } else if report.ok {
+            let b = report.bbox.unwrap_or_default();
+            writeln!(
+                out,
+                "{}: ok  volume {:.6}  bbox [{:.4}, {:.4}, {:.4}] – [{:.4}, {:.4}, {:.4}]  solids {}",
+                f.display(),
+                report.volume.unwrap_or(f64::NAN),
+                b[0], b[1], b[2], b[3], b[4], b[5],
+                report.n_solids.unwrap_or(0)
+            )?;
+        } else {
+            writeln!(out, "{}: FAILED  {}", f.display(), report.error.as_deref().unwrap_or("?"))?;
+        }
+    }
+    if a.timing {
+        let dt = t0.elapsed().as_secs_f64();
+        eprintln!("exec: {} programs in {:.3} s ({:.3} ms per program)", a.files.len(), dt, 1e3 * dt / a.files.len() as f64);
+    }
+    Ok(())
+}
+
+fn cmd_iou(a: IouArgs) -> Result<()> {
+    let pa = read_program(&a.a).map_err(anyhow::Error::msg).context("reading the first program")?;
+    let pb = read_program(&a.b).map_err(anyhow::Error::msg).context("reading the second program")?;
+    let r = iou_programs(&pa, &pb, a.normalize, &Limits::default());
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        match (r.iou, &r.error) {
+            (Some(v), _) => println!("IoU ({:?}) = {v:.6}", a.normalize),
+            (None, Some(e)) => println!("IoU: FAILED  {e}"),
+            _ => unreachable!(),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,409 @@
+//! Volume, bounding box, mass properties and connected components of solids, by exact ray spans.
+//!
+//! Rays run along one world axis `A`, in rows along a second axis `R`, stacked along the third `S`.
+//! Along each ray the span lengths are exact. Across rows and across rays of a row the integrand is
+//! piecewise polynomial for axis-aligned prisms, with breakpoints at the profile vertices, circle
+//! extremes and slab ends; we integrate each piece with 2-point Gauss–Legendre (exact to cubics), so a
+//! union of axis-aligned polygonal prisms comes out exact to rounding and curved or tilted profiles
+//! converge fast. Only prisms extruded along `S` (or tilted) need plain subdivision in `R`.
+
+use serde::{Deserialize, Serialize};
+
+use super::csg::{RayScratch, Solid, length};
+use super::prism::{Edge2, Prism, Span};
+use super::vec3::{Aabb, V3};
+
+/// Resolution settings for [`measure`] and IoU.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct MeasureOptions {
+    /// Maximum piece length as a fraction of the extent, for rows (S) and within rows (R).
+    pub pieces: usize,
+    /// Grid size per side for counting connected components (0 = skip counting).
+    pub component_grid: usize,
+}
+
+impl Default for MeasureOptions {
+    fn default() -> Self {
+        MeasureOptions { pieces: 24, component_grid: 48 }
+    }
+}
+
+/// What `cadvlm exec` reports for a solid.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Measure {
+    pub volume: f64,
+    pub bbox: [f64; 6],
+    pub n_solids: usize,
+    pub valid: bool,
+}
+
+/// Volume, centre of mass and inertia tensor about the centre of mass (OCC's `MatrixOfInertia`).
+#[derive(Clone, Copy, Debug)]
+pub struct MassProps {
+    pub volume: f64,
+    pub center: V3,
+    pub inertia: [[f64; 3]; 3],
+}
+
+const GAUSS2: [f64; 2] = [-0.577_350_269_189_625_8, 0.577_350_269_189_625_8];
+
+/// Axis roles: rays along `a`, rows along `r`, rows stacked along `s`.
+#[derive(Clone, Copy, Debug)]
+pub struct Axes {
+    pub a: usize,
+    pub r: usize,
+    pub s: usize,
+}
+
+/// Which world axis a prism's normal is aligned with, if its whole frame is axis-aligned.
+fn aligned_axis(p: &Prism) -> Option<usize> {
+    let f = &p.frame;
+    let is_axis = |v: V3| {
+        let k = (0..3).max_by(|&i, &j| v[i].abs().total_cmp(&v[j].abs())).unwrap();
+        ((v[k].abs() - 1.0).abs() < 1e-12).then_some(k)
+    };
+    is_axis(f.x)?;
+    is_axis(f.y)?;
+    is_axis(f.z)
+}
+
+/// Pick axes so that as few prisms as possible are extruded along `s` (those need subdivision).
+pub fn choose_axes(solids: &[&Solid]) -> Axes {
+    let mut count = [0usize; 3];
+    let mut tilted = 0;
+    for s in solids {
+        for p in &s.prisms {
+            match aligned_axis(p) {
+                Some(k) => count[k] += 1,
+                None => tilted += 1,
+            }
+        }
+    }
+    let _ = tilted;
+    // s: the axis with fewest prisms; a: the axis with most (rays parallel to most extrusions)
+    let s = (0..3).rev().min_by_key(|&k| count[k]).unwrap();
+    let a = (0..3).filter(|&k| k != s).max_by_key(|&k| (count[k], k)).unwrap();
+    let r = 3 - s - a;
+    Axes { a, r, s }
+}
+
+/// Collect the S-coordinates where the integrand over rows may kink, for one prism.
+fn s_breaks(p: &Prism, ax: Axes, out: &mut Vec<f64>) {
+    let f = &p.frame;
+    // every vertex and circle extreme in world coordinates, projected on S
+    let dir = [f.x[ax.s], f.y[ax.s]];
+    for l in &p.loops {
+        for e in &l.edges {
+            let mut pts = vec![e.start(), e.end()];
+            if let Edge2::Circle { c, r } | Edge2::Arc { c, r, .. } = *e {
+                let n = dir[0].hypot(dir[1]);
+                if n > 1e-12 {
+                    pts.push([c[0] + r * dir[0] / n, c[1] + r * dir[1] / n]);
+                    pts.push([c[0] - r * dir[0] / n, c[1] - r * dir[1] / n]);
+                }
+            }
+            for q in pts {
+                out.push(f.to_world(q[0], q[1], p.w0)[ax.s]);
+                out.push(f.to_world(q[0], q[1], p.w1)[ax.s]);
+            }
+        }
+    }
+}
+
+/// X-breakpoints (along R) of one axis-aligned prism in the row at S = `s`; `false` if the prism's
+/// spans vary continuously along the row (extruded along S, or tilted) and need subdivision.
+fn r_breaks(p: &Prism, ax: Axes, s: f64, out: &mut Vec<f64>, scratch: &mut Vec<(f64, u32)>) -> bool {
+    match aligned_axis(p) {
+        Some(n) if n == ax.a => {
+            // region in the plane ⟂ A; the row is the line S = s, running along R
+            let mut o = [0.0; 3];
+            o[ax.s] = s;
+            o[ax.a] = p.frame.origin[ax.a];
+            let mut d = [0.0; 3];
+            d[ax.r] = 1.0;
+            let lo = p.frame.to_local(o);
+            let ld = p.frame.dir_to_local(d);
+            scratch.clear();
+            for l in &p.loops {
+                for e in &l.edges {
+                    e.crossings([lo[0], lo[1]], [ld[0], ld[1]], scratch, 0);
+                }
+            }
+            out.extend(scratch.iter().map(|(t, _)| *t));
+            true
+        }
+        Some(n) if n == ax.r => {
+            out.push(p.frame.origin[ax.r] + p.frame.z[ax.r] * p.w0);
+            out.push(p.frame.origin[ax.r] + p.frame.z[ax.r] * p.w1);
+            true
+        }
+        _ => {
+            out.push(p.bbox.min[ax.r]);
+            out.push(p.bbox.max[ax.r]);
+            false
+        }
+    }
+}
+
+/// Sorted unique breakpoints inside `[lo, hi]`, with the ends, each gap split into pieces ≤ `max_piece`.
+fn pieces(mut b: Vec<f64>, lo: f64, hi: f64, max_piece: f64) -> Vec<(f64, f64)> {
+    b.retain(|x| x.is_finite() && *x > lo && *x < hi);
+    b.push(lo);
+    b.push(hi);
+    b.sort_by(f64::total_cmp);
+    b.dedup_by(|x, y| (*x - *y).abs() < 1e-12);
+    let mut out = Vec::new();
+    for w in b.windows(2) {
+        let (x0, x1) = (w[0], w[1]);
+        let n = (((x1 - x0) / max_piece).ceil() as usize).max(1);
+        for i in 0..n {
+            out.push((x0 + (x1 - x0) * i as f64 / n as f64, x0 + (x1 - x0) * (i + 1) as f64 / n as f64));
+        }
+    }
+    out
+}
+
+/// Integrate `f(spans of each solid, r, s) -> [f64; K]` over the box `bb` (world coordinates) with
+/// rays along `ax.a`. `f` returns per-ray line integrals; the result is their area integral.
+pub fn integrate<const K: usize>(
+    solids: &[&Solid],
+    bb: &Aabb,
+    ax: Axes,
+    opts: &MeasureOptions,
+    mut f: impl FnMut(&[&[Span]], f64, f64) -> [f64; K],
+) -> [f64; K] {
+    let mut acc = [0.0; K];
+    if bb.is_empty() {
+        return acc;
+    }
+    let n = opts.pieces.max(1) as f64;
+    let ext = bb.extent();
+    let (s_lo, s_hi) = (bb.min[ax.s], bb.max[ax.s]);
+    let (r_lo, r_hi) = (bb.min[ax.r], bb.max[ax.r]);
+    let mut sb = Vec::new();
+    for sol in solids {
+        for p in &sol.prisms {
+            s_breaks(p, ax, &mut sb);
+        }
+    }
+    let s_pieces = pieces(sb, s_lo, s_hi, ext[ax.s].max(1e-300) / n);
+    let mut scratches: Vec<RayScratch> = solids.iter().map(|_| RayScratch::default()).collect();
+    let mut crossings = Vec::new();
+    let mut rb = Vec::new();
+    let mut varying = Vec::new();
+    let mut spans_buf: Vec<Vec<Span>> = solids.iter().map(|_| Vec::new()).collect();
+    for (s0, s1) in s_pieces {
+        let (sm, sh) = (0.5 * (s0 + s1), 0.5 * (s1 - s0));
+        for g in GAUSS2 {
+            let s = sm + sh * g;
+            let ws = sh; // Gauss-Legendre weight 1 × half-width
+            rb.clear();
+            varying.clear();
+            for sol in solids {
+                for p in &sol.prisms {
+                    if p.bbox.min[ax.s] > s || p.bbox.max[ax.s] < s {
+                        continue;
+                    }
+                    let mut tmp = Vec::new();
+                    let constant = r_breaks(p, ax, s, &mut tmp, &mut crossings);
+                    if !constant && tmp.len() == 2 {
+                        varying.push((tmp[0], tmp[1]));
+                    }
+                    rb.extend(tmp);
+                }
+            }
+            for (r0, r1) in pieces(rb.clone(), r_lo, r_hi, f64::INFINITY) {
+                let needs_sub = varying.iter().any(|&(a, b)| a < r1 && b > r0);
+                let sub = if needs_sub { pieces(Vec::new(), r0, r1, ext[ax.r].max(1e-300) / n) } else { vec![(r0, r1)] };
+                for (x0, x1) in sub {
+                    let (xm, xh) = (0.5 * (x0 + x1), 0.5 * (x1 - x0));
+                    let nodes: &[f64] = if needs_sub { &GAUSS2 } else { &[0.0] };
+                    let wx = if needs_sub { xh } else { 2.0 * xh };
+                    for &gx in nodes {
+                        let r = xm + xh * gx;
+                        let mut o = [0.0; 3];
+                        o[ax.r] = r;
+                        o[ax.s] = s;
+                        o[ax.a] = 0.0;
+                        let mut d = [0.0; 3];
+                        d[ax.a] = 1.0;
+                        for (k, sol) in solids.iter().enumerate() {
+                            let sp = sol.ray_spans(o, d, &mut scratches[k]);
+                            spans_buf[k].clear();
+                            spans_buf[k].extend_from_slice(sp);
+                        }
+                        let refs: Vec<&[Span]> = spans_buf.iter().map(|v| v.as_slice()).collect();
+                        let v = f(&refs, r, s);
+                        for k in 0..K {
+                            acc[k] += v[k] * wx * ws;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Volume of a solid (exact for a single prism; see the module doc for the general case).
+pub fn volume(solid: &Solid, opts: &MeasureOptions) -> f64 {
+    if solid.is_empty() {
+        return 0.0;
+    }
+    if solid.prisms.len() == 1 && solid.union_only() {
+        return solid.prisms[0].volume();
+    }
+    let ax = choose_axes(&[solid]);
+    integrate(&[solid], &solid.bbox_bound(), ax, opts, |sp, _, _| [length(sp[0])])[0]
+}
+
+/// Exact-where-possible bounding box: the prisms' exact box for union-only solids, otherwise the
+/// extremes of the spans along each axis, found with rays along that axis.
+pub fn bbox(solid: &Solid, opts: &MeasureOptions) -> Aabb {
+    if solid.union_only() {
+        return solid.bbox_bound();
+    }
+    let bound = solid.bbox_bound();
+    let mut b = Aabb::EMPTY;
+    for a in 0..3 {
+        let r = (a + 1) % 3;
+        let s = (a + 2) % 3;
+        let ax = Axes { a, r, s };
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        let (mut rlo, mut rhi, mut slo, mut shi) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+        integrate(&[solid], &bound, ax, opts, |sp, rr, ss| {
+            if let (Some(f), Some(l)) = (sp[0].first(), sp[0].last()) {
+                lo = lo.min(f.t0);
+                hi = hi.max(l.t1);
+                rlo = rlo.min(rr);
+                rhi = rhi.max(rr);
+                slo = slo.min(ss);
+                shi = shi.max(ss);
+            }
+            [0.0]
+        });
+        if lo.is_finite() {
+            b.min[a] = b.min[a].min(lo);
+            b.max[a] = b.max[a].max(hi);
+        }
+    }
+    // clamp to the conservative bound (numerical safety)
+    b.intersection(&bound)
+}
+
+/// Volume, centre of mass and inertia about the centre (OCC's convention: I_xx = ∫(y²+z²), I_xy = −∫xy).
+pub fn mass_props(solid: &Solid, opts: &MeasureOptions) -> MassProps {
+    let bb = solid.bbox_bound();
+    let ax = choose_axes(&[solid]);
+    let c0 = bb.center();
+    // moments about c0 along the ray axis: shift t by c0[a]
+    let m = integrate(&[solid], &bb, ax, opts, |sp, r, s| {
+        let (r, s) = (r - c0[ax.r], s - c0[ax.s]);
+        let (mut l0, mut l1, mut l2) = (0.0, 0.0, 0.0);
+        for x in sp[0] {
+            let (t0, t1) = (x.t0 - c0[ax.a], x.t1 - c0[ax.a]);
+            l0 += t1 - t0;
+            l1 += (t1 * t1 - t0 * t0) / 2.0;
+            l2 += (t1 * t1 * t1 - t0 * t0 * t0) / 3.0;
+        }
+        // [V, ∫a, ∫r, ∫s, ∫aa, ∫rr, ∫ss, ∫ar, ∫as, ∫rs]
+        [l0, l1, r * l0, s * l0, l2, r * r * l0, s * s * l0, r * l1, s * l1, r * s * l0]
+    });
+    let v = m[0];
+    let mut first = [0.0; 3];
+    first[ax.a] = m[1];
+    first[ax.r] = m[2];
+    first[ax.s] = m[3];
+    let mut second = [[0.0; 3]; 3];
+    let idx = [(ax.a, ax.a, 4), (ax.r, ax.r, 5), (ax.s, ax.s, 6), (ax.a, ax.r, 7), (ax.a, ax.s, 8), (ax.r, ax.s, 9)];
+    for (i, j, k) in idx {
+        second[i][j] = m[k];
+        second[j][i] = m[k];
+    }
+    let cm = if v > 0.0 { [first[0] / v, first[1] / v, first[2] / v] } else { [0.0; 3] };
+    // central second moments
+    let mut c = [[0.0; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            c[i][j] = second[i][j] - v * cm[i] * cm[j];
+        }
+    }
+    let tr = c[0][0] + c[1][1] + c[2][2];
+    let mut inertia = [[0.0; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            inertia[i][j] = if i == j { tr - c[i][i] } else { -c[i][j] };
+        }
+    }
+    let center = [cm[0] + c0[0], cm[1] + c0[1], cm[2] + c0[2]];
+    MassProps { volume: v, center, inertia }
+}
+
+/// Number of connected components, from spans on a grid of rays (neighbouring rays whose spans
+/// overlap are connected). Touching solids count as one, as OCC's fuse makes them one.
+pub fn components(solid: &Solid, grid: usize) -> usize {
+    if solid.is_empty() || grid == 0 {
+        return 0;
+    }
+    let bb = solid.bbox_bound();
+    let ax = choose_axes(&[solid]);
+    let mut scratch = RayScratch::default();
+    let mut spans: Vec<Vec<Span>> = Vec::with_capacity(grid * grid);
+    let ext = bb.extent();
+    for i in 0..grid {
+        for j in 0..grid {
+            let mut o = [0.0; 3];
+            o[ax.r] = bb.min[ax.r] + ext[ax.r] * (i as f64 + 0.5) / grid as f64;
+            o[ax.s] = bb.min[ax.s] + ext[ax.s] * (j as f64 + 0.5) / grid as f64;
+            let mut d = [0.0; 3];
+            d[ax.a] = 1.0;
+            spans.push(solid.ray_spans(o, d, &mut scratch).to_vec());
+        }
+    }
+    let mut offset = Vec::with_capacity(spans.len() + 1);
+    let mut total = 0;
+    for s in &spans {
+        offset.push(total);
+        total += s.len();
+    }
+    let mut parent: Vec<usize> = (0..total).collect();
+    fn find(p: &mut [usize], mut x: usize) -> usize {
+        while p[x] != x {
+            p[x] = p[p[x]];
+            x = p[x];
+        }
+        x
+    }
+    let link = |p: &mut Vec<usize>, u: usize, v: usize| {
+        let (a, b) = (find(p, u), find(p, v));
+        if a != b {
+            p[a] = b;
+        }
+    };
+    for i in 0..grid {
+        for j in 0..grid {
+            let k = i * grid + j;
+            for nb in [(i + 1 < grid).then(|| k + grid), (j + 1 < grid).then(|| k + 1)].into_iter().flatten() {
+                for (x, sx) in spans[k].iter().enumerate() {
+                    for (y, sy) in spans[nb].iter().enumerate() {
+                        if sx.t0 <= sy.t1 && sy.t0 <= sx.t1 {
+                            link(&mut parent, offset[k] + x, offset[nb] + y);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (0..total).filter(|&x| find(&mut parent, x) == x).count()
+}
+
+/// Everything `cadvlm exec` reports.
+pub fn measure(solid: &Solid, opts: &MeasureOptions) -> Measure {
+    let bb = bbox(solid, opts);
+    Measure {
+        volume: volume(solid, opts),
+        bbox: bb.to_array(),
+        n_solids: components(solid, opts.component_grid),
+        valid: !solid.is_empty(),
+    }
+}

@@ -1,0 +1,10 @@
+//! cadvlm: train vision-language models to write CadQuery code, with an exact, sandboxed executor as the reward.
+//!
+//! `cad` (parse + interpret the GenCAD-Code CadQuery subset) and `geom` (exact ray-interval CSG,
+//! volume, IoU) have no heavy dependencies and also build for `wasm32-wasip1` (the sandbox guest).
+
+pub mod cad;
+pub mod exec;
+pub mod geom;
+#[cfg(feature = "cli")]
+pub mod cli;
