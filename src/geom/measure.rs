@@ -250,7 +250,7 @@ pub fn volume(solid: &Solid, opts: &MeasureOptions) -> f64 {
     if solid.is_empty() {
         return 0.0;
     }
-    if solid.prisms.len() == 1 && solid.union_only() {
+    if solid.prisms.len() == 1 && solid.union_only() && solid.prisms[0].exact_area {
         return solid.prisms[0].volume();
     }
     let ax = choose_axes(&[solid]);
@@ -339,22 +339,42 @@ pub fn mass_props(solid: &Solid, opts: &MeasureOptions) -> MassProps {
     MassProps { volume: v, center, inertia }
 }
 
-/// Number of connected components, from spans on a grid of rays (neighbouring rays whose spans
-/// overlap are connected). Touching solids count as one, as OCC's fuse makes them one.
+/// Number of connected components. Rays run in the plane of most sketches (so thin walls are
+/// crossed, not missed) on a tensor grid whose lines include every profile vertex and circle extreme
+/// (so a thin gap between two parts gets a column of rays that hit nothing); neighbouring rays whose
+/// spans overlap or touch are connected. Touching solids count as one, as OCC's fuse makes them one.
 pub fn components(solid: &Solid, grid: usize) -> usize {
     if solid.is_empty() || grid == 0 {
         return 0;
     }
     let bb = solid.bbox_bound();
-    let ax = choose_axes(&[solid]);
-    let mut scratch = RayScratch::default();
-    let mut spans: Vec<Vec<Span>> = Vec::with_capacity(grid * grid);
+    let vol_axes = choose_axes(&[solid]);
+    // rays along an axis that most prisms are NOT extruded along
+    let a = vol_axes.s;
+    let ax = Axes { a, r: (a + 1) % 3, s: (a + 2) % 3 };
     let ext = bb.extent();
-    for i in 0..grid {
-        for j in 0..grid {
+    let lines = |axis: usize| {
+        let mut b = Vec::new();
+        for p in &solid.prisms {
+            let other = Axes { a: 0, r: 0, s: axis };
+            s_breaks(p, other, &mut b);
+        }
+        let mut b = if b.len() > 4 * grid { Vec::new() } else { b };
+        b.retain(|x| x.is_finite());
+        pieces(b, bb.min[axis], bb.max[axis], ext[axis].max(1e-300) / grid as f64)
+            .into_iter()
+            .map(|(x0, x1)| 0.5 * (x0 + x1))
+            .collect::<Vec<f64>>()
+    };
+    let (rs, ss) = (lines(ax.r), lines(ax.s));
+    let (nr, ns) = (rs.len(), ss.len());
+    let mut scratch = RayScratch::default();
+    let mut spans: Vec<Vec<Span>> = Vec::with_capacity(nr * ns);
+    for &r in &rs {
+        for &s in &ss {
             let mut o = [0.0; 3];
-            o[ax.r] = bb.min[ax.r] + ext[ax.r] * (i as f64 + 0.5) / grid as f64;
-            o[ax.s] = bb.min[ax.s] + ext[ax.s] * (j as f64 + 0.5) / grid as f64;
+            o[ax.r] = r;
+            o[ax.s] = s;
             let mut d = [0.0; 3];
             d[ax.a] = 1.0;
             spans.push(solid.ray_spans(o, d, &mut scratch).to_vec());
@@ -374,20 +394,17 @@ pub fn components(solid: &Solid, grid: usize) -> usize {
         }
         x
     }
-    let link = |p: &mut Vec<usize>, u: usize, v: usize| {
-        let (a, b) = (find(p, u), find(p, v));
-        if a != b {
-            p[a] = b;
-        }
-    };
-    for i in 0..grid {
-        for j in 0..grid {
-            let k = i * grid + j;
-            for nb in [(i + 1 < grid).then(|| k + grid), (j + 1 < grid).then(|| k + 1)].into_iter().flatten() {
+    for i in 0..nr {
+        for j in 0..ns {
+            let k = i * ns + j;
+            for nb in [(i + 1 < nr).then(|| k + ns), (j + 1 < ns).then(|| k + 1)].into_iter().flatten() {
                 for (x, sx) in spans[k].iter().enumerate() {
                     for (y, sy) in spans[nb].iter().enumerate() {
                         if sx.t0 <= sy.t1 && sy.t0 <= sx.t1 {
-                            link(&mut parent, offset[k] + x, offset[nb] + y);
+                            let (u, v) = (find(&mut parent, offset[k] + x), find(&mut parent, offset[nb] + y));
+                            if u != v {
+                                parent[u] = v;
+                            }
                         }
                     }
                 }

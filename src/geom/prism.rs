@@ -62,7 +62,7 @@ pub enum ProfileError {
     BadRadius(f64),
     #[error("loop {0} is not connected (an edge does not start where the previous one ends, e.g. a moveTo inside a loop)")]
     Disconnected(usize),
-    #[error("loops {0} and {1} cross or touch")]
+    #[error("loops {0} and {1} touch (a shared point, tangency or overlapping edges); OCC makes no valid solid of it")]
     Crossing(usize, usize),
     #[error("loop {0} crosses itself")]
     SelfCrossing(usize),
@@ -298,8 +298,10 @@ pub struct Prism {
     pub w1: f64,
     /// Exact world bounding box.
     pub bbox: Aabb,
-    /// Area of the even-odd region.
+    /// Area of the even-odd region (exact when `exact_area`).
     pub area: f64,
+    /// False when loops cross each other: `area` is then only an estimate.
+    pub exact_area: bool,
     /// Tag offset: the surfaces of this prism are tagged `tag_base + {0: w0 cap, 1: w1 cap, 2+k: side k}`.
     pub tag_base: u32,
     /// Number of edges over all loops (side surfaces).
@@ -316,11 +318,18 @@ impl Prism {
         for (i, l) in loops.iter().enumerate() {
             check_loop(i, l)?;
         }
-        // crossings between loops: any edge-edge intersection is fatal
+        // Loops that cross each other: OCC still builds a face (outer wire minus the others) and
+        // reports it valid, so we keep the even-odd region; its area then comes from rays.
+        let mut crossing = vec![false; loops.len()];
         for i in 0..loops.len() {
             for j in i + 1..loops.len() {
-                if loops_intersect(&loops[i], &loops[j]) {
+                let (touch, cross) = loops_meet(&loops[i], &loops[j]);
+                if touch {
                     return Err(ProfileError::Crossing(i, j));
+                }
+                if cross {
+                    crossing[i] = true;
+                    crossing[j] = true;
                 }
             }
         }
@@ -329,17 +338,18 @@ impl Prism {
         for (i, l) in loops.iter().enumerate() {
             let p = l.sample(1)[0];
             let depth = loops.iter().enumerate().filter(|(j, o)| *j != i && o.contains(p)).count();
-            if depth >= 2 {
+            if depth >= 2 && !crossing[i] {
                 return Err(ProfileError::TooDeep(i, depth + 1));
             }
             let a = l.signed_area().abs();
-            area += if depth == 0 { a } else { -a };
+            area += if depth % 2 == 0 { a } else { -a };
         }
+        let exact_area = !crossing.contains(&true);
         if !(area > 1e-12) {
             return Err(ProfileError::ZeroArea);
         }
         let n_edges = loops.iter().map(|l| l.edges.len() as u32).sum();
-        let mut p = Prism { frame, loops, w0, w1, bbox: Aabb::EMPTY, area, tag_base: 0, n_edges };
+        let mut p = Prism { frame, loops, w0, w1, bbox: Aabb::EMPTY, area, exact_area, tag_base: 0, n_edges };
         p.bbox = p.exact_bbox();
         Ok(p)
     }
@@ -499,8 +509,9 @@ fn check_loop(i: usize, l: &Loop) -> Result<(), ProfileError> {
     // self-crossing: non-adjacent edges must not intersect; adjacent ones only at their shared vertex
     for a in 0..n {
         for b in a + 1..n {
+            // adjacent edges share a vertex; OCC tolerates them grazing each other near it
             let adjacent = b == a + 1 || (a == 0 && b == n - 1);
-            if edges_intersect(&l.edges[a], &l.edges[b], adjacent) {
+            if !adjacent && edges_intersect(&l.edges[a], &l.edges[b], false) {
                 return Err(ProfileError::SelfCrossing(i));
             }
         }
@@ -511,8 +522,45 @@ fn check_loop(i: usize, l: &Loop) -> Result<(), ProfileError> {
     Ok(())
 }
 
-fn loops_intersect(a: &Loop, b: &Loop) -> bool {
-    a.edges.iter().any(|ea| b.edges.iter().any(|eb| edges_intersect(ea, eb, false)))
+/// How two loops meet: `(touch, cross)`. Touching (a shared vertex, a vertex on the other loop,
+/// tangency, overlapping edges) makes OCC's solid invalid; a proper crossing does not.
+fn loops_meet(a: &Loop, b: &Loop) -> (bool, bool) {
+    let (mut touch, mut cross) = (false, false);
+    for ea in &a.edges {
+        for eb in &b.edges {
+            if !edges_intersect(ea, eb, false) {
+                continue;
+            }
+            let tangent = carriers_tangent(ea, eb);
+            let on_vertex = edge_edge_points(ea, eb).into_iter().any(|p| {
+                on_edge(ea, p, 1e-7)
+                    && on_edge(eb, p, 1e-7)
+                    && [ea.start(), ea.end(), eb.start(), eb.end()].into_iter().any(|v| dist(p, v) < 1e-6)
+            });
+            if tangent || on_vertex {
+                touch = true;
+            } else {
+                cross = true;
+            }
+        }
+    }
+    (touch, cross)
+}
+
+/// Whether the carriers of two edges are tangent (or the same line / circle).
+fn carriers_tangent(a: &Edge2, b: &Edge2) -> bool {
+    match (carrier(a), carrier(b)) {
+        (Carrier::Line(_, d), Carrier::Line(_, e)) => (d[0] * e[1] - d[1] * e[0]).abs() <= 1e-12 * d[0].hypot(d[1]) * e[0].hypot(e[1]),
+        (Carrier::Line(p, d), Carrier::Circle(c, r)) | (Carrier::Circle(c, r), Carrier::Line(p, d)) => {
+            let n = d[0].hypot(d[1]);
+            let dist_line = ((c[0] - p[0]) * d[1] - (c[1] - p[1]) * d[0]).abs() / n;
+            (dist_line - r).abs() < 1e-7
+        }
+        (Carrier::Circle(c1, r1), Carrier::Circle(c2, r2)) => {
+            let dd = dist(c1, c2);
+            (dd - (r1 + r2)).abs() < 1e-7 || (dd - (r1 - r2).abs()).abs() < 1e-7
+        }
+    }
 }
 
 /// Whether two edges meet (apart from a shared endpoint when `adjacent`).
@@ -692,11 +740,20 @@ mod tests {
             Prism::new(xy(), vec![square(0.0, 0.0, 1.0), hole, island], 0.0, 1.0),
             Err(ProfileError::TooDeep(..))
         ));
-        let crossing = square(0.5, 0.5, 1.0);
+        // a loop touching another at a vertex is invalid in OCC; a proper crossing is not
+        let touching = square(1.0, 1.0, 1.0);
         assert!(matches!(
-            Prism::new(xy(), vec![square(0.0, 0.0, 1.0), crossing], 0.0, 1.0),
+            Prism::new(xy(), vec![square(0.0, 0.0, 1.0), touching], 0.0, 1.0),
             Err(ProfileError::Crossing(..))
         ));
+        let tangent = Loop { edges: vec![Edge2::Circle { c: [0.5, 0.25], r: 0.25 }] };
+        assert!(matches!(
+            Prism::new(xy(), vec![square(0.0, 0.0, 1.0), tangent], 0.0, 1.0),
+            Err(ProfileError::Crossing(..))
+        ));
+        let crossing = square(0.5, 0.5, 1.0);
+        let p = Prism::new(xy(), vec![square(0.0, 0.0, 1.0), crossing], 0.0, 1.0).unwrap();
+        assert!(!p.exact_area);
         let bow = Loop {
             edges: vec![
                 Edge2::Line { a: [0.0, 0.0], b: [1.0, 1.0] },
