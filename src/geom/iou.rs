@@ -38,7 +38,7 @@ pub fn iou_raw(a: &Solid, b: &Solid, opts: &MeasureOptions) -> f64 {
     let bb = a.bbox_bound().union(&b.bbox_bound());
     let ax = choose_axes(&[a, b]);
     let mut buf: Vec<Span> = Vec::new();
-    let [inter, uni] = integrate(&[a, b], &bb, ax, opts, |sp, _, _| {
+    let [inter, uni] = integrate(&[a, b], &bb, ax, opts, false, |sp, _, _| {
         buf.clear();
         combine(Op::Intersect, sp[0], sp[1], &mut buf);
         let i = length(&buf);
@@ -124,13 +124,26 @@ fn transpose(a: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
     t
 }
 
+fn right_handed((w, mut v): ([f64; 3], [[f64; 3]; 3])) -> ([f64; 3], [[f64; 3]; 3]) {
+    let det = v[0][0] * (v[1][1] * v[2][2] - v[1][2] * v[2][1]) - v[0][1] * (v[1][0] * v[2][2] - v[1][2] * v[2][0])
+        + v[0][2] * (v[1][0] * v[2][1] - v[1][1] * v[2][0]);
+    if det < 0.0 {
+        for row in v.iter_mut() {
+            row[2] = -row[2];
+        }
+    }
+    (w, v)
+}
+
 fn best(a: &Solid, b: &Solid, opts: &MeasureOptions) -> f64 {
     let (pa, pb) = (mass_props(a, opts), mass_props(b, opts));
     if !(pa.volume > 0.0 && pb.volume > 0.0) {
         return 0.0;
     }
-    let (ea, va) = eigh3(pa.inertia);
-    let (eb, vb) = eigh3(pb.inertia);
+    // Right-handed principal frames: the four sign patterns below are then exactly the proper
+    // rotations between the two frames (as with OCC's numpy frames in CAD-Coder's script).
+    let (ea, va) = right_handed(eigh3(pa.inertia));
+    let (eb, vb) = right_handed(eigh3(pb.inertia));
     let sa = (ea.iter().map(|x| x.abs()).sum::<f64>() / pa.volume).sqrt();
     let sb = (eb.iter().map(|x| x.abs()).sum::<f64>() / pb.volume).sqrt();
     let nb = b.transformed(&IDENTITY, 1.0 / sb, pb.center);

@@ -24,7 +24,7 @@ pub struct MeasureOptions {
 
 impl Default for MeasureOptions {
     fn default() -> Self {
-        MeasureOptions { pieces: 24, component_grid: 48 }
+        MeasureOptions { pieces: 24, component_grid: 32 }
     }
 }
 
@@ -44,6 +44,9 @@ pub struct MassProps {
     pub center: V3,
     pub inertia: [[f64; 3]; 3],
 }
+
+/// Graded pieces across each circle or arc (see `s_breaks`).
+const CIRCLE_PIECES: usize = 16;
 
 const GAUSS2: [f64; 2] = [-0.577_350_269_189_625_8, 0.577_350_269_189_625_8];
 
@@ -89,6 +92,11 @@ pub fn choose_axes(solids: &[&Solid]) -> Axes {
 
 /// Collect the S-coordinates where the integrand over rows may kink, for one prism.
 fn s_breaks(p: &Prism, ax: Axes, out: &mut Vec<f64>) {
+    s_breaks_with(p, ax, CIRCLE_PIECES, out)
+}
+
+/// [`s_breaks`] with `circle_pieces` graded pieces across each circle (2 = just its extremes).
+fn s_breaks_with(p: &Prism, ax: Axes, circle_pieces: usize, out: &mut Vec<f64>) {
     let f = &p.frame;
     // every vertex and circle extreme in world coordinates, projected on S
     let dir = [f.x[ax.s], f.y[ax.s]];
@@ -96,10 +104,14 @@ fn s_breaks(p: &Prism, ax: Axes, out: &mut Vec<f64>) {
         for e in &l.edges {
             let mut pts = vec![e.start(), e.end()];
             if let Edge2::Circle { c, r } | Edge2::Arc { c, r, .. } = *e {
+                // Chebyshev-spaced lines across the circle: the chord length has a square-root
+                // singularity at the extremes, which graded pieces integrate accurately.
                 let n = dir[0].hypot(dir[1]);
                 if n > 1e-12 {
-                    pts.push([c[0] + r * dir[0] / n, c[1] + r * dir[1] / n]);
-                    pts.push([c[0] - r * dir[0] / n, c[1] - r * dir[1] / n]);
+                    for k in 0..=circle_pieces {
+                        let q = (k as f64 * std::f64::consts::PI / circle_pieces as f64).cos();
+                        pts.push([c[0] + q * r * dir[0] / n, c[1] + q * r * dir[1] / n]);
+                    }
                 }
             }
             for q in pts {
@@ -164,12 +176,15 @@ fn pieces(mut b: Vec<f64>, lo: f64, hi: f64, max_piece: f64) -> Vec<(f64, f64)> 
 }
 
 /// Integrate `f(spans of each solid, r, s) -> [f64; K]` over the box `bb` (world coordinates) with
-/// rays along `ax.a`. `f` returns per-ray line integrals; the result is their area integral.
+/// rays along `ax.a`. `f` returns per-ray line integrals; the result is their area integral. With
+/// `polynomial_in_r`, every row piece uses 2 Gauss nodes (for integrands like `r²·length`), else
+/// pieces where all prisms are constant along the row use one midpoint node (exact for constants).
 pub fn integrate<const K: usize>(
     solids: &[&Solid],
     bb: &Aabb,
     ax: Axes,
     opts: &MeasureOptions,
+    polynomial_in_r: bool,
     mut f: impl FnMut(&[&[Span]], f64, f64) -> [f64; K],
 ) -> [f64; K] {
     let mut acc = [0.0; K];
@@ -217,8 +232,9 @@ pub fn integrate<const K: usize>(
                 let sub = if needs_sub { pieces(Vec::new(), r0, r1, ext[ax.r].max(1e-300) / n) } else { vec![(r0, r1)] };
                 for (x0, x1) in sub {
                     let (xm, xh) = (0.5 * (x0 + x1), 0.5 * (x1 - x0));
-                    let nodes: &[f64] = if needs_sub { &GAUSS2 } else { &[0.0] };
-                    let wx = if needs_sub { xh } else { 2.0 * xh };
+                    let two = needs_sub || polynomial_in_r;
+                    let nodes: &[f64] = if two { &GAUSS2 } else { &[0.0] };
+                    let wx = if two { xh } else { 2.0 * xh };
                     for &gx in nodes {
                         let r = xm + xh * gx;
                         let mut o = [0.0; 3];
@@ -254,7 +270,7 @@ pub fn volume(solid: &Solid, opts: &MeasureOptions) -> f64 {
         return solid.prisms[0].volume();
     }
     let ax = choose_axes(&[solid]);
-    integrate(&[solid], &solid.bbox_bound(), ax, opts, |sp, _, _| [length(sp[0])])[0]
+    integrate(&[solid], &solid.bbox_bound(), ax, opts, false, |sp, _, _| [length(sp[0])])[0]
 }
 
 /// Exact-where-possible bounding box: the prisms' exact box for union-only solids, otherwise the
@@ -271,7 +287,7 @@ pub fn bbox(solid: &Solid, opts: &MeasureOptions) -> Aabb {
         let ax = Axes { a, r, s };
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
         let (mut rlo, mut rhi, mut slo, mut shi) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
-        integrate(&[solid], &bound, ax, opts, |sp, rr, ss| {
+        integrate(&[solid], &bound, ax, opts, false, |sp, rr, ss| {
             if let (Some(f), Some(l)) = (sp[0].first(), sp[0].last()) {
                 lo = lo.min(f.t0);
                 hi = hi.max(l.t1);
@@ -297,7 +313,7 @@ pub fn mass_props(solid: &Solid, opts: &MeasureOptions) -> MassProps {
     let ax = choose_axes(&[solid]);
     let c0 = bb.center();
     // moments about c0 along the ray axis: shift t by c0[a]
-    let m = integrate(&[solid], &bb, ax, opts, |sp, r, s| {
+    let m = integrate(&[solid], &bb, ax, opts, true, |sp, r, s| {
         let (r, s) = (r - c0[ax.r], s - c0[ax.s]);
         let (mut l0, mut l1, mut l2) = (0.0, 0.0, 0.0);
         for x in sp[0] {
@@ -347,6 +363,10 @@ pub fn components(solid: &Solid, grid: usize) -> usize {
     if solid.is_empty() || grid == 0 {
         return 0;
     }
+    // one extrude, no crossing loops: each outer loop (with its holes) is one solid
+    if solid.prisms.len() == 1 && solid.union_only() && solid.prisms[0].exact_area {
+        return solid.prisms[0].outer_loops();
+    }
     let bb = solid.bbox_bound();
     let vol_axes = choose_axes(&[solid]);
     // rays along an axis that most prisms are NOT extruded along
@@ -357,7 +377,7 @@ pub fn components(solid: &Solid, grid: usize) -> usize {
         let mut b = Vec::new();
         for p in &solid.prisms {
             let other = Axes { a: 0, r: 0, s: axis };
-            s_breaks(p, other, &mut b);
+            s_breaks_with(p, other, 2, &mut b);
         }
         let mut b = if b.len() > 4 * grid { Vec::new() } else { b };
         b.retain(|x| x.is_finite());
@@ -422,5 +442,45 @@ pub fn measure(solid: &Solid, opts: &MeasureOptions) -> Measure {
         bbox: bb.to_array(),
         n_solids: components(solid, opts.component_grid),
         valid: !solid.is_empty(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cad::{Limits, execute};
+
+    fn prog(body: &str) -> Solid {
+        execute(&format!("import cadquery as cq\n{body}"), &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn box_mass_props_are_exact() {
+        // a 1 × 2 × 3 box with its corner at (1, 0, -1)
+        let s = prog("w = cq.Workplane(cq.Plane(cq.Vector(1, 0, -1), cq.Vector(1, 0, 0), cq.Vector(0, 0, 1)))\nsolid = w.moveTo(0, 0).lineTo(1, 0).lineTo(1, 2).lineTo(0, 2).close().extrude(3)\n");
+        let m = mass_props(&s, &MeasureOptions::default());
+        assert!((m.volume - 6.0).abs() < 1e-12);
+        for (c, e) in m.center.iter().zip([1.5, 1.0, 0.5]) {
+            assert!((c - e).abs() < 1e-12, "{:?}", m.center);
+        }
+        let (a, b, c) = (1.0f64, 2.0f64, 3.0f64);
+        let v = 6.0;
+        let expect = [v * (b * b + c * c) / 12.0, v * (a * a + c * c) / 12.0, v * (a * a + b * b) / 12.0];
+        for i in 0..3 {
+            assert!((m.inertia[i][i] - expect[i]).abs() < 1e-10, "{:?}", m.inertia);
+            for j in 0..3 {
+                if i != j {
+                    assert!(m.inertia[i][j].abs() < 1e-10);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cylinder_volume_and_inertia() {
+        let s = prog("w = cq.Workplane(cq.Plane(cq.Vector(0, 0, 0), cq.Vector(1, 0, 0), cq.Vector(0, 1, 0)))\nc = w.moveTo(0.2, 0.1).circle(0.5)\nb = cq.Workplane(cq.Plane(cq.Vector(5, 5, 5), cq.Vector(1, 0, 0), cq.Vector(0, 0, 1))).moveTo(0, 0).lineTo(0.1, 0).lineTo(0.1, 0.1).close().extrude(0.1)\nsolid = w.extrude(2).union(b)\n");
+        let m = mass_props(&s, &MeasureOptions::default());
+        let vc = std::f64::consts::PI * 0.25 * 2.0;
+        assert!((m.volume - (vc + 0.0005)).abs() / vc < 1e-4, "{}", m.volume);
     }
 }

@@ -9,6 +9,7 @@ pub mod csg;
 pub mod iou;
 pub mod measure;
 pub mod prism;
+pub mod render;
 pub mod vec3;
 
 pub use csg::{Node, NodeId, Op, Solid};

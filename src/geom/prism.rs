@@ -380,6 +380,18 @@ impl Prism {
         p
     }
 
+    /// Number of loops not inside another loop (the separate faces of the profile).
+    pub fn outer_loops(&self) -> usize {
+        self.loops
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| {
+                let p = l.sample(1)[0];
+                !self.loops.iter().enumerate().any(|(j, o)| j != *i && o.contains(p))
+            })
+            .count()
+    }
+
     pub fn volume(&self) -> f64 {
         self.area * (self.w1 - self.w0)
     }
