@@ -1,0 +1,423 @@
+//! Sandboxed execution of untrusted (model-written) programs: one [`Executor`] interface, three backends.
+//!
+//! - [`wasm`] (the default for model output): the executor core compiled to WebAssembly
+//!   (`guest/`), run by wasmtime with fuel, a memory cap and a wall-clock deadline, and no WASI
+//!   capabilities. A hostile or buggy program — or a bug of ours that it triggers — ends in a typed
+//!   failure, never in a crash, hang or memory blow-up of the host.
+//! - [`native`]: the same core in-process, bounded only by its own [`Limits`](crate::cad::Limits)
+//!   and with panics caught: the fast path for trusted data (our synthetic programs).
+//! - [`cadquery`]: real CadQuery in a `python3` subprocess with rlimits, a timeout, an empty
+//!   environment and a temporary working directory, for cross-checks; only where
+//!   `python3 -c "import cadquery"` works.
+//!
+//! All three return the same [`Outcome`]. IoU against a target goes through a [`Target`], which
+//! holds the target's solid computed once, so a reward costs one execution ([`Reward`]).
+//! [`SandboxConfig`] is the recipes' `[sandbox]` table.
+
+pub mod cadquery;
+pub mod native;
+pub mod wasm;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::cad::ErrorKind;
+use crate::exec::ExecReport;
+use crate::geom::{Normalize, Solid};
+
+/// Which executor runs the programs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The executor compiled to WebAssembly, under wasmtime (fuel, memory cap, deadline).
+    #[default]
+    Wasm,
+    /// In-process, bounded by the executor's own budgets; for trusted programs.
+    Native,
+    /// Real CadQuery in a Python subprocess (rlimits, timeout); for cross-checks.
+    Cadquery,
+}
+
+impl Backend {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Backend::Wasm => "wasm",
+            Backend::Native => "native",
+            Backend::Cadquery => "cadquery",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "wasm" => Ok(Backend::Wasm),
+            "native" => Ok(Backend::Native),
+            "cadquery" => Ok(Backend::Cadquery),
+            _ => Err(format!("unknown sandbox backend `{s}` (expected wasm, native or cadquery)")),
+        }
+    }
+}
+
+/// The `[sandbox]` table of a recipe, and the CLI's `--sandbox/--timeout-ms/--memory-mb/--fuel`.
+///
+/// `timeout_ms` is wall-clock time per program, `memory_mb` the memory a program may use (the wasm
+/// guest's linear memory; the Python process's address space for `cadquery`), `fuel` the number of
+/// WebAssembly instructions (roughly) a program may execute. `native` enforces none of the three: it
+/// relies on the executor's own budgets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    pub backend: Backend,
+    pub timeout_ms: u64,
+    pub memory_mb: u64,
+    pub fuel: u64,
+}
+
+impl SandboxConfig {
+    /// Defaults: a real program of `../shared/data` needs at most ~20 MiB, ~30 ms and ~2·10⁸
+    /// fuel in the guest; the defaults leave a wide margin and still end any hostile program within
+    /// 2 s and 512 MiB.
+    pub const DEFAULT: SandboxConfig = SandboxConfig { backend: Backend::Wasm, timeout_ms: 2_000, memory_mb: 512, fuel: 10_000_000_000 };
+
+    pub fn with_backend(backend: Backend) -> SandboxConfig {
+        SandboxConfig { backend, ..SandboxConfig::DEFAULT }
+    }
+
+    /// One line for humans: `sandbox wasm (timeout 2000 ms, memory 512 MiB, fuel 10000000000)`.
+    pub fn describe(&self) -> String {
+        match self.backend {
+            Backend::Native => "sandbox native (in-process; core budgets only, no time/memory/fuel limits)".to_string(),
+            Backend::Wasm => format!("sandbox wasm (timeout {} ms, memory {} MiB, fuel {})", self.timeout_ms, self.memory_mb, self.fuel),
+            Backend::Cadquery => format!("sandbox cadquery (timeout {} ms, memory {} MiB + interpreter, fuel n/a)", self.timeout_ms, self.memory_mb),
+        }
+    }
+
+    fn validate(&self) -> Result<(), SandboxError> {
+        if self.timeout_ms == 0 || self.timeout_ms > 3_600_000 {
+            return Err(SandboxError::Config(format!("timeout_ms must be in 1..=3600000, got {}", self.timeout_ms)));
+        }
+        if self.memory_mb < 16 || self.memory_mb > 65_536 {
+            return Err(SandboxError::Config(format!("memory_mb must be in 16..=65536, got {}", self.memory_mb)));
+        }
+        if self.fuel == 0 {
+            return Err(SandboxError::Config("fuel must be positive".to_string()));
+        }
+        Ok(())
+    }
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig::DEFAULT
+    }
+}
+
+/// Why an executor could not be set up (not a program's failure: those are [`Outcome`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("invalid sandbox settings: {0}")]
+    Config(String),
+    #[error("the wasm sandbox could not be set up: {0}")]
+    Wasm(String),
+    #[error("the cadquery backend is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// How a program failed. The first six are the executor's own [`ErrorKind`]s (same JSON names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    Syntax,
+    Unsupported,
+    Runtime,
+    InvalidGeometry,
+    Budget,
+    NoResult,
+    /// The wasm guest executed more instructions than `fuel` allows.
+    OutOfFuel,
+    /// The program wanted more than `memory_mb`.
+    OutOfMemory,
+    /// The program ran past `timeout_ms`.
+    Timeout,
+    /// The executor itself failed: a panic / trap in the guest, a killed subprocess, a malformed answer.
+    Crash,
+}
+
+impl FailureKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FailureKind::Syntax => "syntax",
+            FailureKind::Unsupported => "unsupported",
+            FailureKind::Runtime => "runtime",
+            FailureKind::InvalidGeometry => "invalid_geometry",
+            FailureKind::Budget => "budget",
+            FailureKind::NoResult => "no_result",
+            FailureKind::OutOfFuel => "out_of_fuel",
+            FailureKind::OutOfMemory => "out_of_memory",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Crash => "crash",
+        }
+    }
+}
+
+impl From<ErrorKind> for FailureKind {
+    fn from(k: ErrorKind) -> Self {
+        match k {
+            ErrorKind::Syntax => FailureKind::Syntax,
+            ErrorKind::Unsupported => FailureKind::Unsupported,
+            ErrorKind::Runtime => FailureKind::Runtime,
+            ErrorKind::InvalidGeometry => FailureKind::InvalidGeometry,
+            ErrorKind::Budget => FailureKind::Budget,
+            ErrorKind::NoResult => FailureKind::NoResult,
+        }
+    }
+}
+
+/// A failed program: what kind of failure, and a message (with line and column where the executor knows them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
+        Failure { kind, message: message.into() }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+/// A program's measurements (and its IoU against the target, for a reward).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measured {
+    pub volume: f64,
+    pub bbox: [f64; 6],
+    pub n_solids: usize,
+    pub valid: bool,
+    pub iou: Option<f64>,
+}
+
+/// What running one program gave, with how long it took (and the fuel it used, for `wasm`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub result: Result<Measured, Failure>,
+    pub elapsed: Duration,
+    pub fuel_used: Option<u64>,
+}
+
+impl Outcome {
+    pub fn failed(kind: FailureKind, message: impl Into<String>, elapsed: Duration) -> Outcome {
+        Outcome { result: Err(Failure::new(kind, message)), elapsed, fuel_used: None }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    pub fn failure_kind(&self) -> Option<FailureKind> {
+        self.result.as_ref().err().map(|f| f.kind)
+    }
+
+    pub fn iou(&self) -> Option<f64> {
+        self.result.as_ref().ok().and_then(|m| m.iou)
+    }
+
+    /// From the executor core's report (`iou` added for rewards).
+    pub fn from_report(r: &ExecReport, iou: Option<f64>, elapsed: Duration) -> Outcome {
+        let result = match (r.ok, r.volume, r.bbox) {
+            (true, Some(volume), Some(bbox)) => {
+                Ok(Measured { volume, bbox, n_solids: r.n_solids.unwrap_or(0), valid: r.valid.unwrap_or(false), iou })
+            }
+            (true, _, _) => Err(Failure::new(FailureKind::Crash, "executor reported success without measurements")),
+            (false, _, _) => Err(Failure::new(
+                r.error_kind.map(FailureKind::from).unwrap_or(FailureKind::Runtime),
+                r.error.clone().unwrap_or_else(|| "unknown error".to_string()),
+            )),
+        };
+        Outcome { result, elapsed, fuel_used: None }
+    }
+
+    /// The flat JSON form (a superset of `cadvlm exec --json`'s fields).
+    pub fn report(&self) -> OutcomeReport {
+        let ms = self.elapsed.as_secs_f64() * 1e3;
+        match &self.result {
+            Ok(m) => OutcomeReport {
+                ok: true,
+                error: None,
+                error_kind: None,
+                volume: Some(m.volume),
+                bbox: Some(m.bbox),
+                n_solids: Some(m.n_solids),
+                valid: Some(m.valid),
+                iou: m.iou,
+                elapsed_ms: ms,
+                fuel_used: self.fuel_used,
+            },
+            Err(f) => OutcomeReport {
+                ok: false,
+                error: Some(f.message.clone()),
+                error_kind: Some(f.kind),
+                volume: None,
+                bbox: None,
+                n_solids: None,
+                valid: None,
+                iou: None,
+                elapsed_ms: ms,
+                fuel_used: self.fuel_used,
+            },
+        }
+    }
+}
+
+/// [`Outcome`] as one flat JSON object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeReport {
+    pub ok: bool,
+    pub error: Option<String>,
+    pub error_kind: Option<FailureKind>,
+    pub volume: Option<f64>,
+    pub bbox: Option<[f64; 6]>,
+    pub n_solids: Option<usize>,
+    pub valid: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub iou: Option<f64>,
+    pub elapsed_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fuel_used: Option<u64>,
+}
+
+/// A target program executed once: its measurements and its solid, kept in the forms the
+/// backends need (a native [`Solid`], or its JSON for the wasm guest), each made at most once.
+#[derive(Debug)]
+pub struct Target {
+    program: Arc<str>,
+    pub measured: Measured,
+    solid: OnceLock<Option<Arc<Solid>>>,
+    json: OnceLock<Arc<str>>,
+}
+
+impl Target {
+    fn from_solid(program: &str, measured: Measured, solid: Solid) -> Target {
+        let t = Target { program: program.into(), measured, solid: OnceLock::new(), json: OnceLock::new() };
+        let _ = t.solid.set(Some(Arc::new(solid)));
+        t
+    }
+
+    fn from_json(program: &str, measured: Measured, json: String) -> Target {
+        let t = Target { program: program.into(), measured, solid: OnceLock::new(), json: OnceLock::new() };
+        let _ = t.json.set(json.into());
+        t
+    }
+
+    fn from_program(program: &str, measured: Measured) -> Target {
+        Target { program: program.into(), measured, solid: OnceLock::new(), json: OnceLock::new() }
+    }
+
+    /// The target's program text.
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    /// The solid as a native value (None if it only exists inside CadQuery or its JSON is unreadable).
+    pub fn solid(&self) -> Option<Arc<Solid>> {
+        self.solid
+            .get_or_init(|| self.json.get().and_then(|j| serde_json::from_str::<Solid>(j).ok()).map(Arc::new))
+            .clone()
+    }
+
+    /// The solid as JSON, for the wasm guest.
+    pub fn solid_json(&self) -> Option<Arc<str>> {
+        if let Some(j) = self.json.get() {
+            return Some(j.clone());
+        }
+        let s = self.solid.get().cloned().flatten()?;
+        let j = serde_json::to_string(&*s).ok()?;
+        Some(self.json.get_or_init(|| j.into()).clone())
+    }
+}
+
+/// One interface over the backends. Every method turns any failure of the program into an
+/// [`Outcome`]; none panics or blocks past the configured limits (except `native`, see there).
+pub trait Executor: Send + Sync {
+    fn config(&self) -> &SandboxConfig;
+
+    /// Execute and measure one program.
+    fn execute(&self, program: &str) -> Outcome;
+
+    /// Execute a target program once, keeping its solid for [`Executor::reward`].
+    fn target(&self, program: &str) -> Result<Target, Failure>;
+
+    /// Execute `program` and measure its IoU against the cached `target` (one execution).
+    fn reward(&self, program: &str, target: &Target, normalize: Normalize) -> Outcome;
+
+    /// [`Executor::execute`] over many programs on all cores (rayon), answers in input order.
+    fn execute_batch(&self, programs: &[&str]) -> Vec<Outcome> {
+        programs.par_iter().map(|p| self.execute(p)).collect()
+    }
+
+    /// [`Executor::reward`] over many programs on all cores, answers in input order.
+    fn reward_batch(&self, programs: &[&str], target: &Target, normalize: Normalize) -> Vec<Outcome> {
+        programs.par_iter().map(|p| self.reward(p, target, normalize)).collect()
+    }
+}
+
+/// The executor a configuration names (the wasm module is compiled once per process and shared).
+pub fn executor(cfg: &SandboxConfig) -> Result<Box<dyn Executor>, SandboxError> {
+    cfg.validate()?;
+    Ok(match cfg.backend {
+        Backend::Wasm => Box::new(wasm::WasmExecutor::new(cfg.clone())?),
+        Backend::Native => Box::new(native::NativeExecutor::new(cfg.clone())),
+        Backend::Cadquery => Box::new(cadquery::CadqueryExecutor::new(cfg.clone())?),
+    })
+}
+
+/// An IoU reward against one target: the target executed once, each candidate once.
+pub struct Reward<'a> {
+    pub executor: &'a dyn Executor,
+    pub target: Target,
+    pub normalize: Normalize,
+}
+
+impl<'a> Reward<'a> {
+    pub fn new(executor: &'a dyn Executor, target_program: &str, normalize: Normalize) -> Result<Reward<'a>, Failure> {
+        Ok(Reward { executor, target: executor.target(target_program)?, normalize })
+    }
+
+    /// IoU of one candidate (an `Outcome` whose `iou()` is the reward; failures carry their kind).
+    pub fn score(&self, program: &str) -> Outcome {
+        self.executor.reward(program, &self.target, self.normalize)
+    }
+
+    pub fn score_batch(&self, programs: &[&str]) -> Vec<Outcome> {
+        self.executor.reward_batch(programs, &self.target, self.normalize)
+    }
+}
+
+/// Decode program bytes: non-UTF-8 input is a syntax failure naming the first bad byte.
+pub fn decode_program(bytes: &[u8]) -> Result<&str, Failure> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let good = &bytes[..e.valid_up_to()];
+        let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
+        let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+        let col = 1 + String::from_utf8_lossy(&good[line_start..]).chars().count();
+        Failure::new(FailureKind::Syntax, format!("line {line}, column {col}: not UTF-8 text (invalid byte at offset {})", e.valid_up_to()))
+    })
+}
