@@ -6,5 +6,7 @@
 pub mod cad;
 pub mod exec;
 pub mod geom;
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
 #[cfg(feature = "cli")]
 pub mod cli;
