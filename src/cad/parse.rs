@@ -14,6 +14,8 @@ pub enum Tok {
     Str,
     Op(&'static str),
     Newline,
+    /// Leading whitespace on a line with code (blocks are not supported; the parser reports it).
+    Indent,
     Eof,
 }
 
@@ -88,7 +90,7 @@ pub fn lex(src: &str, limits: &Limits) -> Result<Vec<(Tok, Pos)>, CadError> {
                 j += 1;
             }
             if j < b.len() && b[j] != b'\n' && b[j] != b'\r' && b[j] != b'#' {
-                return Err(err(ErrorKind::Syntax, pos, "unexpected indent (blocks are not supported)"));
+                toks.push((Tok::Indent, pos));
             }
             i = j;
             continue;
@@ -258,6 +260,9 @@ impl Parser<'_> {
 
     fn stmt(&mut self) -> Result<Stmt, CadError> {
         let pos = self.pos();
+        if *self.peek() == Tok::Indent {
+            return Err(err(ErrorKind::Syntax, pos, "unexpected indent (blocks are not supported)"));
+        }
         if let Tok::Name(n) = self.peek().clone() {
             match n.as_str() {
                 "import" => {
@@ -473,6 +478,7 @@ fn describe(t: &Tok) -> String {
         Tok::Str => "a string".into(),
         Tok::Op(o) => format!("`{o}`"),
         Tok::Newline => "end of line".into(),
+        Tok::Indent => "an indent".into(),
         Tok::Eof => "end of file".into(),
     }
 }
