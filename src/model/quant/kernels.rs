@@ -1,0 +1,812 @@
+//! Fused dequantize-and-multiply CPU kernels for [`QTensor`]: matvec (decode) and matmul
+//! (prefill / training), in AVX-512, AVX2 + FMA and portable scalar versions, parallel over output
+//! rows with rayon.
+//!
+//! Soundness of the `unsafe` here: every `#[target_feature]` function is reached only through
+//! [`matvec`], [`matmul`] or [`dequant_row`], which first assert that the CPU has the instruction set
+//! (`Isa::available`, i.e. `is_x86_feature_detected!`); all pointer reads stay inside slices whose
+//! lengths are checked (`debug_assert`ed in the kernels, guaranteed by `QTensor`'s invariants:
+//! rows are `stride` long, 4-bit strides are multiples of 32, the inputs were length-checked).
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::{NF4_CODE, QData, QTensor, QuantError};
+
+/// Instruction set a kernel runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Portable Rust (the compiler may still auto-vectorise it for the baseline target).
+    Scalar,
+    /// x86-64 AVX2 + FMA.
+    Avx2,
+    /// x86-64 AVX-512F (+ AVX2 + FMA).
+    Avx512,
+}
+
+impl Isa {
+    /// Whether this CPU can run kernels of this instruction set.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    pub(crate) fn check(self) -> Result<(), QuantError> {
+        if self.available() { Ok(()) } else { Err(QuantError::IsaUnavailable(self)) }
+    }
+
+    /// All instruction sets this CPU can run, slowest first.
+    pub fn all_available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.available()).collect()
+    }
+
+    /// The best available instruction set, unless the environment variable `CADVLM_ISA`
+    /// (`scalar` | `avx2` | `avx512`) asks for a lower one. Cached after the first call.
+    pub fn detect() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let best = *Isa::all_available().last().unwrap_or(&Isa::Scalar);
+            match std::env::var("CADVLM_ISA").ok().as_deref() {
+                Some("scalar") => Isa::Scalar,
+                Some("avx2") if Isa::Avx2.available() => Isa::Avx2,
+                _ => best,
+            }
+        })
+    }
+}
+
+/// Below this many weights a matvec runs on the calling thread (rayon's overhead would dominate).
+const PAR_MIN_WEIGHTS: usize = 1 << 16;
+/// Output rows per rayon task in matvec.
+const MATVEC_ROWS_PER_TASK: usize = 16;
+/// Output rows per rayon task in matmul (the rows dequantized together).
+const MATMUL_ROWS_PER_TASK: usize = 32;
+/// Columns per K block in matmul (rounded up to a multiple of the group size).
+const MATMUL_KC: usize = 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch
+// ---------------------------------------------------------------------------------------------
+
+fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    match isa {
+        // SAFETY: `isa` was checked available by the public entry point (see module docs).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::dot_f32_avx512(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::dot_f32_avx2(a, b) },
+        _ => a.iter().zip(b).map(|(x, y)| x * y).sum(),
+    }
+}
+
+fn dot_i8(isa: Isa, q: &[i8], x: &[f32]) -> f32 {
+    debug_assert_eq!(q.len(), x.len());
+    match isa {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::dot_i8_avx512(q, x) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::dot_i8_avx2(q, x) },
+        _ => q.iter().zip(x).map(|(&a, &b)| a as f32 * b).sum(),
+    }
+}
+
+/// `Σ_g s_g · Σ_{j∈g} (q_j − z_g) x_j`, using `xsum[g] = Σ_{j∈g} x_j`.
+fn dot_q4(isa: Isa, packed: &[u8], scales: &[f32], zeros: &[u8], group: usize, x: &[f32], xsum: &[f32]) -> f32 {
+    debug_assert_eq!(packed.len() * 2, x.len());
+    debug_assert_eq!(scales.len() * group, x.len());
+    match isa {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::dot_q4_avx512(packed, scales, zeros, group, x, xsum) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::dot_q4_avx2(packed, scales, zeros, group, x, xsum) },
+        _ => {
+            let mut acc = 0f32;
+            for g in 0..scales.len() {
+                let mut d = 0f32;
+                for (p, xc) in packed[g * group / 2..(g + 1) * group / 2].chunks_exact(16).zip(x[g * group..].chunks_exact(32)) {
+                    for j in 0..16 {
+                        d += (p[j] & 0x0F) as f32 * xc[j] + (p[j] >> 4) as f32 * xc[j + 16];
+                    }
+                }
+                acc += scales[g] * (d - zeros[g] as f32 * xsum[g]);
+            }
+            acc
+        }
+    }
+}
+
+/// `Σ_b absmax_b · Σ_{j∈b} NF4[q_j] x_j`.
+fn dot_nf4(isa: Isa, packed: &[u8], absmax: &[f32], block: usize, x: &[f32]) -> f32 {
+    debug_assert_eq!(packed.len() * 2, x.len());
+    debug_assert_eq!(absmax.len() * block, x.len());
+    match isa {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::dot_nf4_avx512(packed, absmax, block, x) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::dot_nf4_avx2(packed, absmax, block, x) },
+        _ => {
+            let mut acc = 0f32;
+            for (b, &s) in absmax.iter().enumerate() {
+                let mut d = 0f32;
+                for (p, xc) in packed[b * block / 2..(b + 1) * block / 2].chunks_exact(16).zip(x[b * block..].chunks_exact(32)) {
+                    for j in 0..16 {
+                        d += NF4_CODE[(p[j] & 0x0F) as usize] * xc[j] + NF4_CODE[(p[j] >> 4) as usize] * xc[j + 16];
+                    }
+                }
+                acc += s * d;
+            }
+            acc
+        }
+    }
+}
+
+/// Dequantizes columns `[k0, k0 + out.len())` of row `r` (k0 and the length are multiples of the
+/// group size for 4-bit formats; `k0 + out.len() <= stride`).
+fn dequant_range(isa: Isa, t: &QTensor, r: usize, k0: usize, out: &mut [f32]) {
+    let s = t.stride;
+    let len = out.len();
+    debug_assert!(k0 + len <= s);
+    match &t.data {
+        QData::F32(w) => out.copy_from_slice(&w[r * s + k0..r * s + k0 + len]),
+        QData::Int8 { q, scales } => {
+            let qs = &q[r * s + k0..r * s + k0 + len];
+            let sc = scales[r];
+            for (o, &v) in out.iter_mut().zip(qs) {
+                *o = v as f32 * sc;
+            }
+        }
+        QData::Int4 { packed, scales, zeros, group_size } => {
+            let g = *group_size;
+            debug_assert!(k0 % g == 0 && len % g == 0);
+            let gpr = s / g;
+            let p = &packed[(r * s + k0) / 2..(r * s + k0 + len) / 2];
+            let sc = &scales[r * gpr + k0 / g..r * gpr + (k0 + len) / g];
+            let zs = &zeros[r * gpr + k0 / g..r * gpr + (k0 + len) / g];
+            match isa {
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 | Isa::Avx512 => unsafe { x86::dequant_q4_avx2(p, sc, zs, g, out) },
+                _ => {
+                    for gi in 0..sc.len() {
+                        let (scale, off) = (sc[gi], -(zs[gi] as f32) * sc[gi]);
+                        for (pc, oc) in p[gi * g / 2..(gi + 1) * g / 2].chunks_exact(16).zip(out[gi * g..].chunks_exact_mut(32)) {
+                            for j in 0..16 {
+                                oc[j] = (pc[j] & 0x0F) as f32 * scale + off;
+                                oc[j + 16] = (pc[j] >> 4) as f32 * scale + off;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        QData::Nf4 { packed, scales, block_size } => {
+            let b = *block_size;
+            debug_assert!(k0 % b == 0 && len % b == 0);
+            let bpr = s / b;
+            let p = &packed[(r * s + k0) / 2..(r * s + k0 + len) / 2];
+            let mut absmax = [0f32; 64];
+            let mut start = 0;
+            // Decode the scales in pieces of 64 blocks (no allocation).
+            while start < len / b {
+                let n = (len / b - start).min(64);
+                scales.decode_into(r * bpr + k0 / b + start, &mut absmax[..n]);
+                for bi in 0..n {
+                    let blk = start + bi;
+                    let pc = &p[blk * b / 2..(blk + 1) * b / 2];
+                    let oc = &mut out[blk * b..(blk + 1) * b];
+                    match isa {
+                        // SAFETY: as above.
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx2 | Isa::Avx512 => unsafe { x86::dequant_nf4_avx2(pc, absmax[bi], oc) },
+                        _ => {
+                            for (pp, o32) in pc.chunks_exact(16).zip(oc.chunks_exact_mut(32)) {
+                                for j in 0..16 {
+                                    o32[j] = NF4_CODE[(pp[j] & 0x0F) as usize] * absmax[bi];
+                                    o32[j + 16] = NF4_CODE[(pp[j] >> 4) as usize] * absmax[bi];
+                                }
+                            }
+                        }
+                    }
+                }
+                start += n;
+            }
+        }
+    }
+}
+
+/// Dequantizes the whole (padded, `stride`-long) row `r` into `out`.
+pub(crate) fn dequant_row(isa: Isa, t: &QTensor, r: usize, out: &mut [f32]) {
+    assert!(isa.available(), "kernel called with an unavailable instruction set");
+    assert_eq!(out.len(), t.stride);
+    dequant_range(isa, t, r, 0, out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// matvec
+// ---------------------------------------------------------------------------------------------
+
+/// `y = W x`; `x` is `stride` long (zero-padded by the caller).
+pub(crate) fn matvec(isa: Isa, t: &QTensor, x: &[f32], y: &mut [f32]) {
+    assert!(isa.available(), "kernel called with an unavailable instruction set");
+    assert!(x.len() == t.stride && y.len() == t.rows);
+    let s = t.stride;
+    let xsum: Vec<f32> = match &t.data {
+        QData::Int4 { group_size, .. } => x.chunks_exact(*group_size).map(|c| c.iter().sum()).collect(),
+        _ => Vec::new(),
+    };
+    let row_dot = |r: usize, sbuf: &mut Vec<f32>| -> f32 {
+        match &t.data {
+            QData::F32(w) => dot_f32(isa, &w[r * s..(r + 1) * s], x),
+            QData::Int8 { q, scales } => scales[r] * dot_i8(isa, &q[r * s..(r + 1) * s], x),
+            QData::Int4 { packed, scales, zeros, group_size } => {
+                let gpr = s / group_size;
+                dot_q4(
+                    isa,
+                    &packed[r * s / 2..(r + 1) * s / 2],
+                    &scales[r * gpr..(r + 1) * gpr],
+                    &zeros[r * gpr..(r + 1) * gpr],
+                    *group_size,
+                    x,
+                    &xsum,
+                )
+            }
+            QData::Nf4 { packed, scales, block_size } => {
+                let bpr = s / block_size;
+                sbuf.resize(bpr, 0.0);
+                scales.decode_into(r * bpr, sbuf);
+                dot_nf4(isa, &packed[r * s / 2..(r + 1) * s / 2], sbuf, *block_size, x)
+            }
+        }
+    };
+    if t.rows * s < PAR_MIN_WEIGHTS {
+        let mut sbuf = Vec::new();
+        for (r, yo) in y.iter_mut().enumerate() {
+            *yo = row_dot(r, &mut sbuf);
+        }
+    } else {
+        y.par_chunks_mut(MATVEC_ROWS_PER_TASK).enumerate().for_each_init(Vec::new, |sbuf, (ci, yc)| {
+            for (i, yo) in yc.iter_mut().enumerate() {
+                *yo = row_dot(ci * MATVEC_ROWS_PER_TASK + i, sbuf);
+            }
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul
+// ---------------------------------------------------------------------------------------------
+
+/// `Y [m, rows] = X [m, stride] · Wᵀ`: each task dequantizes a block of rows one K block at a time
+/// into a thread-local buffer and multiplies it with the matching K block of X.
+pub(crate) fn matmul(isa: Isa, t: &QTensor, x: &[f32], m: usize, y: &mut [f32]) {
+    assert!(isa.available(), "kernel called with an unavailable instruction set");
+    let (rows, s) = (t.rows, t.stride);
+    assert!(x.len() == m * s && y.len() == m * rows);
+    if m == 0 || rows == 0 {
+        return;
+    }
+    let group = match &t.data {
+        QData::Int4 { group_size, .. } => *group_size,
+        QData::Nf4 { block_size, .. } => *block_size,
+        _ => 1,
+    };
+    let kc = round_up_to(MATMUL_KC, group).min(s).max(1);
+    let is_f32 = matches!(t.data, QData::F32(_));
+    // Output transposed ([rows, m]) so that each task owns a contiguous chunk.
+    let mut yt = vec![0f32; rows * m];
+    let task = |buf: &mut Vec<f32>, (bi, ytc): (usize, &mut [f32])| {
+        let r0 = bi * MATMUL_ROWS_PER_TASK;
+        let nr = ytc.len() / m;
+        let mut k0 = 0;
+        while k0 < s {
+            let len = kc.min(s - k0);
+            // The rows' K block as f32: straight from storage for f32 weights, else dequantized.
+            let (w, ldw, woff): (&[f32], usize, usize) = if let (true, QData::F32(wf)) = (is_f32, &t.data) {
+                (&wf[r0 * s..(r0 + nr) * s], s, k0)
+            } else {
+                buf.resize(nr * kc, 0.0);
+                for i in 0..nr {
+                    dequant_range(isa, t, r0 + i, k0, &mut buf[i * kc..i * kc + len]);
+                }
+                (&buf[..], kc, 0)
+            };
+            gemm_block(isa, w, ldw, woff, nr, x, s, k0, len, m, ytc);
+            k0 += len;
+        }
+    };
+    if rows * s * m < PAR_MIN_WEIGHTS {
+        let mut buf = Vec::new();
+        for (bi, ytc) in yt.chunks_mut(MATMUL_ROWS_PER_TASK * m).enumerate() {
+            task(&mut buf, (bi, ytc));
+        }
+    } else {
+        yt.par_chunks_mut(MATMUL_ROWS_PER_TASK * m).enumerate().for_each_init(Vec::new, task);
+    }
+    for r in 0..rows {
+        for j in 0..m {
+            y[j * rows + r] = yt[r * m + j];
+        }
+    }
+}
+
+fn round_up_to(n: usize, m: usize) -> usize {
+    n.div_ceil(m) * m
+}
+
+/// `out[i * m + j] += Σ_{k<len} w[i * ldw + woff + k] · x[j * ldx + xoff + k]` for i < nr, j < m.
+#[allow(clippy::too_many_arguments)]
+fn gemm_block(
+    isa: Isa,
+    w: &[f32],
+    ldw: usize,
+    woff: usize,
+    nr: usize,
+    x: &[f32],
+    ldx: usize,
+    xoff: usize,
+    len: usize,
+    m: usize,
+    out: &mut [f32],
+) {
+    debug_assert!(nr == 0 || (nr - 1) * ldw + woff + len <= w.len());
+    debug_assert!(m == 0 || (m - 1) * ldx + xoff + len <= x.len());
+    debug_assert!(out.len() >= nr * m);
+    let (ri, tj) = match isa {
+        // SAFETY: as above; the bounds were asserted just before.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::gemm_micro_avx512(w, ldw, woff, nr, x, ldx, xoff, len, m, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::gemm_micro_avx2(w, ldw, woff, nr, x, ldx, xoff, len, m, out) },
+        _ => (0, 0),
+    };
+    // The micro-kernel covered rows [0, ri) × tokens [0, tj); the rest pair by pair.
+    for i in 0..nr {
+        let wr = &w[i * ldw + woff..i * ldw + woff + len];
+        let jstart = if i < ri { tj } else { 0 };
+        for j in jstart..m {
+            out[i * m + j] += dot_f32(isa, wr, &x[j * ldx + xoff..j * ldx + xoff + len]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// x86-64 SIMD
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::NF4_CODE;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum256(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps::<1>(v);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    // ---- f32 ----
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (all loads): i + 32 <= n.
+        unsafe {
+            while i + 32 <= n {
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8 * u)), _mm256_loadu_ps(pb.add(i + 8 * u)), *a);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+                i += 8;
+            }
+        }
+        let mut s = hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        for k in i..n {
+            s += a[k] * b[k];
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (all loads): i + 64 (resp. 16) <= n.
+        unsafe {
+            while i + 64 <= n {
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16 * u)), _mm512_loadu_ps(pb.add(i + 16 * u)), *a);
+                }
+                i += 64;
+            }
+            while i + 16 <= n {
+                acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc[0]);
+                i += 16;
+            }
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+        for k in i..n {
+            s += a[k] * b[k];
+        }
+        s
+    }
+
+    // ---- int8 ----
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_i8_avx2(q: &[i8], x: &[f32]) -> f32 {
+        let n = q.len().min(x.len());
+        let (pq, px) = (q.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: i + 32 <= n for every load.
+        unsafe {
+            while i + 32 <= n {
+                let b = _mm256_loadu_si256(pq.add(i) as *const __m256i);
+                let lo = _mm256_castsi256_si128(b);
+                let hi = _mm256_extracti128_si256::<1>(b);
+                let parts = [lo, _mm_unpackhi_epi64(lo, lo), hi, _mm_unpackhi_epi64(hi, hi)];
+                for (u, a) in acc.iter_mut().enumerate() {
+                    let w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[u]));
+                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(px.add(i + 8 * u)), *a);
+                }
+                i += 32;
+            }
+        }
+        let mut s = hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        for k in i..n {
+            s += q[k] as f32 * x[k];
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn dot_i8_avx512(q: &[i8], x: &[f32]) -> f32 {
+        let n = q.len().min(x.len());
+        let (pq, px) = (q.as_ptr(), x.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: i + 64 <= n for every load.
+        unsafe {
+            while i + 64 <= n {
+                for (u, a) in acc.iter_mut().enumerate() {
+                    let b = _mm_loadu_si128(pq.add(i + 16 * u) as *const __m128i);
+                    let w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+                    *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(px.add(i + 16 * u)), *a);
+                }
+                i += 64;
+            }
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+        for k in i..n {
+            s += q[k] as f32 * x[k];
+        }
+        s
+    }
+
+    // ---- int4 (group-wise, zero point) ----
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_q4_avx2(packed: &[u8], scales: &[f32], zeros: &[u8], group: usize, x: &[f32], xsum: &[f32]) -> f32 {
+        let mask = _mm_set1_epi8(0x0F);
+        let mut acc = _mm256_setzero_ps();
+        let mut zterm = 0f32;
+        let chunks = group / 32;
+        let (pp, px) = (packed.as_ptr(), x.as_ptr());
+        for g in 0..scales.len() {
+            let mut d = [_mm256_setzero_ps(); 4];
+            for c in 0..chunks {
+                let base = g * chunks + c;
+                // SAFETY: base < packed.len() / 16 = x.len() / 32 (checked by the dispatcher).
+                unsafe {
+                    let b = _mm_loadu_si128(pp.add(base * 16) as *const __m128i);
+                    let lo = _mm_and_si128(b, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
+                    let xp = px.add(base * 32);
+                    let q0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+                    let q1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(lo, lo)));
+                    let q2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+                    let q3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(hi, hi)));
+                    d[0] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(xp), d[0]);
+                    d[1] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xp.add(8)), d[1]);
+                    d[2] = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xp.add(16)), d[2]);
+                    d[3] = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xp.add(24)), d[3]);
+                }
+            }
+            let dg = _mm256_add_ps(_mm256_add_ps(d[0], d[1]), _mm256_add_ps(d[2], d[3]));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(scales[g]), dg, acc);
+            zterm += scales[g] * zeros[g] as f32 * xsum[g];
+        }
+        hsum256(acc) - zterm
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn dot_q4_avx512(packed: &[u8], scales: &[f32], zeros: &[u8], group: usize, x: &[f32], xsum: &[f32]) -> f32 {
+        let mask = _mm_set1_epi8(0x0F);
+        let mut acc = _mm512_setzero_ps();
+        let mut zterm = 0f32;
+        let chunks = group / 32;
+        let (pp, px) = (packed.as_ptr(), x.as_ptr());
+        for g in 0..scales.len() {
+            let mut d = [_mm512_setzero_ps(); 2];
+            for c in 0..chunks {
+                let base = g * chunks + c;
+                // SAFETY: base < packed.len() / 16 = x.len() / 32 (checked by the dispatcher).
+                unsafe {
+                    let b = _mm_loadu_si128(pp.add(base * 16) as *const __m128i);
+                    let lo = _mm_and_si128(b, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
+                    let xp = px.add(base * 32);
+                    let q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo));
+                    let q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi));
+                    d[0] = _mm512_fmadd_ps(q0, _mm512_loadu_ps(xp), d[0]);
+                    d[1] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xp.add(16)), d[1]);
+                }
+            }
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(scales[g]), _mm512_add_ps(d[0], d[1]), acc);
+            zterm += scales[g] * zeros[g] as f32 * xsum[g];
+        }
+        _mm512_reduce_add_ps(acc) - zterm
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dequant_q4_avx2(packed: &[u8], scales: &[f32], zeros: &[u8], group: usize, out: &mut [f32]) {
+        let mask = _mm_set1_epi8(0x0F);
+        let chunks = group / 32;
+        let (pp, po) = (packed.as_ptr(), out.as_mut_ptr());
+        for g in 0..scales.len() {
+            let s = _mm256_set1_ps(scales[g]);
+            let off = _mm256_set1_ps(-(zeros[g] as f32) * scales[g]);
+            for c in 0..chunks {
+                let base = g * chunks + c;
+                // SAFETY: base < packed.len() / 16 and out.len() = 2 * packed.len().
+                unsafe {
+                    let b = _mm_loadu_si128(pp.add(base * 16) as *const __m128i);
+                    let lo = _mm_and_si128(b, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
+                    let parts = [lo, _mm_unpackhi_epi64(lo, lo), hi, _mm_unpackhi_epi64(hi, hi)];
+                    for (u, p) in parts.into_iter().enumerate() {
+                        let q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(p));
+                        _mm256_storeu_ps(po.add(base * 32 + 8 * u), _mm256_fmadd_ps(q, s, off));
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- NF4 ----
+
+    /// NF4 lookup of 8 indices (0..16 as i32): two 8-entry permutes and a blend on bit 3.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn nf4_lut8(idx: __m256i, tlo: __m256, thi: __m256) -> __m256 {
+        let a = _mm256_permutevar8x32_ps(tlo, idx);
+        let b = _mm256_permutevar8x32_ps(thi, idx);
+        _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(idx)))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_nf4_avx2(packed: &[u8], absmax: &[f32], block: usize, x: &[f32]) -> f32 {
+        let mask = _mm_set1_epi8(0x0F);
+        // SAFETY: NF4_CODE has 16 entries.
+        let (tlo, thi) = unsafe { (_mm256_loadu_ps(NF4_CODE.as_ptr()), _mm256_loadu_ps(NF4_CODE.as_ptr().add(8))) };
+        let mut acc = _mm256_setzero_ps();
+        let chunks = block / 32;
+        let (pp, px) = (packed.as_ptr(), x.as_ptr());
+        for (bi, &s) in absmax.iter().enumerate() {
+            let mut d = [_mm256_setzero_ps(); 4];
+            for c in 0..chunks {
+                let base = bi * chunks + c;
+                // SAFETY: base < packed.len() / 16 = x.len() / 32 (checked by the dispatcher).
+                unsafe {
+                    let b = _mm_loadu_si128(pp.add(base * 16) as *const __m128i);
+                    let lo = _mm_and_si128(b, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
+                    let xp = px.add(base * 32);
+                    let parts = [lo, _mm_unpackhi_epi64(lo, lo), hi, _mm_unpackhi_epi64(hi, hi)];
+                    for (u, p) in parts.into_iter().enumerate() {
+                        let w = nf4_lut8(_mm256_cvtepu8_epi32(p), tlo, thi);
+                        d[u] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(8 * u)), d[u]);
+                    }
+                }
+            }
+            let db = _mm256_add_ps(_mm256_add_ps(d[0], d[1]), _mm256_add_ps(d[2], d[3]));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(s), db, acc);
+        }
+        hsum256(acc)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn dot_nf4_avx512(packed: &[u8], absmax: &[f32], block: usize, x: &[f32]) -> f32 {
+        let mask = _mm_set1_epi8(0x0F);
+        // SAFETY: NF4_CODE has 16 entries.
+        let table = unsafe { _mm512_loadu_ps(NF4_CODE.as_ptr()) };
+        let mut acc = _mm512_setzero_ps();
+        let chunks = block / 32;
+        let (pp, px) = (packed.as_ptr(), x.as_ptr());
+        for (bi, &s) in absmax.iter().enumerate() {
+            let mut d = [_mm512_setzero_ps(); 2];
+            for c in 0..chunks {
+                let base = bi * chunks + c;
+                // SAFETY: base < packed.len() / 16 = x.len() / 32 (checked by the dispatcher).
+                unsafe {
+                    let b = _mm_loadu_si128(pp.add(base * 16) as *const __m128i);
+                    let lo = _mm_and_si128(b, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
+                    let xp = px.add(base * 32);
+                    let w0 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(lo), table);
+                    let w1 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(hi), table);
+                    d[0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp), d[0]);
+                    d[1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp.add(16)), d[1]);
+                }
+            }
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(s), _mm512_add_ps(d[0], d[1]), acc);
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dequant_nf4_avx2(packed: &[u8], absmax: f32, out: &mut [f32]) {
+        let mask = _mm_set1_epi8(0x0F);
+        // SAFETY: NF4_CODE has 16 entries.
+        let (tlo, thi) = unsafe { (_mm256_loadu_ps(NF4_CODE.as_ptr()), _mm256_loadu_ps(NF4_CODE.as_ptr().add(8))) };
+        let s = _mm256_set1_ps(absmax);
+        let (pp, po) = (packed.as_ptr(), out.as_mut_ptr());
+        for base in 0..packed.len() / 16 {
+            // SAFETY: base < packed.len() / 16 and out.len() = 2 * packed.len().
+            unsafe {
+                let b = _mm_loadu_si128(pp.add(base * 16) as *const __m128i);
+                let lo = _mm_and_si128(b, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
+                let parts = [lo, _mm_unpackhi_epi64(lo, lo), hi, _mm_unpackhi_epi64(hi, hi)];
+                for (u, p) in parts.into_iter().enumerate() {
+                    let w = nf4_lut8(_mm256_cvtepu8_epi32(p), tlo, thi);
+                    _mm256_storeu_ps(po.add(base * 32 + 8 * u), _mm256_mul_ps(w, s));
+                }
+            }
+        }
+    }
+
+    // ---- GEMM micro-kernels over f32 (dequantized) blocks ----
+
+    /// Register-blocked `out[i*m+j] += dot(w_i, x_j)` for 4 rows × 2 tokens at a time. Returns the
+    /// (rows, tokens) extent it covered; the caller finishes the edges.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gemm_micro_avx2(
+        w: &[f32],
+        ldw: usize,
+        woff: usize,
+        nr: usize,
+        x: &[f32],
+        ldx: usize,
+        xoff: usize,
+        len: usize,
+        m: usize,
+        out: &mut [f32],
+    ) -> (usize, usize) {
+        const R: usize = 4;
+        const T: usize = 2;
+        let (ri, tj) = (nr / R * R, m / T * T);
+        let kv = len / 8 * 8;
+        for i0 in (0..ri).step_by(R) {
+            for j0 in (0..tj).step_by(T) {
+                let mut acc = [[_mm256_setzero_ps(); T]; R];
+                let mut k = 0;
+                // SAFETY: rows i0..i0+R < nr and tokens j0..j0+T < m, k + 8 <= len; the caller
+                // asserted that every (row, k < len) and (token, k < len) index is in bounds.
+                unsafe {
+                    let wp: [*const f32; R] = std::array::from_fn(|r| w.as_ptr().add((i0 + r) * ldw + woff));
+                    let xp: [*const f32; T] = std::array::from_fn(|t| x.as_ptr().add((j0 + t) * ldx + xoff));
+                    while k < kv {
+                        let mut xv = [_mm256_setzero_ps(); T];
+                        for t in 0..T {
+                            xv[t] = _mm256_loadu_ps(xp[t].add(k));
+                        }
+                        for r in 0..R {
+                            let wv = _mm256_loadu_ps(wp[r].add(k));
+                            for t in 0..T {
+                                acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+                            }
+                        }
+                        k += 8;
+                    }
+                }
+                for r in 0..R {
+                    for t in 0..T {
+                        let (wi, xj) = ((i0 + r) * ldw + woff, (j0 + t) * ldx + xoff);
+                        let mut s = hsum256(acc[r][t]);
+                        for kk in kv..len {
+                            s += w[wi + kk] * x[xj + kk];
+                        }
+                        out[(i0 + r) * m + j0 + t] += s;
+                    }
+                }
+            }
+        }
+        (ri, tj)
+    }
+
+    /// As [`gemm_micro_avx2`] with 512-bit vectors and 4 rows × 4 tokens (16 accumulators).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn gemm_micro_avx512(
+        w: &[f32],
+        ldw: usize,
+        woff: usize,
+        nr: usize,
+        x: &[f32],
+        ldx: usize,
+        xoff: usize,
+        len: usize,
+        m: usize,
+        out: &mut [f32],
+    ) -> (usize, usize) {
+        const R: usize = 4;
+        const T: usize = 4;
+        let (ri, tj) = (nr / R * R, m / T * T);
+        let kv = len / 16 * 16;
+        for i0 in (0..ri).step_by(R) {
+            for j0 in (0..tj).step_by(T) {
+                let mut acc = [[_mm512_setzero_ps(); T]; R];
+                let mut k = 0;
+                // SAFETY: as in gemm_micro_avx2.
+                unsafe {
+                    let wp: [*const f32; R] = std::array::from_fn(|r| w.as_ptr().add((i0 + r) * ldw + woff));
+                    let xp: [*const f32; T] = std::array::from_fn(|t| x.as_ptr().add((j0 + t) * ldx + xoff));
+                    while k < kv {
+                        let mut xv = [_mm512_setzero_ps(); T];
+                        for t in 0..T {
+                            xv[t] = _mm512_loadu_ps(xp[t].add(k));
+                        }
+                        for r in 0..R {
+                            let wv = _mm512_loadu_ps(wp[r].add(k));
+                            for t in 0..T {
+                                acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+                            }
+                        }
+                        k += 16;
+                    }
+                }
+                for r in 0..R {
+                    for t in 0..T {
+                        let (wi, xj) = ((i0 + r) * ldw + woff, (j0 + t) * ldx + xoff);
+                        let mut s = _mm512_reduce_add_ps(acc[r][t]);
+                        for kk in kv..len {
+                            s += w[wi + kk] * x[xj + kk];
+                        }
+                        out[(i0 + r) * m + j0 + t] += s;
+                    }
+                }
+            }
+        }
+        (ri, tj)
+    }
+}
