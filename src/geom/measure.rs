@@ -273,38 +273,61 @@ pub fn volume(solid: &Solid, opts: &MeasureOptions) -> f64 {
     integrate(&[solid], &solid.bbox_bound(), ax, opts, false, |sp, _, _| [length(sp[0])])[0]
 }
 
-/// Exact-where-possible bounding box: the prisms' exact box for union-only solids, otherwise the
-/// extremes of the spans along each axis, found with rays along that axis.
+/// Exact-where-possible bounding box: the prisms' exact box for union-only solids. With cuts or
+/// intersections, each side of the conservative box is kept if rays just inside it find material
+/// (the common case: holes and pockets rarely remove a whole extreme face); otherwise that axis's
+/// extremes come from the spans of rays along it.
 pub fn bbox(solid: &Solid, opts: &MeasureOptions) -> Aabb {
-    if solid.union_only() {
-        return solid.bbox_bound();
-    }
     let bound = solid.bbox_bound();
-    let mut b = Aabb::EMPTY;
-    for a in 0..3 {
-        let r = (a + 1) % 3;
-        let s = (a + 2) % 3;
-        let ax = Axes { a, r, s };
+    if solid.union_only() || bound.is_empty() {
+        return bound;
+    }
+    let ext = bound.extent();
+    let mut b = bound;
+    let mut scratch = RayScratch::default();
+    for i in 0..3 {
+        let (j, k) = ((i + 1) % 3, (i + 2) % 3);
+        let mut lines = Vec::new();
+        for p in &solid.prisms {
+            s_breaks_with(p, Axes { a: 0, r: 0, s: k }, 2, &mut lines);
+        }
+        let ks: Vec<f64> = pieces(lines, bound.min[k], bound.max[k], ext[k].max(1e-300) / opts.pieces.max(1) as f64)
+            .into_iter()
+            .map(|(x0, x1)| 0.5 * (x0 + x1))
+            .collect();
+        let attained = |c: f64, scratch: &mut RayScratch| {
+            ks.iter().any(|&kv| {
+                let mut o = [0.0; 3];
+                o[i] = c;
+                o[k] = kv;
+                let mut d = [0.0; 3];
+                d[j] = 1.0;
+                !solid.ray_spans(o, d, scratch).is_empty()
+            })
+        };
+        let eps = 1e-9 * ext[i].max(1e-12);
+        let lo_ok = attained(bound.min[i] + eps, &mut scratch);
+        let hi_ok = attained(bound.max[i] - eps, &mut scratch);
+        if lo_ok && hi_ok {
+            continue;
+        }
+        let ax = Axes { a: i, r: j, s: k };
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-        let (mut rlo, mut rhi, mut slo, mut shi) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
-        integrate(&[solid], &bound, ax, opts, false, |sp, rr, ss| {
+        integrate(&[solid], &bound, ax, opts, false, |sp, _, _| {
             if let (Some(f), Some(l)) = (sp[0].first(), sp[0].last()) {
                 lo = lo.min(f.t0);
                 hi = hi.max(l.t1);
-                rlo = rlo.min(rr);
-                rhi = rhi.max(rr);
-                slo = slo.min(ss);
-                shi = shi.max(ss);
             }
             [0.0]
         });
-        if lo.is_finite() {
-            b.min[a] = b.min[a].min(lo);
-            b.max[a] = b.max[a].max(hi);
+        if !lo_ok {
+            b.min[i] = lo.max(bound.min[i]);
+        }
+        if !hi_ok {
+            b.max[i] = hi.min(bound.max[i]);
         }
     }
-    // clamp to the conservative bound (numerical safety)
-    b.intersection(&bound)
+    b
 }
 
 /// Volume, centre of mass and inertia about the centre (OCC's convention: I_xx = ∫(y²+z²), I_xy = −∫xy).
