@@ -1,16 +1,21 @@
 //! Command-line interface: argument parsing and dispatch to the library's stages.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::cad::Limits;
-use crate::exec::{ExecReport, exec_program, iou_programs};
-use crate::geom::{MeasureOptions, Normalize};
+use crate::geom::Normalize;
+// The plain (unsandboxed) `exec` / `iou`; with feature `sandbox` they go through `crate::sandbox::cli`.
+#[cfg(not(feature = "sandbox"))]
+use {
+    crate::cad::Limits,
+    crate::exec::{ExecReport, exec_program, iou_programs},
+    crate::geom::MeasureOptions,
+    anyhow::{Context, Result},
+    std::io::Write,
+    std::time::Instant,
+};
 
 #[derive(Parser)]
 #[command(name = "cadvlm", version, about = "Train VLMs to write CadQuery code; execute and measure CadQuery programs exactly")]
@@ -28,34 +33,46 @@ enum Cmd {
 }
 
 #[derive(Args)]
-struct ExecArgs {
+pub(crate) struct ExecArgs {
     /// Program files (`.py`).
     #[arg(required = true)]
-    files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
     /// One JSON object per line.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Print the total and per-program time to stderr.
     #[arg(long)]
-    timing: bool,
+    pub(crate) timing: bool,
+    #[cfg(feature = "sandbox")]
+    #[command(flatten)]
+    pub(crate) sandbox: crate::sandbox::cli::SandboxArgs,
 }
 
 #[derive(Args)]
-struct IouArgs {
-    a: PathBuf,
-    b: PathBuf,
+pub(crate) struct IouArgs {
+    pub(crate) a: PathBuf,
+    pub(crate) b: PathBuf,
     /// raw | unitcube | best
     #[arg(long, default_value = "unitcube")]
-    normalize: Normalize,
+    pub(crate) normalize: Normalize,
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
+    #[cfg(feature = "sandbox")]
+    #[command(flatten)]
+    pub(crate) sandbox: crate::sandbox::cli::SandboxArgs,
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
+        #[cfg(not(feature = "sandbox"))]
         Cmd::Exec(a) => cmd_exec(a),
+        #[cfg(not(feature = "sandbox"))]
         Cmd::Iou(a) => cmd_iou(a),
+        #[cfg(feature = "sandbox")]
+        Cmd::Exec(a) => crate::sandbox::cli::exec(a),
+        #[cfg(feature = "sandbox")]
+        Cmd::Iou(a) => crate::sandbox::cli::iou(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,11 +83,13 @@ pub fn main() -> ExitCode {
     }
 }
 
+#[cfg(not(feature = "sandbox"))]
 fn read_program(path: &PathBuf) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     String::from_utf8(bytes).map_err(|e| format!("{}: not UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to()))
 }
 
+#[cfg(not(feature = "sandbox"))]
 #[derive(serde::Serialize)]
 struct ExecLine<'a> {
     file: String,
@@ -78,6 +97,7 @@ struct ExecLine<'a> {
     report: &'a ExecReport,
 }
 
+#[cfg(not(feature = "sandbox"))]
 fn cmd_exec(a: ExecArgs) -> Result<()> {
     let limits = Limits::default();
     let opts = MeasureOptions::default();
@@ -112,6 +132,7 @@ fn cmd_exec(a: ExecArgs) -> Result<()> {
     Ok(())
 }
 
+#[cfg(not(feature = "sandbox"))]
 fn cmd_iou(a: IouArgs) -> Result<()> {
     let pa = read_program(&a.a).map_err(anyhow::Error::msg).context("reading the first program")?;
     let pb = read_program(&a.b).map_err(anyhow::Error::msg).context("reading the second program")?;

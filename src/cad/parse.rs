@@ -77,9 +77,16 @@ pub fn lex(src: &str, limits: &Limits) -> Result<Vec<(Tok, Pos)>, CadError> {
     let (mut i, mut line, mut line_start) = (0usize, 1usize, 0usize);
     let mut depth = 0usize;
     let mut at_line_start = true;
+    // column of byte `col_i` (counted incrementally: recounting from the line start is quadratic on long lines)
+    let (mut col_i, mut col) = (0usize, 1usize);
     while i < b.len() {
         let c = b[i];
-        let pos = Pos { line, col: src[line_start..i].chars().count() + 1 };
+        if col_i < line_start {
+            (col_i, col) = (line_start, 1);
+        }
+        col += src[col_i..i].chars().count();
+        col_i = i;
+        let pos = Pos { line, col };
         if toks.len() > limits.max_tokens {
             return Err(err(ErrorKind::Budget, pos, format!("more than {} tokens", limits.max_tokens)));
         }

@@ -11,7 +11,7 @@
 //! memory-safety bug of the executor (a trap confined to the guest's linear memory), and access to the
 //! outside: the guest gets no files, no sockets, no environment variables, no arguments and no clock
 //! (reads as 0); stdin is the request, stdout/stderr are capped in-memory buffers, randomness is a
-//! fixed sequence; every other WASI call answers `ENOSYS`. A malformed or oversized answer is a `crash`.
+//! fixed sequence; every other WASI call answers `EBADF` (fd calls) or `ENOSYS`. A malformed or oversized answer is a `crash`.
 //! Does NOT protect against: bugs in wasmtime/Cranelift themselves, or host-side costs outside the
 //! guest (compiling the module once, ~1 s; the request and answer copies, capped at 64 MiB and 16 MiB).
 
@@ -125,9 +125,11 @@ fn build_shared() -> wasmtime::Result<Shared> {
         if let wasmtime::ExternType::Func(ft) = imp.ty() {
             let returns_errno = ft.results().len() == 1 && matches!(ft.results().next(), Some(ValType::I32));
             let name = imp.name().to_string();
+            // No file descriptors beyond stdio (`fd_prestat_get` must say EBADF: no preopened dirs).
+            let errno = if name.starts_with("fd_") { ERRNO_BADF } else { ERRNO_NOSYS };
             linker.func_new(WASI, imp.name(), ft.clone(), move |_c, _args, results| {
                 if returns_errno {
-                    results[0] = Val::I32(ERRNO_NOSYS);
+                    results[0] = Val::I32(errno);
                     Ok(())
                 } else {
                     Err(wasmtime::Error::msg(format!("the sandbox denies WASI `{name}`")))
