@@ -6,6 +6,7 @@
 pub mod cad;
 pub mod exec;
 pub mod geom;
+pub mod model;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 #[cfg(feature = "cli")]
