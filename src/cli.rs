@@ -30,6 +30,13 @@ enum Cmd {
     Exec(ExecArgs),
     /// IoU of two programs' solids.
     Iou(IouArgs),
+    /// Render a program to a PNG (GenCAD-Code style or cadrille's four views).
+    #[cfg(feature = "data")]
+    Render(crate::data::cli::RenderArgs),
+    /// Synthetic training data, shard statistics, the renderer's golden check.
+    #[cfg(feature = "data")]
+    #[command(subcommand)]
+    Data(crate::data::cli::DataCmd),
 }
 
 #[derive(Args)]
@@ -73,6 +80,10 @@ pub fn main() -> ExitCode {
         Cmd::Exec(a) => crate::sandbox::cli::exec(a),
         #[cfg(feature = "sandbox")]
         Cmd::Iou(a) => crate::sandbox::cli::iou(a),
+        #[cfg(feature = "data")]
+        Cmd::Render(a) => crate::data::cli::render(a),
+        #[cfg(feature = "data")]
+        Cmd::Data(c) => crate::data::cli::data(c),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

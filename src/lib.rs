@@ -4,6 +4,8 @@
 //! volume, IoU) have no heavy dependencies and also build for `wasm32-wasip1` (the sandbox guest).
 
 pub mod cad;
+#[cfg(feature = "data")]
+pub mod data;
 pub mod exec;
 pub mod geom;
 pub mod model;
