@@ -128,19 +128,37 @@ fn golden(a: GoldenArgs) -> Result<()> {
     let (mut n, mut sum, mut min, mut fails) = (0usize, 0.0, f64::INFINITY, 0usize);
     let mut greys = Vec::new();
     let mut ratio = Vec::new();
+    let (mut raw_sum, mut mae_sum, mut line_r, mut line_o) = (0.0, 0.0, 0.0, 0.0);
+    let mut off = Vec::new();
     let mut shown = Vec::new();
     for (row, imgs) in &rows {
         match row {
             Ok(r) => {
                 n += 1;
                 sum += r.mask_iou;
+                raw_sum += r.raw_mask_iou;
+                mae_sum += r.face_grey_mae;
+                line_r += r.line_share_real;
+                line_o += r.line_share_ours;
+                off.push(r.centre_offset[0].abs().max(r.centre_offset[1].abs()));
                 min = min.min(r.mask_iou);
                 greys.push(r.grey_ours);
                 ratio.push(r.extent_ours as f64 / r.extent_real.max(1) as f64);
                 if a.verbose {
                     println!(
-                        "{}  mask IoU {:.4}  extent real {} ours {}  grey real {:?} ours {:?}  line share real {:.3} ours {:.3}",
-                        r.id, r.mask_iou, r.extent_real, r.extent_ours, r.grey_real, r.grey_ours, r.line_share_real, r.line_share_ours
+                        "{}  mask IoU {:.4}  raw {:.4}  extent real {} ours {}  centre offset {:+.1} {:+.1}  grey real {:?} ours {:?}  face grey MAE {:.2}  line share real {:.3} ours {:.3}",
+                        r.id,
+                        r.mask_iou,
+                        r.raw_mask_iou,
+                        r.extent_real,
+                        r.extent_ours,
+                        r.centre_offset[0],
+                        r.centre_offset[1],
+                        r.grey_real,
+                        r.grey_ours,
+                        r.face_grey_mae,
+                        r.line_share_real,
+                        r.line_share_ours
                     );
                 }
                 if shown.len() < a.show
@@ -159,6 +177,17 @@ fn golden(a: GoldenArgs) -> Result<()> {
         bail!("no pair could be compared");
     }
     ratio.sort_by(f64::total_cmp);
+    off.sort_by(f64::total_cmp);
+    let nf = n as f64;
+    println!(
+        "golden: raw (unnormalised) mask IoU {:.4}; centre offset max(|dx|,|dy|) median {:.1} px, max {:.1} px; face grey MAE {:.2}; line pixels / foreground real {:.4} ours {:.4}",
+        raw_sum / nf,
+        off[off.len() / 2],
+        off[off.len() - 1],
+        mae_sum / nf,
+        line_r / nf,
+        line_o / nf
+    );
     let grey_ok = greys.iter().filter(|g| g.is_some_and(|g| (g as i32 - 141).abs() <= 10)).count();
     println!(
         "golden: {n} pairs ({fails} failed) in {dt:.2} s; mean mask IoU {:.4} (min {:.4}); face grey within 10 of 141 in {grey_ok}/{n}; extent ours/real median {:.3} (p10 {:.3}, p90 {:.3})",

@@ -115,6 +115,12 @@ pub struct GoldenRow {
     /// Share of foreground pixels that are black lines: real, ours.
     pub line_share_real: f64,
     pub line_share_ours: f64,
+    /// Foreground-mask IoU with no normalisation (same framing rule on both sides).
+    pub raw_mask_iou: f64,
+    /// Centre of our foreground bbox minus the real one, pixels (x right, y down).
+    pub centre_offset: [f64; 2],
+    /// Mean |grey difference| over pixels that are face (not line, not background) in both images.
+    pub face_grey_mae: f64,
 }
 
 /// Foreground threshold of the golden check (smallest channel below it).
@@ -148,6 +154,21 @@ fn extent(mask: &[bool], w: usize, h: usize) -> usize {
     if x0 == usize::MAX { 0 } else { (x1 - x0 + 1).max(y1 - y0 + 1) }
 }
 
+fn bbox_centre(mask: &[bool], w: usize, h: usize) -> [f64; 2] {
+    let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
+    for j in 0..h {
+        for i in 0..w {
+            if mask[j * w + i] {
+                x0 = x0.min(i);
+                x1 = x1.max(i);
+                y0 = y0.min(j);
+                y1 = y1.max(j);
+            }
+        }
+    }
+    if x0 == usize::MAX { [0.0, 0.0] } else { [0.5 * (x0 + x1) as f64, 0.5 * (y0 + y1) as f64] }
+}
+
 fn line_share(img: &RgbImage, mask: &[bool]) -> f64 {
     let fg = mask.iter().filter(|&&b| b).count().max(1);
     let black = img.pixels.chunks_exact(3).filter(|p| p[0] < 40 && p[1] < 40 && p[2] < 40).count();
@@ -162,8 +183,22 @@ pub fn compare(id: &str, real: &RgbImage, ours: &RgbImage) -> GoldenRow {
     let (ow, oh) = (ours.width as usize, ours.height as usize);
     let nr = normalize_mask(&mr, rw, rh, NORM_SIDE);
     let no = normalize_mask(&mo, ow, oh, NORM_SIDE);
+    let (cr, co) = (bbox_centre(&mr, rw, rh), bbox_centre(&mo, ow, oh));
+    let (mut diff, mut nface) = (0.0, 0usize);
+    if (rw, rh) == (ow, oh) {
+        for (a, b) in real.pixels.chunks_exact(3).zip(ours.pixels.chunks_exact(3)) {
+            let face = |p: &[u8]| p[0] > 40 && p[0] < 250;
+            if face(a) && face(b) {
+                diff += (a[0] as f64 - b[0] as f64).abs();
+                nface += 1;
+            }
+        }
+    }
     GoldenRow {
         id: id.to_string(),
+        raw_mask_iou: if (rw, rh) == (ow, oh) { mask_iou(&mr, &mo) } else { 0.0 },
+        centre_offset: [co[0] - cr[0], co[1] - cr[1]],
+        face_grey_mae: diff / nface.max(1) as f64,
         mask_iou: mask_iou(&nr, &no),
         extent_real: extent(&mr, rw, rh),
         extent_ours: extent(&mo, ow, oh),

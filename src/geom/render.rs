@@ -20,8 +20,12 @@ use super::vec3::{Aabb, V3, add, cross, dot, normalize, scale, sub};
 pub const GENCAD_VIEW: V3 = [1.0, -1.0, 1.0];
 /// cadrille's four view directions (tiles in reading order).
 pub const MULTIVIEW_VIEWS: [V3; 4] = [[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [1.0, -1.0, 1.0]];
-/// Default share of the image side taken by the larger side of the projected bounding box.
-pub const GENCAD_FILL: f64 = 323.0 / 448.0;
+/// Framing of the GenCAD-Code images: the projected bounding box is fitted into a centred box of
+/// 400×300 pixels of the 448×448 image (width share, height share). Found on the real images: flat
+/// wide parts span 400 px, tall or cube-like ones 300 px, in between `300·w/h`.
+pub const GENCAD_FIT: [f64; 2] = [400.0 / 448.0, 300.0 / 448.0];
+/// Framing of a multiview tile (square).
+pub const MULTIVIEW_FIT: [f64; 2] = [0.8, 0.8];
 /// Grey level of a face whose normal is a coordinate axis in the isometric view.
 pub const FACE_GREY: u8 = 141;
 
@@ -69,9 +73,10 @@ pub struct RenderOptions {
     pub style: Style,
     /// Image side in pixels (square); a multiview tile is half of it.
     pub size: u32,
-    /// Larger side of the projected bounding box as a share of the (tile) side.
-    pub fill: f64,
-    /// Multiplies `fill`.
+    /// The projected bounding box is fitted into a centred box of `fit[0]`×`fit[1]` of the (tile)
+    /// side, keeping its aspect (defaults: [`GENCAD_FIT`], [`MULTIVIEW_FIT`]).
+    pub fit: [f64; 2],
+    /// Scales the fitted size (framing jitter).
     pub zoom: f64,
     /// Shift of the part's centre, as a share of the side (x right, y down).
     pub shift: [f64; 2],
@@ -81,14 +86,18 @@ pub struct RenderOptions {
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        RenderOptions { style: Style::Gencad, size: 448, fill: GENCAD_FILL, zoom: 1.0, shift: [0.0, 0.0], view: GENCAD_VIEW }
+        RenderOptions { style: Style::Gencad, size: 448, fit: GENCAD_FIT, zoom: 1.0, shift: [0.0, 0.0], view: GENCAD_VIEW }
     }
 }
 
 impl RenderOptions {
     /// Defaults for a style at its default size.
     pub fn style(style: Style) -> RenderOptions {
-        RenderOptions { style, size: style.default_size(), ..Default::default() }
+        let fit = match style {
+            Style::Gencad => GENCAD_FIT,
+            Style::Multiview => MULTIVIEW_FIT,
+        };
+        RenderOptions { style, size: style.default_size(), fit, ..Default::default() }
     }
 }
 
@@ -152,9 +161,9 @@ impl Camera {
         Some((d, right, up))
     }
 
-    /// A camera from `dir` that puts the projected `bbox` at `fill` of a `w`×`h` image, shifted by
-    /// `shift` (shares of the side).
-    pub fn framing(dir: V3, bbox: &Aabb, w: u32, h: u32, fill: f64, shift: [f64; 2]) -> Option<Camera> {
+    /// A camera from `dir` that fits the projected `bbox` into a centred box of `fit[0]·w` × `fit[1]·h`
+    /// pixels (aspect kept), then shifts it by `shift` (shares of the side).
+    pub fn framing(dir: V3, bbox: &Aabb, w: u32, h: u32, fit: [f64; 2], shift: [f64; 2]) -> Option<Camera> {
         let (dir, right, up) = Camera::basis(dir)?;
         let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
         for k in 0..8 {
@@ -169,9 +178,8 @@ impl Camera {
             y0 = y0.min(y);
             y1 = y1.max(y);
         }
-        let ext = (x1 - x0).max(y1 - y0).max(1e-9);
         let side = w.min(h) as f64;
-        let ppu = fill * side / ext;
+        let ppu = (fit[0] * w as f64 / (x1 - x0).max(1e-9)).min(fit[1] * h as f64 / (y1 - y0).max(1e-9));
         // shift the part by `shift`·side pixels: the image centre moves the opposite way
         let centre = [0.5 * (x0 + x1) - shift[0] * side / ppu, 0.5 * (y0 + y1) + shift[1] * side / ppu];
         Some(Camera { dir, right, up, centre, ppu })
@@ -298,8 +306,8 @@ pub fn render_with(solid: &Solid, opts: &RenderOptions, scratch: &mut RayScratch
     if !(8..=8192).contains(&opts.size) {
         return Err(RenderError::BadSize(opts.size));
     }
-    if !(opts.fill > 0.0 && opts.fill.is_finite() && opts.zoom > 0.0 && opts.zoom.is_finite()) {
-        return Err(RenderError::BadOption(format!("fill {} × zoom {} must be positive", opts.fill, opts.zoom)));
+    if !(opts.fit.iter().all(|f| *f > 0.0 && f.is_finite()) && opts.zoom > 0.0 && opts.zoom.is_finite()) {
+        return Err(RenderError::BadOption(format!("fit {:?} and zoom {} must be positive", opts.fit, opts.zoom)));
     }
     if !opts.shift.iter().all(|s| s.is_finite() && s.abs() <= 1.0) {
         return Err(RenderError::BadOption(format!("shift {:?} must be within ±1", opts.shift)));
@@ -312,10 +320,10 @@ pub fn render_with(solid: &Solid, opts: &RenderOptions, scratch: &mut RayScratch
         return Err(RenderError::Empty);
     }
     let surfs = Surfaces::new(solid);
-    let fill = opts.fill * opts.zoom;
+    let fit = [opts.fit[0] * opts.zoom, opts.fit[1] * opts.zoom];
     match opts.style {
         Style::Gencad => {
-            let cam = Camera::framing(opts.view, &bb, opts.size, opts.size, fill, opts.shift)
+            let cam = Camera::framing(opts.view, &bb, opts.size, opts.size, fit, opts.shift)
                 .ok_or_else(|| RenderError::BadOption(format!("view direction {:?} is zero", opts.view)))?;
             let mut img = RgbImage::new(opts.size, opts.size, [255; 3]);
             draw_view(solid, &surfs, &bb, &cam, &mut img, (0, 0, opts.size, opts.size), scratch);
@@ -326,7 +334,7 @@ pub fn render_with(solid: &Solid, opts: &RenderOptions, scratch: &mut RayScratch
             let mut img = RgbImage::new(opts.size, opts.size, [255; 3]);
             for (k, v) in MULTIVIEW_VIEWS.iter().enumerate() {
                 let (x0, y0) = ((k as u32 % 2) * t, (k as u32 / 2) * t);
-                let cam = Camera::framing(*v, &bb, t, t, fill, opts.shift).expect("fixed non-zero views");
+                let cam = Camera::framing(*v, &bb, t, t, fit, opts.shift).expect("fixed non-zero views");
                 draw_view(solid, &surfs, &bb, &cam, &mut img, (x0, y0, t, t), scratch);
                 // thin border around the tile
                 for i in 0..t {
@@ -375,13 +383,15 @@ fn draw_view(solid: &Solid, surfs: &Surfaces, bb: &Aabb, cam: &Camera, img: &mut
     let (i0, i1) = (clampi(px0.floor() - 1.0, wu), clampi(px1.ceil() + 1.0, wu));
     let (j0, j1) = (clampi(py0.floor() - 1.0, hu), clampi(py1.ceil() + 1.0, hu));
 
+    let sliver = 1e-9 * (1.0 + bb.max_extent());
     let bg = Hit { id: BG, depth: f32::INFINITY, facing: 0.0, angle: -1.0 };
     let mut hits = vec![bg; wu * hu];
     for j in j0..j1 {
         for i in i0..i1 {
             let (o, d) = cam.ray(i as f64, j as f64, w, h, far);
             let spans = solid.ray_spans(o, d, scratch);
-            let Some(s) = spans.iter().find(|s| s.t1 > 0.0) else { continue };
+            // skip slivers that coincident faces of a cut leave behind (length ~1e-16)
+            let Some(s) = spans.iter().find(|s| s.t1 > 0.0 && s.t1 - s.t0 > sliver) else { continue };
             let t = s.t0.max(0.0);
             let p = add(o, scale(d, t));
             let mut hit = Hit { id: UNKNOWN, depth: t as f32, facing: (1.0f64 / 3.0).sqrt() as f32, angle: -1.0 };
@@ -578,8 +588,8 @@ mod tests {
             let w = size as usize;
             let rows: Vec<usize> = (0..w).filter(|&j| (0..w).any(|i| m[j * w + i])).collect();
             let ext = rows.last().unwrap() - rows.first().unwrap() + 1;
-            // a cube's projected bbox is as tall as the cube's silhouette (the hexagon)
-            let want = GENCAD_FILL * size as f64;
+            // a cube's projected bbox (its hexagon) is taller than wide: the height limits the fit
+            let want = GENCAD_FIT[1] * size as f64;
             assert!((ext as f64 - want).abs() <= 2.0, "size {size}: extent {ext}, want {want}");
         }
     }
