@@ -37,6 +37,15 @@ enum Cmd {
     #[cfg(feature = "data")]
     #[command(subcommand)]
     Data(crate::data::cli::DataCmd),
+    /// Run a recipe: data, tokenizer, SFT, eval (finished stages are reused).
+    #[cfg(feature = "model")]
+    Recipe(crate::train::cli::RecipeArgs),
+    /// Generate programs for a data folder with a trained run, execute them, score VSR and IoU.
+    #[cfg(feature = "model")]
+    Eval(crate::train::cli::EvalArgs),
+    /// Measure training throughput (tokens/s) of a model size on a CPU backend.
+    #[cfg(feature = "model")]
+    BenchTrain(crate::train::cli::BenchTrainArgs),
 }
 
 #[derive(Args)]
@@ -84,6 +93,12 @@ pub fn main() -> ExitCode {
         Cmd::Render(a) => crate::data::cli::render(a),
         #[cfg(feature = "data")]
         Cmd::Data(c) => crate::data::cli::data(c),
+        #[cfg(feature = "model")]
+        Cmd::Recipe(a) => crate::train::cli::recipe(a),
+        #[cfg(feature = "model")]
+        Cmd::Eval(a) => crate::train::cli::eval(a),
+        #[cfg(feature = "model")]
+        Cmd::BenchTrain(a) => crate::train::cli::bench_train(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

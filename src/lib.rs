@@ -13,3 +13,11 @@ pub mod model;
 pub mod sandbox;
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "model")]
+pub mod eval;
+#[cfg(feature = "model")]
+pub mod recipe;
+#[cfg(feature = "model")]
+pub mod tokenizer;
+#[cfg(feature = "model")]
+pub mod train;

@@ -4,6 +4,7 @@
 //! what went wrong and where (line, column). Every program ends quickly: the [`Limits`] bound the
 //! program size, nesting, edges, loops, extrusions and boolean nodes.
 
+pub mod fmt;
 pub mod interp;
 pub mod parse;
 

@@ -3,3 +3,20 @@
 
 #[cfg(feature = "parallel")]
 pub mod quant;
+
+#[cfg(feature = "model")]
+pub mod generate;
+#[cfg(feature = "model")]
+pub mod layers;
+#[cfg(feature = "model")]
+pub mod text;
+#[cfg(feature = "model")]
+pub mod vision;
+#[cfg(feature = "model")]
+pub mod vlm;
+#[cfg(feature = "model")]
+pub mod weights;
+#[cfg(feature = "model")]
+mod config;
+#[cfg(feature = "model")]
+pub use config::{ModelError, SIZES, VlmConfig};

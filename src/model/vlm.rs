@@ -1,0 +1,130 @@
+//! The prefix-LM VLM: image tokens (bidirectional among themselves) first, then the prompt, `<|begin|>`,
+//! the code and `<|end|>` (causal). Checkpoint names follow Qwen2-VL: `visual.*`, `model.*`, `lm_head.*`.
+//!
+//! For SFT and DPO the unit is [`Vlm::token_logprobs`]: log-probabilities of every next text token given
+//! an image encoding, so that a DPO step encodes each image once and scores `[chosen; rejected]`
+//! with the encoding repeated ([`repeat_rows`]).
+
+use burn::module::Module;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use super::VlmConfig;
+use super::layers::{Linear, prefix_causal_bias};
+use super::text::{KvCache, TextModel};
+use super::vision::VisionEncoder;
+
+#[derive(Module, Debug)]
+pub struct Vlm<B: Backend> {
+    pub visual: VisionEncoder<B>,
+    pub model: TextModel<B>,
+    pub lm_head: Linear<B>,
+    pub n_image_tokens: usize,
+}
+
+/// A right-padded batch of token rows (prompt, `<|begin|>`, code, `<|end|>`, pads) for teacher forcing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenBatch {
+    pub batch: usize,
+    pub seq: usize,
+    /// `[batch * seq]` token ids.
+    pub ids: Vec<u32>,
+    /// `[batch * (seq - 1)]`: 1.0 where the target `ids[t + 1]` is a code or end token.
+    pub target_mask: Vec<f32>,
+}
+
+impl TokenBatch {
+    /// Rows of `(prefix, code)`: the loss covers `code` (which should end with `<|end|>`).
+    pub fn from_rows(rows: &[(Vec<u32>, Vec<u32>)], pad: u32) -> TokenBatch {
+        let seq = rows.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(1).max(2);
+        let mut ids = Vec::with_capacity(rows.len() * seq);
+        let mut mask = Vec::with_capacity(rows.len() * (seq - 1));
+        for (p, c) in rows {
+            let n = p.len() + c.len();
+            ids.extend(p.iter().chain(c.iter()).copied());
+            ids.extend(std::iter::repeat_n(pad, seq - n));
+            for t in 1..seq {
+                mask.push(if t >= p.len() && t < n { 1.0 } else { 0.0 });
+            }
+        }
+        TokenBatch { batch: rows.len(), seq, ids, target_mask: mask }
+    }
+
+    /// Number of tokens the loss covers.
+    pub fn n_target_tokens(&self) -> usize {
+        self.target_mask.iter().filter(|&&m| m > 0.0).count()
+    }
+
+    pub fn ids_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
+        let v: Vec<i64> = self.ids.iter().map(|&x| x as i64).collect();
+        Tensor::from_data(TensorData::new(v, [self.batch, self.seq]), device) // [batch, seq]
+    }
+
+    pub fn mask_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
+        Tensor::from_data(TensorData::new(self.target_mask.clone(), [self.batch, self.seq - 1]), device) // [batch, seq-1]
+    }
+}
+
+/// Repeat each row of `x: [batch, n, hidden]` `times` times along the batch (`[a, b]` → `[a, a, b, b]`).
+pub fn repeat_rows<B: Backend>(x: Tensor<B, 3>, times: usize) -> Tensor<B, 3> {
+    let [b, n, h] = x.dims();
+    x.unsqueeze_dim::<4>(1).expand([b, times, n, h]).reshape([b * times, n, h]) // [batch·times, n, hidden]
+}
+
+impl<B: Backend> Vlm<B> {
+    pub fn new(c: &VlmConfig, device: &B::Device) -> Self {
+        Vlm {
+            visual: VisionEncoder::new(c, device),
+            model: TextModel::new(c, device),
+            lm_head: Linear::new(c.hidden, c.vocab_size, false, device),
+            n_image_tokens: c.n_image_tokens(),
+        }
+    }
+
+    /// Patches `[batch, n_patches, patch_dim]` → image tokens `[batch, n_image_tokens, hidden]`.
+    pub fn encode_image(&self, patches: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.visual.forward(patches)
+    }
+
+    /// Log-probabilities `[batch, seq - 1]` of `ids[:, 1..]` given the image tokens and `ids[:, ..t]`.
+    pub fn token_logprobs(&self, image: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let [b, t] = ids.dims();
+        let n = self.n_image_tokens;
+        let device = ids.device();
+        let x = Tensor::cat(vec![image, self.model.embed(ids.clone())], 1); // [batch, n + seq, hidden]
+        let bias = prefix_causal_bias::<B>(n + t, n + t, n, &device); // [n + seq, n + seq]
+        let h = self.model.forward(x, Some(&bias), None); // [batch, n + seq, hidden]
+        let h = h.narrow(1, n, t - 1); // [batch, seq - 1, hidden]: the states that predict ids[:, 1..]
+        let logp = log_softmax(self.lm_head.forward(h), 2); // [batch, seq - 1, vocab]
+        let targets = ids.narrow(1, 1, t - 1).unsqueeze_dim::<3>(2); // [batch, seq - 1, 1]
+        logp.gather(2, targets).reshape([b, t - 1]) // [batch, seq - 1]
+    }
+
+    /// Mean negative log-likelihood over the masked (code) targets: the SFT loss.
+    pub fn sft_loss(&self, patches: Tensor<B, 3>, batch: &TokenBatch) -> Tensor<B, 1> {
+        let device = patches.device();
+        let lp = self.token_logprobs(self.encode_image(patches), batch.ids_tensor(&device)); // [batch, seq-1]
+        let mask = batch.mask_tensor::<B>(&device);
+        let n = batch.n_target_tokens().max(1) as f64;
+        lp.mul(mask).sum().neg().div_scalar(n) // [1]
+    }
+
+    /// Sum of code-token log-probabilities per row `[batch]` (the DPO policy/reference score).
+    pub fn sequence_logprobs(&self, image: Tensor<B, 3>, batch: &TokenBatch) -> Tensor<B, 1> {
+        let device = image.device();
+        let lp = self.token_logprobs(image, batch.ids_tensor(&device)); // [batch, seq-1]
+        lp.mul(batch.mask_tensor::<B>(&device)).sum_dim(1).reshape([batch.batch]) // [batch]
+    }
+
+    /// One incremental decoding step: `x: [batch, seq, hidden]` embeddings appended after the cache;
+    /// returns next-token logits `[batch, vocab]` at the last position.
+    pub fn step(&self, x: Tensor<B, 3>, cache: &mut KvCache<B>, prefix: usize) -> Tensor<B, 2> {
+        let [b, t, _] = x.dims();
+        let bias = (t > 1).then(|| prefix_causal_bias::<B>(t, cache.len + t, prefix, &x.device())); // [seq, past + seq]
+        let h = self.model.forward(x, bias.as_ref(), Some(cache)); // [batch, seq, hidden]
+        let last = h.narrow(1, t - 1, 1); // [batch, 1, hidden]
+        let v = self.lm_head.weight.dims()[0];
+        self.lm_head.forward(last).reshape([b, v]) // [batch, vocab]
+    }
+}
