@@ -55,12 +55,15 @@ pub struct SynthArgs {
     /// Rows per parquet shard.
     #[arg(long, default_value_t = 5000)]
     pub shard_rows: usize,
-    /// Render without the framing jitter (zoom ±14 %, shift ±4 %).
+    /// Render without the framing jitter (zoom 0.9–1.05, shift ±2.5 %).
     #[arg(long)]
     pub no_jitter: bool,
     /// Generator settings (JSON of `SynthConfig`; unknown fields are errors).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Also write a contact sheet of the first 16 samples (4×4) to this PNG.
+    #[arg(long)]
+    pub preview: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -250,6 +253,7 @@ fn synth(a: SynthArgs) -> Result<()> {
         Ok(())
     };
     let chunk = 512.min(a.shard_rows.max(64));
+    let mut preview: Vec<crate::geom::render::RgbImage> = Vec::new();
     for part in progs.chunks(chunk) {
         let samples: Vec<_> = part
             .par_iter()
@@ -260,6 +264,9 @@ fn synth(a: SynthArgs) -> Result<()> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         for s in samples {
+            if a.preview.is_some() && preview.len() < 16 {
+                preview.push(images::decode_png(&s.image_png, &s.id)?);
+            }
             let split = split_of(&s.id, &split_cfg);
             let (rows, k) = buffers.entry(split).or_insert_with(|| (Vec::new(), 0));
             rows.push(Row::new(&s.id, &s.program, s.image_png));
@@ -277,6 +284,11 @@ fn synth(a: SynthArgs) -> Result<()> {
     }
     pb.finish();
     let t_render = t1.elapsed().as_secs_f64();
+    if let Some(p) = &a.preview {
+        let rows: Vec<_> = preview.chunks(4).map(|r| images::side_by_side(&r.iter().collect::<Vec<_>>(), 4)).collect();
+        std::fs::write(p, images::encode_png(&images::stack(&rows, 4))?).with_context(|| format!("cannot write {}", p.display()))?;
+        println!("wrote {}", p.display());
+    }
     let total = t0.elapsed().as_secs_f64();
     for (p, n) in &written {
         println!("{}: {n} rows", p.display());
@@ -302,12 +314,17 @@ fn stats(a: StatsArgs) -> Result<()> {
     use super::stats::{count, load_programs, summarize, table};
     let ours = load_programs(&a.inputs)?;
     let sa = summarize(&ours.iter().map(|c| count(c)).collect::<Vec<_>>());
-    let name_a = a.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ");
+    let label = |ps: &[PathBuf]| match ps {
+        [one] => one.display().to_string(),
+        [first, rest @ ..] => format!("{} (+{} more)", first.display(), rest.len()),
+        [] => String::new(),
+    };
+    let name_a = label(&a.inputs);
     let mut cols = vec![(name_a, sa, ours)];
     if !a.vs.is_empty() {
         let other = load_programs(&a.vs)?;
         let sb = summarize(&other.iter().map(|c| count(c)).collect::<Vec<_>>());
-        cols.push((a.vs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "), sb, other));
+        cols.push((label(&a.vs), sb, other));
     }
     let named: Vec<(&str, &super::stats::Summary)> = cols.iter().map(|(n, s, _)| (n.as_str(), s)).collect();
     print!("{}", table(&named));

@@ -45,12 +45,12 @@ pub struct SynthConfig {
 impl Default for SynthConfig {
     fn default() -> Self {
         SynthConfig {
-            sketch_weights: vec![0.56, 0.17, 0.10, 0.07, 0.04, 0.03, 0.02, 0.01],
+            sketch_weights: vec![0.64, 0.15, 0.08, 0.05, 0.03, 0.025, 0.015, 0.01],
             p_cut: 0.22,
-            p_tilted: 0.015,
+            p_tilted: 0.01,
             p_both: 0.08,
-            p_negative: 0.08,
-            p_holes: 0.45,
+            p_negative: 0.04,
+            p_holes: 0.32,
             max_attempts: 40,
         }
     }
@@ -307,7 +307,7 @@ fn poly_dist(p: [f64; 2], poly: &[[f64; 2]]) -> f64 {
 /// A loop's outline on the 95-grid, counter-clockwise from (0, 0)-ish.
 fn outer_shape(rng: &mut Rng) -> Shape {
     let g = |rng: &mut Rng, lo: i64, hi: i64| rng.int(lo, hi) as f64;
-    let kind = rng.weighted(&[0.42, 0.17, 0.09, 0.06, 0.16, 0.06, 0.04]);
+    let kind = rng.weighted(&[0.54, 0.10, 0.06, 0.04, 0.18, 0.04, 0.04]);
     match kind {
         // rectangle: one side the full 95
         0 => {
@@ -464,7 +464,7 @@ fn holes(rng: &mut Rng, outer: &Shape) -> Vec<Shape> {
                 let (mx, my) = (rng.int(6, 20) as f64, rng.int(6, 20) as f64);
                 let c = [[b[0] + mx, b[1] + my], [b[2] - mx, b[1] + my], [b[0] + mx, b[3] - my], [b[2] - mx, b[3] - my]][k];
                 Shape::Circle { c, r: r0.min(mx - 2.0).min(my - 2.0).max(1.0) }
-            } else if rng.chance(0.85) {
+            } else if rng.chance(0.75) {
                 let r = rng.int(2, 22) as f64;
                 let c = [rng.int(b[0] as i64, b[2] as i64) as f64, rng.int(b[1] as i64, b[3] as i64) as f64];
                 Shape::Circle { c, r }
@@ -558,7 +558,7 @@ fn draw_program(cfg: &SynthConfig, rng: &mut Rng) -> String {
             let in_v = (0..3).map(|k| fr.y[k].abs() * ext[k]).sum::<f64>();
             let along = (0..3).map(|k| fr.z[k].abs() * ext[k]).sum::<f64>();
             let s_max = in_u.min(in_v).max(2.0 / 128.0);
-            size = grid128(s_max * (0.15 + 0.8 * rng.f())).max(1.0 / 128.0);
+            size = grid128(s_max * (0.25 + 0.7 * rng.f())).max(1.0 / 128.0);
             // local coordinates of the bbox in this frame
             let corners: Vec<[f64; 3]> = (0..8).map(|c| [bb[c & 1][0], bb[(c >> 1) & 1][1], bb[(c >> 2) & 1][2]]).collect();
             let loc = |p: [f64; 3]| [dot(p, fr.x), dot(p, fr.y), dot(p, fr.z)];
@@ -569,9 +569,9 @@ fn draw_program(cfg: &SynthConfig, rng: &mut Rng) -> String {
             let prof_h = size * (ob[3] - ob[1]) / 95.0;
             let u = lo[0] + rng.f() * (hi[0] - lo[0] - prof_w).max(0.0) - size * ob[0] / 95.0;
             let v = lo[1] + rng.f() * (hi[1] - lo[1] - prof_h).max(0.0) - size * ob[1] / 95.0;
-            let top = rng.chance(0.6);
+            let top = rng.chance(if op == Op::Cut { 0.7 } else { 0.85 });
             let depth = grid128(along * (0.1 + 0.9 * rng.f())).max(1.0 / 128.0);
-            let boss = grid128(along.max(size) * (0.1 + 0.9 * rng.f())).max(1.0 / 128.0);
+            let boss = grid128(along.min(size) * (0.15 + 0.85 * rng.f())).max(1.0 / 128.0);
             both = rng.chance(cfg.p_both * 0.8);
             let (w, d) = match (op, top) {
                 (Op::Cut, true) => (hi[2], if both { depth } else { -depth }),
@@ -736,37 +736,41 @@ pub fn generate_with_progress(cfg: &SynthConfig, seed: u64, count: usize, progre
     Ok(out)
 }
 
-/// FNV-1a 64-bit hash (stable across runs and platforms; used for dedup and splits).
+/// FNV-1a 64-bit hash with a SplitMix64 finaliser (stable across runs and platforms, all bits
+/// mixed; used for dedup, splits and per-sample jitter).
 pub fn fxhash(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.as_bytes() {
         h ^= *b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    h
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
 }
 
-/// Framing jitter for training renders: zoom ∈ [1 − zoom, 1 + zoom], shift ∈ ±shift of the side.
+/// Framing jitter for training renders: the fitted size is scaled by a factor drawn from `zoom`
+/// and the part shifted by up to ±`shift` of the side (deterministic per sample id).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Jitter {
-    pub zoom: f64,
+    pub zoom: [f64; 2],
     pub shift: f64,
 }
 
 impl Default for Jitter {
-    /// ±14 % zoom (the spread of the real images' scale around the typical framing), ±4 % shift.
+    /// Zoom 0.9–1.05 and shift ±2.5 %: the real framing (400×300 box in 448) then never clips.
     fn default() -> Self {
-        Jitter { zoom: 0.14, shift: 0.04 }
+        Jitter { zoom: [0.9, 1.05], shift: 0.025 }
     }
 }
 
 impl Jitter {
-    pub const NONE: Jitter = Jitter { zoom: 0.0, shift: 0.0 };
-    /// The render options for the sample `id` (deterministic per id).
+    pub const NONE: Jitter = Jitter { zoom: [1.0, 1.0], shift: 0.0 };
+    /// The render options for the sample `id`.
     pub fn apply(&self, base: &RenderOptions, id: &str) -> RenderOptions {
         let mut rng = Rng::new(fxhash(id), 0x4a17);
-        let zoom = 1.0 + self.zoom * (2.0 * rng.f() - 1.0);
+        let zoom = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * rng.f();
         let shift = [self.shift * (2.0 * rng.f() - 1.0), self.shift * (2.0 * rng.f() - 1.0)];
         RenderOptions { zoom: base.zoom * zoom, shift, ..base.clone() }
     }

@@ -255,7 +255,10 @@ impl Surfaces {
                         let a = canon_dir(z);
                         let cw = f.to_world(c[0], c[1], 0.0);
                         let c0 = sub(cw, scale(a, dot(cw, a)));
-                        let seam = matches!(e, Edge2::Circle { .. }).then(|| (f.x, f.y));
+                        let seam = matches!(e, Edge2::Circle { .. }).then(|| {
+                            let sx = occ_auto_x(z);
+                            (sx, cross(z, sx))
+                        });
                         let full = seam.is_some() as i64;
                         let id = intern((1, [q(a[0]), q(a[1]), q(a[2]), q(c0[0]), q(c0[1]), q(c0[2]), q(r) * 2 + full]));
                         Surf { id, kind: SurfKind::Cylinder { a, c: cw, seam } }
@@ -266,6 +269,24 @@ impl Surfaces {
         }
         Surfaces { by_tag }
     }
+}
+
+/// The X direction OpenCascade's `gp_Ax2(P, V)` picks for a main direction `V`: where the seam of a
+/// full circle (and so of its cylinder face) lies. CadQuery builds `circle()` wires with it from the
+/// world normal, so a cylinder along X shows its seam on top (checked on the real images).
+pub fn occ_auto_x(v: V3) -> V3 {
+    let (a, b, c) = (v[0], v[1], v[2]);
+    let (aa, ba, ca) = (a.abs(), b.abs(), c.abs());
+    let d = if ba <= aa && ba <= ca {
+        if aa > ca { [-c, 0.0, a] } else { [c, 0.0, -a] }
+    } else if aa <= ba && aa <= ca {
+        if ba > ca { [0.0, -c, b] } else { [0.0, c, -b] }
+    } else if aa > ba {
+        [-b, a, 0.0]
+    } else {
+        [b, -a, 0.0]
+    };
+    normalize(d).unwrap_or([1.0, 0.0, 0.0])
 }
 
 /// What one pixel's ray hit.
@@ -612,6 +633,18 @@ mod tests {
         assert_eq!(render(&s, &RenderOptions { size: 2, ..Default::default() }), Err(RenderError::BadSize(2)));
         assert!(matches!(render(&s, &RenderOptions { zoom: 0.0, ..Default::default() }), Err(RenderError::BadOption(_))));
         assert!(matches!(render(&s, &RenderOptions { view: [0.0; 3], ..Default::default() }), Err(RenderError::BadOption(_))));
+    }
+
+    #[test]
+    fn occ_seam_directions() {
+        // Z normal: seam along +X; X normal (GenCAD's YZ plane): seam on top (+Z)
+        assert_eq!(occ_auto_x([0.0, 0.0, 1.0]), [1.0, 0.0, 0.0]);
+        let x = occ_auto_x([1.0, 0.0, 6.123233995736766e-17]);
+        assert!((x[2] - 1.0).abs() < 1e-12 && x[0].abs() < 1e-12, "{x:?}");
+        for v in [[0.3, -0.8, 0.5], [1.0, 2.0, 3.0], [-1.0, 0.0, 0.0]] {
+            let n = normalize(v).unwrap();
+            assert!(dot(occ_auto_x(n), n).abs() < 1e-12);
+        }
     }
 
     #[test]
