@@ -61,6 +61,7 @@ fn fault(kind: &str) {
         }
         "panic" => panic!("deliberate guest panic (fault injection)"),
         "stack" => {
+            #[allow(unconditional_recursion)]
             fn down(n: u64) -> u64 {
                 let pad = std::hint::black_box([n; 64]);
                 down(n + 1).wrapping_add(pad[3])

@@ -19,7 +19,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use wasmtime::{Caller, Config, Engine, Extern, InstancePre, Linker, Module, ResourceLimiter, Store, Trap, Val, ValType};
+use wasmtime::{
+    Caller, Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, ResourceLimiter, Store, Trap, Val,
+    ValType,
+};
 
 use super::{Executor, Failure, FailureKind, Outcome, SandboxConfig, SandboxError, Target};
 use crate::cad::Limits;
@@ -113,6 +116,18 @@ fn build_shared() -> wasmtime::Result<Shared> {
     let mut config = Config::new();
     config.consume_fuel(true);
     config.epoch_interruption(true);
+    // Pooling: instance slots are reused, and a slot's first 16 MiB of linear memory stay resident
+    // (zeroed with memset), so a fresh store per program costs no mmap/munmap and few page faults.
+    // Each store's own cap is the ResourceLimiter's `memory_mb`; slots bound concurrent programs.
+    let slots = std::thread::available_parallelism().map_or(16, |n| n.get()).saturating_mul(4).max(64) as u32;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_core_instances(slots)
+        .total_memories(slots)
+        .total_tables(slots)
+        .max_memory_size(4 << 30)
+        .linear_memory_keep_resident(16 << 20)
+        .table_keep_resident(1 << 20);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config)?;
     let module = Module::new(&engine, GUEST_WASM)?;
     let mut linker: Linker<Ctx> = Linker::new(&engine);
