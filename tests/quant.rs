@@ -265,3 +265,16 @@ fn recipe_setting_parses() {
     assert!(serde_json::from_str::<M>(r#"{"quantize": "fp4"}"#).is_err());
     assert_eq!(Quantize::None.format(), None);
 }
+
+#[test]
+fn fast_dequantize_matches_the_reference() {
+    let mut rng = Rng(5);
+    let (rows, cols) = (67, 200);
+    let w = rng.gauss_vec(rows * cols, 0.05);
+    for f in all_formats() {
+        let q = QTensor::quantize(&w, rows, cols, f).unwrap();
+        let (a, b) = (q.dequantize(), q.dequantize_fast());
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-6, "{f:?}: {worst}");
+    }
+}

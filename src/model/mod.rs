@@ -3,6 +3,8 @@
 
 #[cfg(feature = "parallel")]
 pub mod quant;
+#[cfg(feature = "model")]
+pub mod lora;
 
 #[cfg(feature = "model")]
 pub mod generate;
