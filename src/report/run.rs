@@ -1,0 +1,358 @@
+//! The report of a run folder: reads SFT/DPO metrics, rollouts and evaluations, writes the PNG figures
+//! and `report/README.md` (a metrics table with the figures).
+//!
+//! Layout read (what `cadvlm recipe` writes): `metrics.jsonl` (SFT), `eval/<set>/{eval.json,samples.parquet}`
+//! (SFT checkpoint), `dpo/metrics.jsonl`, `dpo/rollouts/round-NN.parquet`, `dpo/eval/<set>/...` (DPO
+//! checkpoint) and `dpo/eval/sets.json` (set name → data folder, for the gallery's target images).
+//! Missing parts are skipped with a note in the README rather than failing the report.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::{GalleryRow, ReportError, Series, Tile, bar_figure, gallery_figure, histogram_figure, line_figure};
+use crate::eval::EvalSummary;
+use crate::train::dpo::DpoMetricRow;
+use crate::train::sft::MetricRow;
+
+fn ioerr(path: &Path, e: impl std::fmt::Display) -> ReportError {
+    ReportError::Io { path: path.display().to_string(), msg: e.to_string() }
+}
+
+/// One evaluated program, as read back from `samples.parquet`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalRow {
+    pub id: String,
+    pub program: String,
+    pub ok: bool,
+    pub iou_unitcube: Option<f64>,
+    pub iou_best: Option<f64>,
+}
+
+/// Read `samples.parquet` of an evaluation.
+pub fn read_eval_rows(path: &Path) -> Result<Vec<EvalRow>, ReportError> {
+    use polars::prelude::*;
+    let f = std::fs::File::open(path).map_err(|e| ioerr(path, e))?;
+    let df = ParquetReader::new(f).finish().map_err(|e| ioerr(path, e))?;
+    let col = |n: &str| df.column(n).map_err(|e| ioerr(path, format!("column {n}: {e}")));
+    let id = col("id")?.str().map_err(|e| ioerr(path, e))?.clone();
+    let program = col("program")?.str().map_err(|e| ioerr(path, e))?.clone();
+    let ok = col("ok")?.bool().map_err(|e| ioerr(path, e))?.clone();
+    let uc = col("iou_unitcube")?.f64().map_err(|e| ioerr(path, e))?.clone();
+    let best = col("iou_best")?.f64().map_err(|e| ioerr(path, e))?.clone();
+    Ok((0..df.height())
+        .map(|i| EvalRow {
+            id: id.get(i).unwrap_or("").to_string(),
+            program: program.get(i).unwrap_or("").to_string(),
+            ok: ok.get(i).unwrap_or(false),
+            iou_unitcube: uc.get(i),
+            iou_best: best.get(i),
+        })
+        .collect())
+}
+
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+fn read_summary(path: &Path) -> Option<EvalSummary> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// Evaluation sets present under `dir/eval/` (folders with an `eval.json`), sorted.
+fn eval_sets(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir.join("eval"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("eval.json").exists())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// What the report found and wrote.
+#[derive(Clone, Debug, Default)]
+pub struct ReportOutcome {
+    pub dir: PathBuf,
+    pub figures: Vec<PathBuf>,
+    pub notes: Vec<String>,
+}
+
+/// Render a program for the gallery (only programs that executed in the sandbox during evaluation
+/// are passed here; the core's own budgets still bound it).
+fn render_program(program: &str, side: u32) -> Option<Tile> {
+    let solid = crate::cad::execute(program, &crate::cad::Limits::default()).ok()?;
+    if solid.is_empty() {
+        return None;
+    }
+    let opts = crate::geom::render::RenderOptions { size: side, ..Default::default() };
+    let img = crate::geom::render::render(&solid, &opts).ok()?;
+    Some(Tile { rgb: img.pixels, width: img.width, height: img.height })
+}
+
+/// `n` evenly spaced elements of `ids` (sorted): a gallery that is not cherry-picked.
+pub fn spread<T: Clone>(items: &[T], n: usize) -> Vec<T> {
+    if items.len() <= n {
+        return items.to_vec();
+    }
+    (0..n).map(|i| items[i * items.len() / n].clone()).collect()
+}
+
+fn fmt3(v: f64) -> String {
+    format!("{v:.3}")
+}
+
+/// Write every figure and `README.md` of `run` into `run/report/`.
+pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
+    let out = run.join("report");
+    std::fs::create_dir_all(&out).map_err(|e| ioerr(&out, e))?;
+    let mut rep = ReportOutcome { dir: out.clone(), ..Default::default() };
+    let mut md = String::new();
+    let name = run.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let _ = writeln!(md, "# Run `{name}`\n");
+    let dpo_dir = run.join("dpo");
+
+    // --- evaluation table (SFT vs DPO on the same sets and decoding)
+    let sets: Vec<String> = {
+        let mut s = eval_sets(run);
+        for x in eval_sets(&dpo_dir) {
+            if !s.contains(&x) {
+                s.push(x);
+            }
+        }
+        s
+    };
+    let mut table: Vec<(String, Option<EvalSummary>, Option<EvalSummary>)> = Vec::new();
+    for s in &sets {
+        table.push((s.clone(), read_summary(&run.join("eval").join(s).join("eval.json")), read_summary(&dpo_dir.join("eval").join(s).join("eval.json"))));
+    }
+    if !table.is_empty() {
+        let _ = writeln!(md, "## Evaluation: SFT vs DPO (same sets, same decoding)\n");
+        let _ = writeln!(
+            md,
+            "IoU over *all* programs counts a failure as 0; over *valid* programs it averages the ones that executed (as CAD-Coder reports).\n"
+        );
+        let _ = writeln!(md, "| set | model | n | VSR | IoU_unitcube all | IoU_unitcube valid | IoU_best all | IoU_best valid |");
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
+        for (s, a, b) in &table {
+            for (m, e) in [("SFT", a), ("DPO", b)] {
+                if let Some(e) = e {
+                    let _ = writeln!(
+                        md,
+                        "| {s} | {m} | {} | {} | {} | {} | {} | {} |",
+                        e.n,
+                        fmt3(e.vsr),
+                        fmt3(e.iou_unitcube_mean_all),
+                        fmt3(e.iou_unitcube_mean_valid),
+                        fmt3(e.iou_best_mean_all),
+                        fmt3(e.iou_best_mean_valid)
+                    );
+                }
+            }
+            if let (Some(a), Some(b)) = (a, b) {
+                let _ = writeln!(
+                    md,
+                    "| {s} | **Δ DPO−SFT** | | {:+.3} | {:+.3} | {:+.3} | {:+.3} | {:+.3} |",
+                    b.vsr - a.vsr,
+                    b.iou_unitcube_mean_all - a.iou_unitcube_mean_all,
+                    b.iou_unitcube_mean_valid - a.iou_unitcube_mean_valid,
+                    b.iou_best_mean_all - a.iou_best_mean_all,
+                    b.iou_best_mean_valid - a.iou_best_mean_valid
+                );
+            }
+        }
+        let _ = writeln!(md);
+        // bars
+        let cats: Vec<String> = table.iter().map(|t| t.0.clone()).collect();
+        let pick = |f: &dyn Fn(&EvalSummary) -> f64, which: usize| -> Vec<f64> {
+            table.iter().map(|t| if which == 0 { t.1.as_ref() } else { t.2.as_ref() }.map_or(0.0, f)).collect()
+        };
+        let series = |f: &dyn Fn(&EvalSummary) -> f64| vec![("SFT".to_string(), pick(f, 0)), ("DPO".to_string(), pick(f, 1))];
+        let p = out.join("vsr_iou.png");
+        bar_figure(
+            &p,
+            &[
+                ("Valid syntax rate", "VSR", 1.1, cats.clone(), series(&|e| e.vsr)),
+                ("Mean IoU_unitcube (failures = 0)", "mean IoU", 1.1, cats.clone(), series(&|e| e.iou_unitcube_mean_all)),
+                ("Mean IoU_best (failures = 0)", "mean IoU", 1.1, cats.clone(), series(&|e| e.iou_best_mean_all)),
+            ],
+        )?;
+        let _ = writeln!(md, "![VSR and mean IoU](vsr_iou.png)\n");
+        rep.figures.push(p);
+    } else {
+        rep.notes.push("no evaluation results (eval/ or dpo/eval/)".into());
+    }
+
+    // --- IoU histograms per set
+    for s in &sets {
+        let a = read_eval_rows(&run.join("eval").join(s).join("samples.parquet")).ok();
+        let b = read_eval_rows(&dpo_dir.join("eval").join(s).join("samples.parquet")).ok();
+        let mut series = Vec::new();
+        for (m, rows) in [("SFT", &a), ("DPO", &b)] {
+            if let Some(rows) = rows {
+                let v: Vec<f64> = rows.iter().filter_map(|r| r.iou_unitcube).collect();
+                series.push((m.to_string(), v, rows.iter().filter(|r| r.iou_unitcube.is_none()).count()));
+            }
+        }
+        if series.is_empty() {
+            continue;
+        }
+        let p = out.join(format!("iou_hist_{s}.png"));
+        histogram_figure(&p, &format!("IoU_unitcube of generated programs: {s}"), "IoU_unitcube", &series, 0.0, 1.0, 10, Some("did not execute"))?;
+        let _ = writeln!(md, "![IoU histogram {s}](iou_hist_{s}.png)\n");
+        rep.figures.push(p);
+    }
+
+    // --- SFT loss
+    let sft: Vec<MetricRow> = read_jsonl(&run.join("metrics.jsonl"));
+    if sft.iter().any(|r| r.loss.is_some()) {
+        let loss = Series { name: "train loss (code tokens)".into(), points: sft.iter().filter_map(|r| Some((r.step as f64, r.loss?))).collect() };
+        let mut panels = vec![("SFT loss", "cross-entropy (nats/token)", vec![loss], None)];
+        let val: Vec<(f64, f64)> = sft.iter().filter_map(|r| Some((r.step as f64, r.val_iou_unitcube?))).collect();
+        if !val.is_empty() {
+            let vsr = Series { name: "val VSR".into(), points: sft.iter().filter_map(|r| Some((r.step as f64, r.val_vsr?))).collect() };
+            panels.push(("SFT validation (greedy)", "rate / mean IoU", vec![vsr, Series { name: "val IoU_unitcube (all)".into(), points: val }], None));
+        }
+        let p = out.join("sft_loss.png");
+        line_figure(&p, "optimizer step", &panels, (700, 460))?;
+        let last = sft.iter().rev().find_map(|r| r.loss).unwrap_or(f64::NAN);
+        let _ = writeln!(md, "## SFT\n\n{} logged steps, last loss {last:.4}.\n\n![SFT loss](sft_loss.png)\n", sft.len());
+        rep.figures.push(p);
+    } else {
+        rep.notes.push("no SFT metrics.jsonl".into());
+    }
+
+    // --- DPO training
+    let dpo: Vec<DpoMetricRow> = read_jsonl(&dpo_dir.join("metrics.jsonl"));
+    let steps: Vec<&DpoMetricRow> = dpo.iter().filter(|r| r.loss.is_some()).collect();
+    if !steps.is_empty() {
+        let s = |name: &str, f: &dyn Fn(&DpoMetricRow) -> Option<f64>| Series {
+            name: name.into(),
+            points: steps.iter().filter_map(|r| Some((r.step as f64, f(r)?))).collect(),
+        };
+        let p = out.join("dpo_training.png");
+        line_figure(
+            &p,
+            "DPO optimizer step",
+            &[
+                ("DPO loss", "sigmoid DPO loss", vec![s("loss", &|r| r.loss)], Some((std::f64::consts::LN_2, "ln 2 (policy = reference)"))),
+                (
+                    "Implicit rewards β·log(π/π_ref)",
+                    "reward",
+                    vec![s("rewards/margins", &|r| r.rewards_margins), s("rewards/chosen", &|r| r.rewards_chosen), s("rewards/rejected", &|r| r.rewards_rejected)],
+                    Some((0.0, "0")),
+                ),
+                ("Preference accuracy", "rewards/accuracies", vec![s("rewards/accuracies", &|r| r.rewards_accuracies)], Some((0.5, "chance"))),
+            ],
+            (620, 460),
+        )?;
+        let _ = writeln!(md, "## DPO\n\n![DPO training](dpo_training.png)\n");
+        rep.figures.push(p);
+    } else {
+        rep.notes.push("no DPO training steps in dpo/metrics.jsonl".into());
+    }
+    let rounds: Vec<&DpoMetricRow> = dpo.iter().filter(|r| r.rollout_pairs.is_some()).collect();
+    if !rounds.is_empty() {
+        let _ = writeln!(md, "| round | policy step | rollout mean reward | rollout VSR | rollout IoU_unitcube (all) | pairs |");
+        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|");
+        for r in &rounds {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.round,
+                r.step,
+                fmt3(r.rollout_reward_mean.unwrap_or(f64::NAN)),
+                fmt3(r.rollout_vsr.unwrap_or(f64::NAN)),
+                fmt3(r.rollout_iou_mean_all.unwrap_or(f64::NAN)),
+                r.rollout_pairs.unwrap_or(0.0)
+            );
+        }
+        let _ = writeln!(md);
+    }
+    // rollout rewards per round
+    let mut rseries = Vec::new();
+    let mut round_files: Vec<PathBuf> = std::fs::read_dir(dpo_dir.join("rollouts"))
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect())
+        .unwrap_or_default();
+    round_files.sort();
+    for f in &round_files {
+        if let Ok(rs) = crate::train::rollout::read_rollouts(f) {
+            let round = rs.first().map_or(0, |r| r.round);
+            let v: Vec<f64> = rs.iter().filter_map(|r| r.iou).collect();
+            rseries.push((format!("round {round}"), v, rs.iter().filter(|r| r.iou.is_none()).count()));
+        }
+    }
+    if !rseries.is_empty() {
+        let p = out.join("rollout_rewards.png");
+        histogram_figure(&p, "Rollout rewards per round (sampled programs, IoU_unitcube)", "reward = IoU_unitcube", &rseries, 0.0, 1.0, 10, Some("invalid: penalty"))?;
+        let _ = writeln!(md, "![Rollout rewards](rollout_rewards.png)\n");
+        rep.figures.push(p);
+    }
+
+    // --- gallery: target | SFT | DPO, on the first set with both (real data preferred)
+    let set_dirs: BTreeMap<String, PathBuf> =
+        std::fs::read_to_string(dpo_dir.join("eval").join("sets.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+    let mut gallery_sets: Vec<&(String, Option<EvalSummary>, Option<EvalSummary>)> = table.iter().filter(|t| t.1.is_some() && t.2.is_some()).collect();
+    gallery_sets.sort_by_key(|t| t.0.starts_with("synth")); // real images first
+    let mut gallery_done = false;
+    for (s, _, _) in gallery_sets {
+        let (Some(dir), Ok(a), Ok(b)) = (
+            set_dirs.get(s),
+            read_eval_rows(&run.join("eval").join(s).join("samples.parquet")),
+            read_eval_rows(&dpo_dir.join("eval").join(s).join("samples.parquet")),
+        ) else {
+            continue;
+        };
+        let Ok(samples) = crate::eval::load_samples(dir, None) else { continue };
+        let by_id: BTreeMap<&str, &crate::eval::Sample> = samples.iter().map(|x| (x.id.as_str(), x)).collect();
+        let first = |rows: &[EvalRow]| -> BTreeMap<String, EvalRow> {
+            let mut m = BTreeMap::new();
+            for r in rows {
+                m.entry(r.id.clone()).or_insert_with(|| r.clone());
+            }
+            m
+        };
+        let (ma, mb) = (first(&a), first(&b));
+        let ids: Vec<String> = ma.keys().filter(|k| mb.contains_key(*k) && by_id.contains_key(k.as_str())).cloned().collect();
+        let side = 180;
+        let rows: Vec<GalleryRow> = spread(&ids, 12)
+            .into_iter()
+            .map(|id| {
+                let t = by_id[id.as_str()];
+                let (ra, rb) = (&ma[&id], &mb[&id]);
+                GalleryRow {
+                    id: id.clone(),
+                    target: Tile { rgb: t.rgb.clone(), width: t.width as u32, height: t.height as u32 },
+                    sft: if ra.ok { render_program(&ra.program, side) } else { None },
+                    dpo: if rb.ok { render_program(&rb.program, side) } else { None },
+                    sft_iou: ra.iou_unitcube,
+                    dpo_iou: rb.iou_unitcube,
+                }
+            })
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let p = out.join("gallery.png");
+        gallery_figure(&p, &format!("{s}: target | SFT | DPO (first program per image, evenly spaced ids, not selected by IoU)"), &rows, 2, side, "IoU_uc")?;
+        let _ = writeln!(md, "## Gallery ({s})\n\n![gallery](gallery.png)\n");
+        rep.figures.push(p);
+        gallery_done = true;
+        break;
+    }
+    if !gallery_done {
+        rep.notes.push("no gallery: needs SFT and DPO evaluations of one set and dpo/eval/sets.json".into());
+    }
+    if !rep.notes.is_empty() {
+        let _ = writeln!(md, "## Notes\n");
+        for n in &rep.notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+    let p = out.join("README.md");
+    std::fs::write(&p, md).map_err(|e| ioerr(&p, e))?;
+    Ok(rep)
+}
