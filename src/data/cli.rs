@@ -201,7 +201,9 @@ fn golden(a: GoldenArgs) -> Result<()> {
         ratio[ratio.len() * 9 / 10]
     );
     if let Some(out) = &a.out {
-        let img = images::stack(&shown, 8);
+        // two pairs per row: real | ours   real | ours
+        let rows: Vec<_> = shown.chunks(2).map(|r| images::side_by_side(&r.iter().collect::<Vec<_>>(), 24)).collect();
+        let img = images::stack(&rows, 8);
         std::fs::write(out, images::encode_png(&img)?).with_context(|| format!("cannot write {}", out.display()))?;
         println!("wrote {} ({} pairs, real | ours)", out.display(), shown.len());
     }

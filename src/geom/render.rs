@@ -199,7 +199,7 @@ impl Camera {
 enum SurfKind {
     Plane { n: V3 },
     /// A cylinder about the line `c + s·a`; `seam` = (x, y) frame of the angle when it is a full circle.
-    Cylinder { a: V3, c: V3, seam: Option<(V3, V3)> },
+    Cylinder { a: V3, c: V3, r: f64, seam: Option<(V3, V3)> },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -261,7 +261,7 @@ impl Surfaces {
                         });
                         let full = seam.is_some() as i64;
                         let id = intern((1, [q(a[0]), q(a[1]), q(a[2]), q(c0[0]), q(c0[1]), q(c0[2]), q(r) * 2 + full]));
-                        Surf { id, kind: SurfKind::Cylinder { a, c: cw, seam } }
+                        Surf { id, kind: SurfKind::Cylinder { a, c: cw, r, seam } }
                     }
                 };
                 by_tag[tag] = Some(s);
@@ -299,21 +299,33 @@ struct Hit {
     facing: f32,
     /// Angle around a full cylinder, from its seam (radians in [0, 2π)); negative if none.
     angle: f32,
+    /// Surface tag of the hit (`u32::MAX` for none).
+    tag: u32,
 }
 
 const BG: u32 = u32::MAX;
 const UNKNOWN: u32 = u32::MAX - 1;
 
-/// Grey level of a face at `|n·v|`: a headlight, calibrated on the real images (axis faces in the
-/// isometric view, |n·v| = 1/√3, are 141; the brightest cylinder pixels about 160).
+/// Linear-light intensity of a face at `|n·v|` = `facing` (a headlight): `A + B·facing`, then the
+/// sRGB-like gamma 2.2. Fitted on the real images: axis faces in the isometric view (|n·v| = 1/√3)
+/// are exactly 141, the brightest cylinder pixels (|n·v| = √(2/3)) 160, grazing ones ~90; the blue
+/// channel is 0.96 of the others in linear light (141 → 138).
+const SHADE_A: f64 = 0.061_38;
+const SHADE_B: f64 = 0.364_08;
+
+fn shade(facing: f64, k: f64) -> u8 {
+    let lin = (SHADE_A + SHADE_B * facing.clamp(0.0, 1.0)) * k;
+    (255.0 * lin.powf(1.0 / 2.2)).round().clamp(0.0, 255.0) as u8
+}
+
+/// Grey level (red and green channels) of a face at `|n·v|`.
 pub fn face_grey(facing: f64) -> u8 {
-    let g = 95.0 + 79.5 * facing.clamp(0.0, 1.0);
-    g.round().clamp(0.0, 255.0) as u8
+    shade(facing, 1.0)
 }
 
 fn face_rgb(facing: f64) -> [u8; 3] {
     let g = face_grey(facing);
-    [g, g, ((g as f64) * 138.0 / 141.0).round() as u8]
+    [g, g, shade(facing, 0.96)]
 }
 
 /// Render `solid` in the given style.
@@ -405,7 +417,7 @@ fn draw_view(solid: &Solid, surfs: &Surfaces, bb: &Aabb, cam: &Camera, img: &mut
     let (j0, j1) = (clampi(py0.floor() - 1.0, hu), clampi(py1.ceil() + 1.0, hu));
 
     let sliver = 1e-9 * (1.0 + bb.max_extent());
-    let bg = Hit { id: BG, depth: f32::INFINITY, facing: 0.0, angle: -1.0 };
+    let bg = Hit { id: BG, depth: f32::INFINITY, facing: 0.0, angle: -1.0, tag: u32::MAX };
     let mut hits = vec![bg; wu * hu];
     for j in j0..j1 {
         for i in i0..i1 {
@@ -415,12 +427,12 @@ fn draw_view(solid: &Solid, surfs: &Surfaces, bb: &Aabb, cam: &Camera, img: &mut
             let Some(s) = spans.iter().find(|s| s.t1 > 0.0 && s.t1 - s.t0 > sliver) else { continue };
             let t = s.t0.max(0.0);
             let p = add(o, scale(d, t));
-            let mut hit = Hit { id: UNKNOWN, depth: t as f32, facing: (1.0f64 / 3.0).sqrt() as f32, angle: -1.0 };
+            let mut hit = Hit { id: UNKNOWN, depth: t as f32, facing: (1.0f64 / 3.0).sqrt() as f32, angle: -1.0, tag: s.f0 };
             if let Some(Some(sf)) = surfs.by_tag.get(s.f0 as usize) {
                 hit.id = sf.id;
                 let n = match sf.kind {
                     SurfKind::Plane { n } => n,
-                    SurfKind::Cylinder { a, c, seam } => {
+                    SurfKind::Cylinder { a, c, seam, .. } => {
                         let r = sub(p, c);
                         let r = sub(r, scale(a, dot(r, a)));
                         if let Some((sx, sy)) = seam {
@@ -436,8 +448,21 @@ fn draw_view(solid: &Solid, surfs: &Surfaces, bb: &Aabb, cam: &Camera, img: &mut
         }
     }
 
-    // edge pixels: for each 4-neighbour pair across a surface change, mark the nearer pixel
+    // Edge pixels: for each 4-neighbour pair across a surface change, mark the nearer pixel. Lines
+    // are B-rep edges only: where the front surface is a cylinder and the other pixel's ray misses
+    // its (infinite) cylinder, the change is the smooth contour, which OpenCascade does not draw.
     let mut line = vec![false; wu * hu];
+    let contour = |front: &Hit, bi: usize, bj: usize| -> bool {
+        let Some(Some(Surf { kind: SurfKind::Cylinder { a, c, r, .. }, .. })) = surfs.by_tag.get(front.tag as usize) else {
+            return false;
+        };
+        let (o, d) = cam.ray(bi as f64, bj as f64, w, h, far);
+        let wv = sub(o, *c);
+        let wp = sub(wv, scale(*a, dot(wv, *a)));
+        let dp = sub(d, scale(*a, dot(d, *a)));
+        let (dd, wd, ww) = (dot(dp, dp), dot(wp, dp), dot(wp, wp));
+        wd * wd - dd * (ww - r * r) < 0.0
+    };
     let boundary = |a: &Hit, b: &Hit| -> bool {
         if a.id != b.id {
             return true;
@@ -455,9 +480,12 @@ fn draw_view(solid: &Solid, surfs: &Surfaces, bb: &Aabb, cam: &Camera, img: &mut
                 if (a.id == BG && b.id == BG) || !boundary(&a, &b) {
                     continue;
                 }
+                let seam = a.id == b.id;
                 if a.depth <= b.depth {
-                    line[j * wu + i] = true;
-                } else {
+                    if seam || !contour(&a, ni, nj) {
+                        line[j * wu + i] = true;
+                    }
+                } else if seam || !contour(&b, i, j) {
                     line[nj * wu + ni] = true;
                 }
             }
@@ -633,6 +661,13 @@ mod tests {
         assert_eq!(render(&s, &RenderOptions { size: 2, ..Default::default() }), Err(RenderError::BadSize(2)));
         assert!(matches!(render(&s, &RenderOptions { zoom: 0.0, ..Default::default() }), Err(RenderError::BadOption(_))));
         assert!(matches!(render(&s, &RenderOptions { view: [0.0; 3], ..Default::default() }), Err(RenderError::BadOption(_))));
+    }
+
+    #[test]
+    fn shading_matches_the_real_greys() {
+        assert_eq!(face_rgb(1.0 / 3f64.sqrt()), [141, 141, 138]);
+        assert_eq!(face_grey((2.0f64 / 3.0).sqrt()), 160);
+        assert!((88..=93).contains(&face_grey(0.115)));
     }
 
     #[test]
