@@ -8,6 +8,20 @@
 //! `[out, r]`).
 //!
 //! A model exposes its linear layers to the functions here by implementing [`LinearLayers`].
+//!
+//! Wiring into the VLM (not done here; `src/model` belongs to the model code):
+//! - `layers.rs`: replace `struct Linear` and its impl by `pub use super::lora::LoraLinear as Linear;`
+//!   (same `new` / `new_scaled` / `forward`, same checkpoint keys `weight`, `bias`); the three reads
+//!   `….weight.dims()[0]` (text.rs ×2, vlm.rs ×1) become `.out_features()`.
+//! - `impl LinearLayers<B> for Vlm<B>` calling `f(path, layer)` for `visual.patch_embed.proj`,
+//!   `visual.blocks.{i}.attn.{qkv,proj}`, `visual.blocks.{i}.mlp.{fc1,fc2}`,
+//!   `visual.merger.mlp.{fc1,fc2}`, `model.layers.{i}.self_attn.{q,k,v,o}_proj`,
+//!   `model.layers.{i}.mlp.{gate,up,down}_proj` and `lm_head`.
+//! - SFT / DPO, after building (and loading) the base: `model = model.no_grad();`
+//!   `quantize_linears(&mut model, quantize, |p| p != "lm_head")?;`
+//!   `apply_lora(&mut model, &lora_cfg, device)?;` — the optimizer then updates only the adapters
+//!   (the only parameters with gradients). DPO's reference log-probs:
+//!   `with_adapters_disabled(|| policy.token_logprobs(..))`.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
