@@ -171,7 +171,7 @@ fn dequant_range(isa: Isa, t: &QTensor, r: usize, k0: usize, out: &mut [f32]) {
         }
         QData::Int4 { packed, scales, zeros, group_size } => {
             let g = *group_size;
-            debug_assert!(k0 % g == 0 && len % g == 0);
+            debug_assert!(k0.is_multiple_of(g) && len.is_multiple_of(g));
             let gpr = s / g;
             let p = &packed[(r * s + k0) / 2..(r * s + k0 + len) / 2];
             let sc = &scales[r * gpr + k0 / g..r * gpr + (k0 + len) / g];
@@ -195,7 +195,7 @@ fn dequant_range(isa: Isa, t: &QTensor, r: usize, k0: usize, out: &mut [f32]) {
         }
         QData::Nf4 { packed, scales, block_size } => {
             let b = *block_size;
-            debug_assert!(k0 % b == 0 && len % b == 0);
+            debug_assert!(k0.is_multiple_of(b) && len.is_multiple_of(b));
             let bpr = s / b;
             let p = &packed[(r * s + k0) / 2..(r * s + k0 + len) / 2];
             let mut absmax = [0f32; 64];
@@ -204,19 +204,19 @@ fn dequant_range(isa: Isa, t: &QTensor, r: usize, k0: usize, out: &mut [f32]) {
             while start < len / b {
                 let n = (len / b - start).min(64);
                 scales.decode_into(r * bpr + k0 / b + start, &mut absmax[..n]);
-                for bi in 0..n {
+                for (bi, &amax) in absmax[..n].iter().enumerate() {
                     let blk = start + bi;
                     let pc = &p[blk * b / 2..(blk + 1) * b / 2];
                     let oc = &mut out[blk * b..(blk + 1) * b];
                     match isa {
                         // SAFETY: as above.
                         #[cfg(target_arch = "x86_64")]
-                        Isa::Avx2 | Isa::Avx512 => unsafe { x86::dequant_nf4_avx2(pc, absmax[bi], oc) },
+                        Isa::Avx2 | Isa::Avx512 => unsafe { x86::dequant_nf4_avx2(pc, amax, oc) },
                         _ => {
                             for (pp, o32) in pc.chunks_exact(16).zip(oc.chunks_exact_mut(32)) {
                                 for j in 0..16 {
-                                    o32[j] = NF4_CODE[(pp[j] & 0x0F) as usize] * absmax[bi];
-                                    o32[j + 16] = NF4_CODE[(pp[j] >> 4) as usize] * absmax[bi];
+                                    o32[j] = NF4_CODE[(pp[j] & 0x0F) as usize] * amax;
+                                    o32[j + 16] = NF4_CODE[(pp[j] >> 4) as usize] * amax;
                                 }
                             }
                         }

@@ -119,7 +119,7 @@ impl QuantFormat {
 
     fn validate(self) -> Result<(), QuantError> {
         let g = self.group();
-        if g != 1 && (g == 0 || g % 32 != 0) {
+        if g != 1 && (g == 0 || !g.is_multiple_of(32)) {
             return Err(QuantError::BadGroupSize(g));
         }
         Ok(())
