@@ -46,6 +46,29 @@ enum Cmd {
     /// Measure training throughput (tokens/s) of a model size on a CPU backend.
     #[cfg(feature = "model")]
     BenchTrain(crate::train::cli::BenchTrainArgs),
+    /// PNG figures and report/README.md of a run folder (SFT/DPO curves, rollouts, IoU, gallery).
+    #[cfg(all(feature = "report", feature = "model", feature = "sandbox"))]
+    Report(ReportArgs),
+}
+
+#[cfg(all(feature = "report", feature = "model", feature = "sandbox"))]
+#[derive(Args)]
+pub(crate) struct ReportArgs {
+    /// Run folder, e.g. runs/dpo-cpu.
+    pub(crate) run: PathBuf,
+}
+
+#[cfg(all(feature = "report", feature = "model", feature = "sandbox"))]
+fn cmd_report(a: ReportArgs) -> anyhow::Result<()> {
+    let rep = crate::report::run::write_report(&a.run)?;
+    for f in &rep.figures {
+        println!("{}", f.display());
+    }
+    for n in &rep.notes {
+        eprintln!("note: {n}");
+    }
+    println!("{}", rep.dir.join("README.md").display());
+    Ok(())
 }
 
 #[derive(Args)]
@@ -99,6 +122,8 @@ pub fn main() -> ExitCode {
         Cmd::Eval(a) => crate::train::cli::eval(a),
         #[cfg(feature = "model")]
         Cmd::BenchTrain(a) => crate::train::cli::bench_train(a),
+        #[cfg(all(feature = "report", feature = "model", feature = "sandbox"))]
+        Cmd::Report(a) => cmd_report(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,3 +21,5 @@ pub mod recipe;
 pub mod tokenizer;
 #[cfg(feature = "model")]
 pub mod train;
+#[cfg(feature = "report")]
+pub mod report;

@@ -46,6 +46,14 @@ pub struct Recipe {
     pub sft: SftConfig,
     #[serde(default)]
     pub eval: EvalStage,
+    /// DPO on executed-IoU preferences after SFT and its evaluation (`train::dpo`).
+    #[cfg(feature = "sandbox")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpo: Option<crate::train::dpo::DpoConfig>,
+    /// Write `report/` (PNG figures + README.md) at the end (`report::run`).
+    #[cfg(all(feature = "report", feature = "sandbox"))]
+    #[serde(default)]
+    pub report: bool,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -207,6 +215,17 @@ impl Recipe {
         if self.eval.samples > 1 && self.eval.temperature <= 0.0 {
             return inv(format!("eval.samples = {} with temperature 0 gives identical programs; set eval.temperature > 0", self.eval.samples));
         }
+        #[cfg(feature = "sandbox")]
+        if let Some(d) = &self.dpo {
+            if let Err(m) = d.validate() {
+                return inv(m);
+            }
+            if let Some(src) = &d.sft_run
+                && !src.join("model.safetensors").exists()
+            {
+                return inv(format!("dpo.sft_run = {src:?}: no finished SFT run there (model.safetensors); run its recipe first"));
+            }
+        }
         Ok(())
     }
 
@@ -290,6 +309,15 @@ fn run_on<AB: burn::tensor::backend::AutodiffBackend>(r: &Recipe, run_dir: &Path
     use crate::tokenizer::CodeTokenizer;
     use crate::train::sft::{prepare_examples, train_sft};
     let mut rep = RunReport { run: run_dir.to_path_buf(), stages: Vec::new() };
+
+    // 0. reuse a finished SFT run (its data, tokenizer and weights) for DPO
+    #[cfg(feature = "sandbox")]
+    if let Some(src) = r.dpo.as_ref().and_then(|d| d.sft_run.as_ref()) {
+        let got = crate::train::dpo::adopt_sft_run(src, run_dir).map_err(|e| stage_err("sft_run", e))?;
+        if !got.is_empty() {
+            rep.stages.push(("sft_run".into(), "done".into(), format!("from {}: {}", src.display(), got.join(", "))));
+        }
+    }
 
     // 1. data
     if r.data.source == DataSource::Synth {
@@ -380,6 +408,17 @@ fn run_on<AB: burn::tensor::backend::AutodiffBackend>(r: &Recipe, run_dir: &Path
         all.insert(name, serde_json::to_value(&summary).unwrap_or_default());
     }
     std::fs::write(run_dir.join("eval.json"), serde_json::to_string_pretty(&all).unwrap_or_default()).map_err(|e| stage_err("eval", e))?;
+
+    // 5. dpo (+ evaluation of the DPO model on the same sets), 6. report
+    #[cfg(feature = "sandbox")]
+    if let Some(d) = &r.dpo {
+        crate::train::dpo::recipe_stage::<AB>(r, d, run_dir, &tok, &c, device, show_progress, &mut rep.stages).map_err(|e| stage_err("dpo", e))?;
+    }
+    #[cfg(all(feature = "report", feature = "sandbox"))]
+    if r.report {
+        let out = crate::report::run::write_report(run_dir).map_err(|e| stage_err("report", e))?;
+        rep.stages.push(("report".into(), "done".into(), format!("{} figures in {}", out.figures.len(), out.dir.display())));
+    }
     Ok(rep)
 }
 

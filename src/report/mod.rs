@@ -105,6 +105,7 @@ fn line_panel<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc(xlabel)
         .y_desc(ylabel)
+        .x_label_formatter(&|v: &f64| if (x1 - x0) >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") })
         .label_style((FONT_NAME, 14))
         .axis_desc_style((FONT_NAME, 15))
         .light_line_style(RGBColor(235, 235, 235))
@@ -250,7 +251,7 @@ pub fn histogram_figure(
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font((FONT_NAME, 14))
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::UpperMiddle)
         .draw()
         .map_err(|e| derr(path, e))?;
     root.present().map_err(|e| derr(path, e))
@@ -273,24 +274,30 @@ pub fn bar_figure(path: &Path, panels: &[(&str, &str, f64, Vec<String>, Vec<(Str
             .margin(14)
             .x_label_area_size(42)
             .y_label_area_size(56)
-            .build_cartesian_2d((0..n).into_segmented(), 0.0..*ymax)
+            .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..*ymax)
             .map_err(|e| derr(path, e))?;
-        let cats2 = cats.clone();
         chart
             .configure_mesh()
             .disable_x_mesh()
             .x_desc("evaluation set")
             .y_desc(*ylabel)
-            .x_label_formatter(&move |v: &SegmentValue<usize>| match v {
-                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => cats2.get(*i).cloned().unwrap_or_default(),
-                SegmentValue::Last => String::new(),
-            })
+            // category names are drawn below the slots (plotters' segment labels drift off-centre)
+            .x_label_formatter(&|_: &SegmentValue<usize>| String::new())
             .label_style((FONT_NAME, 14))
             .axis_desc_style((FONT_NAME, 15))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(|e| derr(path, e))?;
         let k = series.len().max(1) as f64;
+        {
+            let (xr, yr) = chart.plotting_area().get_pixel_range();
+            let seg = (xr.end - xr.start) as f64 / n as f64;
+            for (ci, cat) in cats.iter().enumerate() {
+                let cx = xr.start + ((ci as f64 + 0.5) * seg) as i32;
+                let est = (cat.chars().count() as i32) * 4; // ~half the text width at 14 px
+                root.draw(&Text::new(cat.clone(), (cx - est, yr.end + 6), (FONT_NAME, 14).into_font())).map_err(|e| derr(path, e))?;
+            }
+        }
         for (si, (name, vals)) in series.iter().enumerate() {
             let col = PALETTE[si % PALETTE.len()];
             // bars in pixel space (backend coordinates), offset per series within a category
@@ -298,10 +305,12 @@ pub fn bar_figure(path: &Path, panels: &[(&str, &str, f64, Vec<String>, Vec<(Str
                 .iter()
                 .enumerate()
                 .map(|(ci, &v)| {
-                    let (l, _) = chart.backend_coord(&(SegmentValue::Exact(ci), 0.0));
-                    let (r, base) = chart.backend_coord(&(SegmentValue::Exact(ci + 1), 0.0));
-                    let (_, top) = chart.backend_coord(&(SegmentValue::Exact(ci), v.max(0.0)));
-                    let seg = (r - l) as f64;
+                    // the plotting area split into n equal category slots
+                    let (xr, _) = chart.plotting_area().get_pixel_range();
+                    let seg = (xr.end - xr.start) as f64 / n as f64;
+                    let l = xr.start + (ci as f64 * seg) as i32;
+                    let (_, base) = chart.backend_coord(&(SegmentValue::CenterOf(ci), 0.0));
+                    let (_, top) = chart.backend_coord(&(SegmentValue::CenterOf(ci), v.max(0.0)));
                     let bw = 0.8 * seg / k;
                     let x0 = l + (0.1 * seg + si as f64 * bw) as i32;
                     let x1 = x0 + bw as i32 - 2;
