@@ -1,5 +1,6 @@
 //! What rounding the canonical printer's numbers costs in IoU on the real GenCAD-Code programs
-//! (`../shared/data/gencad-programs` and `gencad-test100-dev`, when present).
+//! (`gencad-programs` and `gencad-test100-dev` under `$CADVLM_SHARED_DATA`, default `../shared/data`,
+//! when present).
 //! Run with `--nocapture` to see the table.
 
 use std::path::Path;
@@ -9,8 +10,9 @@ use cadvlm::geom::{Normalize, iou};
 
 fn programs() -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for d in ["../shared/data/gencad-programs", "../shared/data/gencad-test100-dev"] {
-        let Ok(rd) = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(d)) else { continue };
+    let root = std::env::var("CADVLM_SHARED_DATA").map(std::path::PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    for d in ["gencad-programs", "gencad-test100-dev"] {
+        let Ok(rd) = std::fs::read_dir(root.join(d)) else { continue };
         let mut files: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "py")).collect();
         files.sort();
         for f in files {
