@@ -243,10 +243,11 @@ impl<B: Backend> LoraLinear<B> {
         let device = x.device();
         let on = adapters_enabled();
         let mut w = self.base_weight(&device); // [out, in]
-        if self.merged && !on {
-            if let Some(d) = self.delta_weight() {
-                w = w.sub(d);
-            }
+        if self.merged
+            && !on
+            && let Some(d) = self.delta_weight()
+        {
+            w = w.sub(d);
         }
         let y = burn::tensor::module::linear(x.clone(), w.transpose(), self.bias.as_ref().map(|b| b.val())); // [..., out]
         match (&self.lora_a, &self.lora_b) {
