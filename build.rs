@@ -24,6 +24,8 @@ fn main() {
     let target_dir = guest_target_dir(&out_dir);
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
 
+    ensure_wasm_target();
+
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&manifest_dir)
         .args(["build", "-p", "cadvlm-guest", "--release", "--target", "wasm32-wasip1", "--target-dir"])
@@ -65,6 +67,24 @@ fn main() {
     }
     let wasm = target_dir.join("wasm32-wasip1/release/cadvlm-guest.wasm");
     std::fs::copy(&wasm, out_dir.join("cadvlm-guest.wasm")).unwrap_or_else(|e| panic!("cannot copy {}: {e}", wasm.display()));
+}
+
+/// Add the `wasm32-wasip1` standard library when it is missing (rustup does not install a missing
+/// target of an installed toolchain by itself), so `cargo build` / `cargo run` carry their own set-up.
+fn ensure_wasm_target() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(rustc).args(["--print", "sysroot"]).output().ok().filter(|o| o.status.success());
+    let Some(sysroot) = sysroot.map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string())) else {
+        return;
+    };
+    if sysroot.join("lib/rustlib/wasm32-wasip1").exists() {
+        return;
+    }
+    println!("cargo:warning=adding the wasm32-wasip1 target (rustup target add wasm32-wasip1) for the sandbox guest");
+    match Command::new("rustup").args(["target", "add", "wasm32-wasip1"]).status() {
+        Ok(s) if s.success() => {}
+        other => println!("cargo:warning=`rustup target add wasm32-wasip1` did not succeed ({other:?}); the guest build will say why"),
+    }
 }
 
 /// `$CARGO_TARGET_DIR/wasm-guest`, else the outer target dir (found above `OUT_DIR`) + `/wasm-guest`.
