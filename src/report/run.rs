@@ -105,6 +105,11 @@ fn fmt3(v: f64) -> String {
     format!("{v:.3}")
 }
 
+/// A signed difference with 3 decimals, without a "-0.000".
+fn delta3(v: f64) -> String {
+    if v.abs() < 5e-4 { "±0.000".to_string() } else { format!("{v:+.3}") }
+}
+
 /// Write every figure and `README.md` of `run` into `run/report/`.
 pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
     let out = run.join("report");
@@ -155,12 +160,12 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
             if let (Some(a), Some(b)) = (a, b) {
                 let _ = writeln!(
                     md,
-                    "| {s} | **Δ DPO−SFT** | | {:+.3} | {:+.3} | {:+.3} | {:+.3} | {:+.3} |",
-                    b.vsr - a.vsr,
-                    b.iou_unitcube_mean_all - a.iou_unitcube_mean_all,
-                    b.iou_unitcube_mean_valid - a.iou_unitcube_mean_valid,
-                    b.iou_best_mean_all - a.iou_best_mean_all,
-                    b.iou_best_mean_valid - a.iou_best_mean_valid
+                    "| {s} | **Δ DPO−SFT** | | {} | {} | {} | {} | {} |",
+                    delta3(b.vsr - a.vsr),
+                    delta3(b.iou_unitcube_mean_all - a.iou_unitcube_mean_all),
+                    delta3(b.iou_unitcube_mean_valid - a.iou_unitcube_mean_valid),
+                    delta3(b.iou_best_mean_all - a.iou_best_mean_all),
+                    delta3(b.iou_best_mean_valid - a.iou_best_mean_valid)
                 );
             }
         }
