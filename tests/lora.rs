@@ -46,6 +46,14 @@ impl<B: Backend> LinearLayers<B> for Toy<B> {
     }
 }
 
+/// burn's backend RNG is global: tests that draw random tensors run one at a time so each sees the
+/// sequence its seed promises (the test harness runs tests on parallel threads).
+static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
 }
@@ -71,6 +79,7 @@ fn randomize_b<B: Backend>(m: &mut Toy<B>, device: &B::Device) {
 
 #[test]
 fn targets_match_by_name() {
+    let _rng = rng_lock();
     let c = LoraConfig { targets: vec!["q_proj".into(), "mlp.down_proj".into()], ..cfg(4) };
     assert!(c.matches("model.layers.3.self_attn.q_proj"));
     assert!(c.matches("model.layers.3.mlp.down_proj"));
@@ -92,6 +101,7 @@ fn toml_like(s: &str) -> Result<LoraConfig, serde_json::Error> {
 
 #[test]
 fn new_adapter_is_identity_and_merge_unmerge_round_trips() {
+    let _rng = rng_lock();
     let dev = Default::default();
     let mut m = Toy::<Nd>::new(16, &dev);
     let x = Tensor::<Nd, 2>::random([5, 16], Distribution::Normal(0.0, 1.0), &dev);
@@ -117,6 +127,7 @@ fn new_adapter_is_identity_and_merge_unmerge_round_trips() {
 
 #[test]
 fn adapters_save_and_load_alone() {
+    let _rng = rng_lock();
     let dev = Default::default();
     let base = Toy::<Nd>::new(12, &dev);
     let mut m = base.clone();
@@ -148,6 +159,7 @@ fn adapters_save_and_load_alone() {
 
 #[test]
 fn quantized_base_forward_equals_dequantized_linear_and_saves_memory() {
+    let _rng = rng_lock();
     let dev = Default::default();
     let d = 256;
     let mut m = Toy::<Nd>::new(d, &dev);
@@ -173,6 +185,7 @@ fn quantized_base_forward_equals_dequantized_linear_and_saves_memory() {
 
 #[test]
 fn gradients_reach_only_the_adapters() {
+    let _rng = rng_lock();
     let dev = Default::default();
     let mut m = Toy::<Ad>::new(8, &dev).no_grad();
     quantize_linears(&mut m, Quantize::Int4, |p| p.ends_with("up_proj")).unwrap();
@@ -241,6 +254,7 @@ fn fit(quantize: Quantize, steps: usize) -> Vec<f64> {
 
 #[test]
 fn qlora_loss_falls_like_lora_on_an_f32_base() {
+    let _rng = rng_lock();
     let steps = 150;
     let lora = fit(Quantize::None, steps);
     let qlora = fit(Quantize::Nf4, steps);
