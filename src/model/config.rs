@@ -38,6 +38,12 @@ pub struct VlmConfig {
     pub max_seq_len: usize,
     pub rope_theta: f64,
     pub rms_eps: f64,
+    /// Also add a learned projection of the mean image token to every text embedding (`image_cond.*`,
+    /// zero-initialised): a direct path from the image to each code position, which the prefix
+    /// attention alone learns too slowly on small data (see reports/model-sft-cpu.md). Older
+    /// checkpoints lack the field and the weights (false).
+    #[serde(default)]
+    pub image_cond: bool,
 }
 
 impl VlmConfig {
@@ -69,6 +75,7 @@ impl VlmConfig {
             max_seq_len: s.10,
             rope_theta: 10000.0,
             rms_eps: 1e-6,
+            image_cond: true,
         };
         c.validate()?;
         Ok(c)

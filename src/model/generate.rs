@@ -76,7 +76,8 @@ pub fn generate<B: Backend>(model: &Vlm<B>, image: Tensor<B, 3>, prefix: &[u32],
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let ids: Vec<i64> = (0..b).flat_map(|_| prefix.iter().map(|&t| t as i64)).collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, prefix.len()]), &device); // [batch, prefix]
-    let x = Tensor::cat(vec![image, model.model.embed(ids)], 1); // [batch, n + prefix, hidden]
+    let cond = model.image_condition(&image); // [batch, 1, hidden]
+    let x = Tensor::cat(vec![image, model.embed_text(ids, cond.as_ref())], 1); // [batch, n + prefix, hidden]
     let mut cache = KvCache::empty();
     let mut logits = model.step(x, &mut cache, n); // [batch, vocab]
     let budget = cfg.max_new_tokens.min(max_seq_len.saturating_sub(n + prefix.len()));
@@ -100,7 +101,7 @@ pub fn generate<B: Backend>(model: &Vlm<B>, image: Tensor<B, 3>, prefix: &[u32],
             break;
         }
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [b, 1]), &device); // [batch, 1]
-        logits = model.step(model.model.embed(ids), &mut cache, n);
+        logits = model.step(model.embed_text(ids, cond.as_ref()), &mut cache, n);
     }
     out
 }

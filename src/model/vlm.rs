@@ -20,6 +20,9 @@ pub struct Vlm<B: Backend> {
     pub visual: VisionEncoder<B>,
     pub model: TextModel<B>,
     pub lm_head: Linear<B>,
+    /// `[hidden] → [hidden]` projection of the mean image token added to every text embedding
+    /// (`VlmConfig::image_cond`).
+    pub image_cond: Option<Linear<B>>,
     pub n_image_tokens: usize,
 }
 
@@ -78,6 +81,8 @@ impl<B: Backend> Vlm<B> {
             visual: VisionEncoder::new(c, device),
             model: TextModel::new(c, device),
             lm_head: Linear::new(c.hidden, c.vocab_size, false, device),
+            // zero-initialised: training starts from the plain prefix-LM and opens the path as it helps
+            image_cond: c.image_cond.then(|| Linear::new_scaled(c.hidden, c.hidden, true, 0.0, device)),
             n_image_tokens: c.n_image_tokens(),
         }
     }
@@ -87,12 +92,28 @@ impl<B: Backend> Vlm<B> {
         self.visual.forward(patches)
     }
 
+    /// The per-image vector added to every text embedding: `[batch, 1, hidden]`, or `None` without
+    /// `image_cond`.
+    pub fn image_condition(&self, image: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+        self.image_cond.as_ref().map(|l| l.forward(image.clone().mean_dim(1))) // [batch, 1, hidden]
+    }
+
+    /// Token embeddings `[batch, seq, hidden]` plus the image condition (from [`Vlm::image_condition`]).
+    pub fn embed_text(&self, ids: Tensor<B, 2, Int>, cond: Option<&Tensor<B, 3>>) -> Tensor<B, 3> {
+        let e = self.model.embed(ids); // [batch, seq, hidden]
+        match cond {
+            Some(c) => e.add(c.clone()), // [batch, seq, hidden] + [batch, 1, hidden]
+            None => e,
+        }
+    }
+
     /// Log-probabilities `[batch, seq - 1]` of `ids[:, 1..]` given the image tokens and `ids[:, ..t]`.
     pub fn token_logprobs(&self, image: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
         let [b, t] = ids.dims();
         let n = self.n_image_tokens;
         let device = ids.device();
-        let x = Tensor::cat(vec![image, self.model.embed(ids.clone())], 1); // [batch, n + seq, hidden]
+        let cond = self.image_condition(&image); // [batch, 1, hidden]
+        let x = Tensor::cat(vec![image, self.embed_text(ids.clone(), cond.as_ref())], 1); // [batch, n + seq, hidden]
         let bias = prefix_causal_bias::<B>(n + t, n + t, n, &device); // [n + seq, n + seq]
         let h = self.model.forward(x, Some(&bias), None); // [batch, n + seq, hidden]
         let h = h.narrow(1, n, t - 1); // [batch, seq - 1, hidden]: the states that predict ids[:, 1..]
