@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::synth::fxhash;
 
-/// The instruction GenCAD-Code pairs with each image (CAD-Coder's prompt).
-pub const DEFAULT_PROMPT: &str = "Generate the CadQuery code needed to create the CAD for the provided image. Just the code, no other words.";
+/// The instruction GenCAD-Code pairs with each image (CAD-Coder's prompt), spelled "CADQuery" exactly as in
+/// the real `index.jsonl`: synthetic training data must use the prompt the real evaluation uses.
+pub const DEFAULT_PROMPT: &str = "Generate the CADQuery code needed to create the CAD for the provided image. Just the code, no other words.";
 
 /// One row of a shard.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
