@@ -330,3 +330,76 @@ fn dpo_with_lora_keeps_the_reference_and_raises_the_preferred_log_ratio() {
     let n = weights::named_params(&policy.valid());
     assert!(n.iter().any(|(k, (_, v))| k.contains("lora_b") && v.iter().any(|x| *x != 0.0)));
 }
+
+#[test]
+fn dpo_rounds_with_qlora_resume_exactly_and_export_a_plain_model() {
+    use cadvlm::train::dpo::{DpoConfig, train_dpo_adapted};
+    use cadvlm::train::rollout::{PairConfig, PairStrategy, Rollout, RolloutConfig, write_rollouts};
+    let _rng = rng_lock();
+    let (tok, c, _) = setup(4, &SftConfig::default());
+    let device = Default::default();
+    let root = tmp("dpo");
+    std::fs::create_dir_all(&root).unwrap();
+    <AB as burn::tensor::backend::Backend>::seed(&device, 5);
+    let init = root.join("sft.safetensors");
+    weights::save_module(&Vlm::<B>::new(&c, &device), &init).unwrap();
+    let images = vec![samples(1).remove(0)];
+    let cfg = DpoConfig {
+        rounds: 1,
+        images_per_round: 1,
+        steps_per_round: 4,
+        batch_pairs: 2,
+        beta: 0.5,
+        optim: OptimConfig { lr: 1e-3, warmup_steps: 0, weight_decay: 0.0, ..Default::default() },
+        checkpoint_every: 2,
+        rollout: RolloutConfig { k: 4, sandbox: cadvlm::sandbox::SandboxConfig::with_backend(cadvlm::sandbox::Backend::Native), ..Default::default() },
+        pairs: PairConfig { strategy: PairStrategy::AllAboveMargin, margin: 0.1, max_per_image: 3, hard_threshold: None },
+        ..Default::default()
+    };
+    let a = qlora(Quantize::Nf4);
+    // reset_reference needs a second model: refused with adapters
+    let e = train_dpo_adapted::<AB>(&root.join("x"), &DpoConfig { reset_reference: true, ..cfg.clone() }, &c, &a, &tok, &init, &images, &device, None, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("reset_reference"), "{e}");
+    let progs = [(program(0.5, 0.25, 0.25), 1.0), (program(0.5, 0.25, 0.125), 0.5), (program(0.75, 0.5, 0.25), 0.66), ("wp = cq.Workplane(".to_string(), -0.5)];
+    let rollouts: Vec<Rollout> = progs
+        .iter()
+        .map(|(p, r)| Rollout {
+            id: "q0".into(),
+            image: 0,
+            program: p.clone(),
+            finished: true,
+            reward: *r,
+            iou: (*r >= 0.0).then_some(*r),
+            failure: (*r < 0.0).then(|| "syntax".into()),
+            round: 0,
+            policy_step: 0,
+        })
+        .collect();
+    let mut finals = Vec::new();
+    for (name, stop) in [("straight", None), ("resumed", Some(2))] {
+        let run = root.join(name);
+        write_rollouts(&run.join("rollouts").join("round-00.parquet"), &rollouts).unwrap();
+        if let Some(s) = stop {
+            assert_eq!(train_dpo_adapted::<AB>(&run, &cfg, &c, &a, &tok, &init, &images, &device, Some(s), false).unwrap().step, s);
+        }
+        let o = train_dpo_adapted::<AB>(&run, &cfg, &c, &a, &tok, &init, &images, &device, None, false).unwrap();
+        assert_eq!((o.step, o.resumed_from), (4, stop));
+        let losses: Vec<f64> = o.metrics.iter().filter_map(|m| m.loss).collect();
+        assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-4 || stop.is_some(), "first loss {losses:?}");
+        assert!(run.join("adapters.safetensors").exists());
+        let m = weights::load_module(Vlm::<B>::new(&c, &device), &run.join("model.safetensors")).unwrap();
+        finals.push(weights::named_params(&m));
+    }
+    let (x, y) = (&finals[0], &finals[1]);
+    let max_diff = x.iter().map(|(k, (_, v))| v.iter().zip(&y[k].1).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max)).fold(0.0f32, f32::max);
+    assert!(max_diff < 1e-5, "resumed DPO weights differ by {max_diff}");
+    // the export is the NF4 base + merged adapters: it differs from the SFT weights (quantization and
+    // training) but keeps its non-linear parameters (embeddings, norms) bit for bit
+    let sft = weights::read_safetensors(&init).unwrap();
+    assert_eq!(x.keys().collect::<Vec<_>>(), sft.keys().collect::<Vec<_>>());
+    assert_eq!(x["model.embed_tokens.weight"], sft["model.embed_tokens.weight"]);
+    assert_ne!(x["model.layers.0.self_attn.q_proj.weight"], sft["model.layers.0.self_attn.q_proj.weight"]);
+    let _ = std::fs::remove_dir_all(&root);
+}
