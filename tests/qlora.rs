@@ -95,6 +95,29 @@ fn recipe_qlora_smoke_parses_with_nf4_and_lora() {
     assert!(!r.adaptation().is_full());
 }
 
+#[test]
+fn qlora_smoke_recipe_trains_adapters_and_evaluates_the_merged_model() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/qlora-smoke.toml");
+    let sets = ["data.n_train=48", "sft.steps=6", "sft.checkpoint_every=3", "eval.max_new_tokens=16", "sft.max_new_tokens=16"].map(String::from);
+    let r = Recipe::load(&file, &sets).unwrap();
+    let runs = tmp("recipe");
+    let rep = cadvlm::recipe::run(&r, &runs, false).unwrap();
+    assert!(rep.stages.iter().all(|s| s.1 == "done"), "{:?}", rep.stages);
+    let dir = runs.join("qlora-smoke");
+    for f in ["base.safetensors", "adapters.safetensors", "model.safetensors", "config.json", "eval.json", "checkpoints/step-0000006/meta.json"] {
+        assert!(dir.join(f).exists(), "missing {f}");
+    }
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("checkpoints/step-0000006/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["adapt"]["quantize"], "nf4");
+    assert_eq!(meta["adapt"]["lora"]["rank"], 8);
+    // eval loads model.safetensors as a plain model (what `cadvlm eval --run` does)
+    let c: VlmConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    weights::load_module(Vlm::<B>::new(&c, &Default::default()), &dir.join("model.safetensors")).unwrap();
+    let rep2 = cadvlm::recipe::run(&r, &runs, false).unwrap();
+    assert!(rep2.stages.iter().all(|s| s.1 == "reused"), "{:?}", rep2.stages);
+    let _ = std::fs::remove_dir_all(&runs);
+}
+
 /// Mean of the last `k` losses.
 fn tail_mean(l: &[(usize, f64)], k: usize) -> f64 {
     l[l.len() - k..].iter().map(|x| x.1).sum::<f64>() / k as f64
