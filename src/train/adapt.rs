@@ -48,6 +48,11 @@ impl Adaptation {
         self.lora.as_ref().filter(|l| l.rank > 0)
     }
 
+    /// Whether both train the same way (`[lora] rank = 0` is the same as no `[lora]`).
+    pub fn same_training(&self, other: &Adaptation) -> bool {
+        self.quantize == other.quantize && self.lora_cfg() == other.lora_cfg()
+    }
+
     /// Every check that can fail before work starts, for a model of config `c`; the messages name
     /// the recipe fields and say how to fix them.
     pub fn validate(&self, c: &VlmConfig) -> Result<(), String> {
@@ -138,6 +143,7 @@ mod tests {
         // rank 0 means no adapters: fine with an f32 base, refused with a quantized one
         let r0 = Adaptation { quantize: Quantize::None, lora: Some(LoraConfig { rank: 0, ..LoraConfig::default() }) };
         assert!(r0.validate(&c).is_ok() && r0.is_full());
+        assert!(r0.same_training(&Adaptation::default()) && !ok.same_training(&Adaptation::default()));
         assert!(Adaptation { quantize: Quantize::Int8, ..r0 }.validate(&c).is_err());
     }
 }

@@ -244,7 +244,7 @@ pub fn save_final<B: burn::tensor::backend::Backend>(run: &Path, model: &Vlm<B>,
 
 /// A checkpoint resumes only under the LoRA / quantization settings it was trained with.
 pub fn check_adaptation(dir: &Path, had: &Adaptation, want: &Adaptation) -> Result<(), TrainError> {
-    if had == want {
+    if had.same_training(want) {
         return Ok(());
     }
     let show = |a: &Adaptation| serde_json::to_string(a).unwrap_or_default();
