@@ -9,8 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::lora::LoraConfig;
+use crate::model::quant::Quantize;
 use crate::model::{SIZES, VlmConfig};
 use crate::tokenizer::TokenizerConfig;
+use crate::train::adapt::Adaptation;
 use crate::train::sft::SftConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,9 @@ pub struct Recipe {
     pub model: ModelStage,
     #[serde(default)]
     pub sft: SftConfig,
+    /// LoRA adapters instead of full fine-tuning, for SFT and DPO (`train::adapt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
     #[serde(default)]
     pub eval: EvalStage,
     /// DPO on executed-IoU preferences after SFT and its evaluation (`train::dpo`).
@@ -94,6 +100,11 @@ fn d_val() -> usize {
 pub struct ModelStage {
     /// One of `tiny`, `mini`, `small`, `medium`, `base`.
     pub size: String,
+    /// Storage of the frozen base weights of the linear layers (all but `lm_head`) while training
+    /// adapters: `"none"` (f32), `"int8"`, `"int4"` or `"nf4"` (QLoRA). Anything but `"none"` needs
+    /// a `[lora]` section.
+    #[serde(default)]
+    pub quantize: Quantize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -204,6 +215,9 @@ impl Recipe {
                 s.max_code_tokens, self.model.size, c.max_seq_len, c.n_image_tokens()
             ));
         }
+        if let Err(m) = self.adaptation().validate(&c) {
+            return inv(m);
+        }
         for d in &self.eval.dirs {
             if !d.is_dir() {
                 return inv(format!("eval.dirs: {:?} is not a folder", d));
@@ -217,7 +231,7 @@ impl Recipe {
         }
         #[cfg(feature = "sandbox")]
         if let Some(d) = &self.dpo {
-            if let Err(m) = d.validate() {
+            if let Err(m) = d.validate().and_then(|_| crate::train::dpo::validate_with(d, &self.adaptation())) {
                 return inv(m);
             }
             if let Some(src) = &d.sft_run
@@ -227,6 +241,11 @@ impl Recipe {
             }
         }
         Ok(())
+    }
+
+    /// How SFT and DPO train: `[model] quantize` + `[lora]`.
+    pub fn adaptation(&self) -> Adaptation {
+        Adaptation { quantize: self.model.quantize, lora: self.lora.clone() }
     }
 
     pub fn to_toml(&self) -> String {
@@ -253,6 +272,26 @@ mod tests {
         assert!(e.contains("sft.steps"), "{e}");
         // the resolved form parses back to the same recipe
         assert_eq!(Recipe::parse(&r.to_toml(), p, &[]).unwrap(), r);
+    }
+
+    #[test]
+    fn quantize_and_lora_are_validated_before_any_work() {
+        let p = Path::new("r.toml");
+        let lora = "[lora]\nrank = 4\nalpha = 8.0\ntargets = [\"q_proj\", \"v_proj\"]\n";
+        let q = Recipe::parse(&format!("{R}{lora}"), p, &["model.quantize=nf4".into()]).unwrap();
+        assert_eq!(q.model.quantize, Quantize::Nf4);
+        assert_eq!(q.lora.as_ref().map(|l| l.rank), Some(4));
+        assert_eq!(Recipe::parse(&q.to_toml(), p, &[]).unwrap(), q);
+        let e = Recipe::parse(R, p, &["model.quantize=nf5".into()]).unwrap_err().to_string();
+        assert!(e.contains("nf5") && e.contains("nf4"), "{e}");
+        let e = Recipe::parse(R, p, &["model.quantize=int4".into()]).unwrap_err().to_string();
+        assert!(e.contains("model.quantize") && e.contains("[lora]"), "{e}");
+        let e = Recipe::parse(&format!("{R}{lora}"), p, &["lora.targets=[\"q_prj\"]".into()]).unwrap_err().to_string();
+        assert!(e.contains("lora.targets") && e.contains("q_prj"), "{e}");
+        let e = Recipe::parse(&format!("{R}{lora}"), p, &["lora.dropout=1.0".into()]).unwrap_err().to_string();
+        assert!(e.contains("lora.dropout"), "{e}");
+        let e = Recipe::parse(&format!("{R}{lora}"), p, &["lora.rnak=2".into()]).unwrap_err().to_string();
+        assert!(e.contains("rnak"), "{e}");
     }
 }
 
@@ -307,7 +346,7 @@ pub fn split_dir(r: &Recipe, run_dir: &Path, split: &str) -> PathBuf {
 fn run_on<AB: burn::tensor::backend::AutodiffBackend>(r: &Recipe, run_dir: &Path, device: &AB::Device, show_progress: bool) -> Result<RunReport, RecipeError> {
     use crate::eval::{EvalSummary, evaluate_samples, load_samples, load_samples_at, summarize, write_results_parquet};
     use crate::tokenizer::CodeTokenizer;
-    use crate::train::sft::{prepare_examples, train_sft};
+    use crate::train::sft::{prepare_examples, train_sft_adapted};
     let mut rep = RunReport { run: run_dir.to_path_buf(), stages: Vec::new() };
 
     // 0. reuse a finished SFT run (its data, tokenizer and weights) for DPO
@@ -361,7 +400,8 @@ fn run_on<AB: burn::tensor::backend::AutodiffBackend>(r: &Recipe, run_dir: &Path
         if show_progress {
             eprintln!("sft: {} training examples ({} skipped: unparsable or over sft.max_code_tokens), {} validation", train.len(), skipped, val.len());
         }
-        let out = train_sft::<AB>(run_dir, &r.sft, &c, &tok, &train, &val, device, None, show_progress).map_err(|e| stage_err("sft", e))?;
+        let out = train_sft_adapted::<AB>(run_dir, &r.sft, &c, &r.adaptation(), &tok, &train, &val, device, None, show_progress)
+            .map_err(|e| stage_err("sft", e))?;
         let last = out.metrics.iter().rev().find_map(|m| m.loss).unwrap_or(f64::NAN);
         rep.stages.push(("sft".into(), "done".into(), format!("{} steps, last loss {last:.4}", out.step)));
     }

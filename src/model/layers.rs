@@ -2,45 +2,18 @@
 //! (weights in the Hugging Face `[out, in]` layout, so names and shapes equal checkpoint keys), RMSNorm,
 //! LayerNorm, rotary embeddings and scaled dot-product attention with grouped KV heads.
 //!
-//! LoRA adapters and quantized weights (issue 7) replace [`Linear`] here and nowhere else.
+//! [`Linear`] is [`super::lora::LoraLinear`]: a plain f32 linear layer until a base is quantized
+//! or an adapter attached (LoRA / QLoRA, issue 7); its checkpoint keys stay `weight` and `bias`.
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
-/// `y = x Wᵀ + b` with `W: [out, in]`.
-#[derive(Module, Debug)]
-pub struct Linear<B: Backend> {
-    pub weight: Param<Tensor<B, 2>>,
-    pub bias: Option<Param<Tensor<B, 1>>>,
-}
-
-impl<B: Backend> Linear<B> {
-    pub fn new(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
-        let std = (1.0 / d_in as f64).sqrt();
-        let weight = Tensor::random([d_out, d_in], Distribution::Normal(0.0, std), device); // [out, in]
-        Linear {
-            weight: Param::from_tensor(weight),
-            bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
-        }
-    }
-
-    /// A projection whose output starts at zero scale (residual branches: o_proj, down_proj, fc2).
-    pub fn new_scaled(d_in: usize, d_out: usize, bias: bool, scale: f64, device: &B::Device) -> Self {
-        let std = scale * (1.0 / d_in as f64).sqrt();
-        let weight = Tensor::random([d_out, d_in], Distribution::Normal(0.0, std), device);
-        Linear {
-            weight: Param::from_tensor(weight),
-            bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
-        }
-    }
-
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        // x: [..., in] -> [..., out]
-        burn::tensor::module::linear(x, self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()))
-    }
-}
+/// `y = x Wᵀ + b` with `W: [out, in]`: the LoRA-capable linear layer, whose base is an f32
+/// parameter (checkpoint keys `weight`, `bias`, as before adapters existed) or a frozen quantized
+/// weight, with an optional adapter (`lora_a`, `lora_b`). See [`super::lora`].
+pub use super::lora::LoraLinear as Linear;
 
 /// Root-mean-square norm with a learned scale (Qwen2).
 #[derive(Module, Debug)]

@@ -9,19 +9,18 @@
 //!
 //! A model exposes its linear layers to the functions here by implementing [`LinearLayers`].
 //!
-//! Wiring into the VLM (not done here; `src/model` belongs to the model code):
-//! - `layers.rs`: replace `struct Linear` and its impl by `pub use super::lora::LoraLinear as Linear;`
-//!   (same `new` / `new_scaled` / `forward`, same checkpoint keys `weight`, `bias`); the three reads
-//!   `….weight.dims()[0]` (text.rs ×2, vlm.rs ×1) become `.out_features()`.
-//! - `impl LinearLayers<B> for Vlm<B>` calling `f(path, layer)` for `visual.patch_embed.proj`,
-//!   `visual.blocks.{i}.attn.{qkv,proj}`, `visual.blocks.{i}.mlp.{fc1,fc2}`,
+//! Wiring into the VLM:
+//! - `layers.rs` re-exports [`LoraLinear`] as the model's `Linear` (same `new` / `new_scaled` /
+//!   `forward`, same checkpoint keys `weight`, `bias`), and `Vlm` implements [`LinearLayers`]
+//!   (`visual.patch_embed.proj`, `visual.blocks.{i}.attn.{qkv,proj}`, `visual.blocks.{i}.mlp.{fc1,fc2}`,
 //!   `visual.merger.mlp.{fc1,fc2}`, `model.layers.{i}.self_attn.{q,k,v,o}_proj`,
-//!   `model.layers.{i}.mlp.{gate,up,down}_proj` and `lm_head`.
-//! - SFT / DPO, after building (and loading) the base: `model = model.no_grad();`
+//!   `model.layers.{i}.mlp.{gate,up,down}_proj`, `lm_head`).
+//! - SFT / DPO (`train::adapt`), after building (and loading) the base: `model = model.no_grad();`
 //!   `quantize_linears(&mut model, quantize, |p| p != "lm_head")?;`
 //!   `apply_lora(&mut model, &lora_cfg, device)?;` — the optimizer then updates only the adapters
 //!   (the only parameters with gradients). DPO's reference log-probs:
-//!   `with_adapters_disabled(|| policy.token_logprobs(..))`.
+//!   `with_adapters_disabled(|| reference_logprobs(&policy.valid(), ..))`. The final model is
+//!   exported with [`merge_and_unload`] (a plain f32 checkpoint that `eval` loads as any other).
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -454,6 +453,55 @@ fn for_each_adapter<B: Backend, M: LinearLayers<B>>(
         }
     });
     err.map_or(Ok(n), Err)
+}
+
+/// Prepares a trained model for export as a plain checkpoint: every quantized base is dequantized,
+/// every adapter is merged into its base (`W + (α/r) B A`, exactly the trained forward) and dropped.
+/// Afterwards the model has only the keys `weight` / `bias` of an unadapted model, so it saves and
+/// loads as one. Returns the number of adapters merged.
+pub fn merge_and_unload<B: Backend, M: LinearLayers<B>>(model: &mut M, device: &B::Device) -> Result<usize, LoraError> {
+    let (mut n, mut err) = (0, None);
+    model.for_each_linear(&mut |path, l| {
+        if err.is_some() {
+            return;
+        }
+        l.dequantize_base(device);
+        if l.has_adapter() {
+            if !l.merged
+                && let Err(e) = l.merge()
+            {
+                err = Some(tag(e, path));
+                return;
+            }
+            n += 1;
+        }
+        l.lora_a = None;
+        l.lora_b = None;
+        l.merged = false;
+    });
+    err.map_or(Ok(n), Err)
+}
+
+/// Weight memory of a whole model: `(as f32, as stored)` in bytes. Every float parameter (embeddings,
+/// norms, biases, f32 bases, adapters) counts 4 bytes a value in both; a quantized base counts
+/// `4 · out · in` as f32 and its packed storage (codes + scales) as stored.
+pub fn model_weight_bytes<B: Backend, M: Module<B> + LinearLayers<B>>(model: &mut M) -> (usize, usize) {
+    struct Count(usize);
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Count {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0 += 4 * param.shape().num_elements();
+        }
+    }
+    let mut c = Count(0);
+    model.visit(&mut c);
+    let (mut q_f32, mut q_stored) = (0, 0);
+    model.for_each_linear(&mut |_, l| {
+        if let Some(q) = &l.qweight {
+            q_f32 += 4 * l.d_in * l.d_out;
+            q_stored += q.storage_bytes();
+        }
+    });
+    (c.0 + q_f32, c.0 + q_stored)
 }
 
 /// Weight memory of the linear layers: `(as f32, as stored)` in bytes (adapters and biases

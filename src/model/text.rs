@@ -103,7 +103,7 @@ impl<B: Backend> TextModel<B> {
         let [_, t, _] = x.dims();
         let start = cache.as_ref().map_or(0, |c| c.len);
         let sa = &self.layers[0].self_attn;
-        let hd = self.layers[0].self_attn.q_proj.weight.dims()[0] / sa.heads;
+        let hd = sa.q_proj.out_features() / sa.heads;
         let (cos, sin) = rope_tables::<B>(start, t, hd, self.rope_theta, &x.device()); // [seq, head_dim]
         let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -132,7 +132,7 @@ impl<B: Backend> SelfAttention<B> {
         layer: usize,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
-        let hd = self.q_proj.weight.dims()[0] / self.heads;
+        let hd = self.q_proj.out_features() / self.heads;
         let q = self.q_proj.forward(x.clone()).reshape([b, t, self.heads, hd]).swap_dims(1, 2); // [batch, heads, seq, hd]
         let k = self.k_proj.forward(x.clone()).reshape([b, t, self.kv_heads, hd]).swap_dims(1, 2); // [batch, kv_heads, seq, hd]
         let v = self.v_proj.forward(x).reshape([b, t, self.kv_heads, hd]).swap_dims(1, 2); // [batch, kv_heads, seq, hd]

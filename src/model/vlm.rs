@@ -4,6 +4,9 @@
 //! For SFT and DPO the unit is [`Vlm::token_logprobs`]: log-probabilities of every next text token given
 //! an image encoding, so that a DPO step encodes each image once and scores `[chosen; rejected]`
 //! with the encoding repeated ([`repeat_rows`]).
+//!
+//! Every projection is a [`Linear`] (= [`super::lora::LoraLinear`]); [`LinearLayers`] lists them by
+//! checkpoint path, so a base can be quantized and LoRA adapters attached by name (QLoRA).
 
 use burn::module::Module;
 use burn::tensor::activation::log_softmax;
@@ -12,6 +15,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use super::VlmConfig;
 use super::layers::{Linear, prefix_causal_bias};
+use super::lora::{LinearLayers, LoraLinear};
 use super::text::{KvCache, TextModel};
 use super::vision::VisionEncoder;
 
@@ -145,7 +149,78 @@ impl<B: Backend> Vlm<B> {
         let bias = (t > 1).then(|| prefix_causal_bias::<B>(t, cache.len + t, prefix, &x.device())); // [seq, past + seq]
         let h = self.model.forward(x, bias.as_ref(), Some(cache)); // [batch, seq, hidden]
         let last = h.narrow(1, t - 1, 1); // [batch, 1, hidden]
-        let v = self.lm_head.weight.dims()[0];
+        let v = self.lm_head.out_features();
         self.lm_head.forward(last).reshape([b, v]) // [batch, vocab]
+    }
+}
+
+/// The checkpoint paths of every linear layer of a model of config `c`, in [`LinearLayers`] order
+/// (without building the model: recipes check LoRA targets against it before any work).
+pub fn linear_paths(c: &VlmConfig) -> Vec<String> {
+    let mut out = vec!["visual.patch_embed.proj".to_string()];
+    for i in 0..c.vision_layers {
+        out.extend(["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"].map(|n| format!("visual.blocks.{i}.{n}")));
+    }
+    out.extend(["visual.merger.mlp.fc1".to_string(), "visual.merger.mlp.fc2".to_string()]);
+    for i in 0..c.layers {
+        out.extend(
+            ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+                .map(|n| format!("model.layers.{i}.{n}")),
+        );
+    }
+    out.push("lm_head".to_string());
+    out
+}
+
+impl<B: Backend> LinearLayers<B> for Vlm<B> {
+    /// Every linear layer with its checkpoint path: the ViT (`visual.patch_embed.proj`,
+    /// `visual.blocks.{i}.attn.{qkv,proj}`, `visual.blocks.{i}.mlp.{fc1,fc2}`), the projector
+    /// (`visual.merger.mlp.{fc1,fc2}`), the decoder (`model.layers.{i}.self_attn.{q,k,v,o}_proj`,
+    /// `model.layers.{i}.mlp.{gate,up,down}_proj`) and `lm_head`.
+    fn for_each_linear(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear<B>)) {
+        let v = &mut self.visual;
+        f("visual.patch_embed.proj", &mut v.patch_embed.proj);
+        for (i, b) in v.blocks.iter_mut().enumerate() {
+            f(&format!("visual.blocks.{i}.attn.qkv"), &mut b.attn.qkv);
+            f(&format!("visual.blocks.{i}.attn.proj"), &mut b.attn.proj);
+            f(&format!("visual.blocks.{i}.mlp.fc1"), &mut b.mlp.fc1);
+            f(&format!("visual.blocks.{i}.mlp.fc2"), &mut b.mlp.fc2);
+        }
+        f("visual.merger.mlp.fc1", &mut v.merger.mlp.fc1);
+        f("visual.merger.mlp.fc2", &mut v.merger.mlp.fc2);
+        for (i, l) in self.model.layers.iter_mut().enumerate() {
+            let a = &mut l.self_attn;
+            f(&format!("model.layers.{i}.self_attn.q_proj"), &mut a.q_proj);
+            f(&format!("model.layers.{i}.self_attn.k_proj"), &mut a.k_proj);
+            f(&format!("model.layers.{i}.self_attn.v_proj"), &mut a.v_proj);
+            f(&format!("model.layers.{i}.self_attn.o_proj"), &mut a.o_proj);
+            f(&format!("model.layers.{i}.mlp.gate_proj"), &mut l.mlp.gate_proj);
+            f(&format!("model.layers.{i}.mlp.up_proj"), &mut l.mlp.up_proj);
+            f(&format!("model.layers.{i}.mlp.down_proj"), &mut l.mlp.down_proj);
+        }
+        f("lm_head", &mut self.lm_head);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_paths_list_every_linear_layer_in_order() {
+        type B = burn::backend::NdArray<f32>;
+        let c = VlmConfig::named("tiny", 300).unwrap();
+        let mut m = Vlm::<B>::new(&c, &Default::default());
+        let mut walked = Vec::new();
+        m.for_each_linear(&mut |p, l| walked.push((p.to_string(), l.out_features())));
+        let paths: Vec<String> = walked.iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(paths, linear_paths(&c));
+        // each path is the prefix of that layer's checkpoint keys
+        let keys = super::super::weights::named_params(&m);
+        for (p, out) in &walked {
+            assert_eq!(keys[&format!("{p}.weight")].0[0], *out, "{p}");
+        }
+        // and every other `.weight` key belongs to a norm or an embedding: no linear layer is missed
+        assert!(keys.keys().filter(|k| k.ends_with(".weight")).all(|k| k.contains("norm") || k.contains("embed") || k.contains("ln_q") || walked.iter().any(|(p, _)| *k == format!("{p}.weight"))), "{keys:?}");
     }
 }

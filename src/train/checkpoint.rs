@@ -9,6 +9,7 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::model::weights::{self, Named};
+use super::adapt::Adaptation;
 use crate::model::{ModelError, VlmConfig};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -20,6 +21,11 @@ pub struct CheckpointMeta {
     pub tokens: u64,
     pub seconds: f64,
     pub config: VlmConfig,
+    /// LoRA / quantization the run trains with (absent: full fine-tuning). With adapters the
+    /// checkpoint's `model.safetensors` holds the f32 parameters and the adapters, not the quantized
+    /// bases, which are rebuilt from the run's base weights on resume.
+    #[serde(default, skip_serializing_if = "Adaptation::is_full")]
+    pub adapt: Adaptation,
 }
 
 #[derive(Debug, thiserror::Error)]

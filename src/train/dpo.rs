@@ -8,7 +8,10 @@
 //! - Log-probs are summed over code tokens (and `<|end|>`) only; one forward scores
 //!   `[chosen; rejected]` with the image encoded once and repeated.
 //! - The reference is the SFT model, frozen (an inner-backend copy: no gradient can reach it);
-//!   with `reset_reference` it becomes the policy at the start of each round.
+//!   with `reset_reference` it becomes the policy at the start of each round. With LoRA / QLoRA
+//!   ([`train_dpo_adapted`], `train::adapt`) the policy is the SFT model as a (quantized) frozen base
+//!   plus adapters, and the reference is that same policy with its adapters switched off
+//!   ([`with_adapters_disabled`]): no second copy of the model.
 //! - Per round, the rollouts are cached as `rollouts/round-NN.parquet`; checkpoints are atomic and a
 //!   stopped run resumes from the last one (the pair order is a pure function of the step).
 //! - `metrics.parquet` / `metrics.jsonl` use TRL's names: `loss`, `rewards/chosen`, `rewards/rejected`,
@@ -25,10 +28,12 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::adapt::Adaptation;
 use super::checkpoint::{self, CheckpointMeta};
 use super::optim::{AdamW, OptimConfig, lr_at};
 use super::rollout::{self, Pair, PairConfig, Rollout, RolloutConfig};
-use super::sft::{TrainError, sample_indices};
+use super::sft::{TrainError, check_adaptation, sample_indices};
+use crate::model::lora::with_adapters_disabled;
 use crate::eval::{Sample, patches_tensor, prefix_tokens};
 use crate::model::vlm::{TokenBatch, Vlm};
 use crate::model::{VlmConfig, weights};
@@ -132,6 +137,14 @@ impl DpoConfig {
     pub fn total_steps(&self) -> usize {
         self.rounds * self.steps_per_round
     }
+}
+
+/// Checks of `[dpo]` that depend on `[model] quantize` / `[lora]`.
+pub fn validate_with(cfg: &DpoConfig, adapt: &Adaptation) -> Result<(), String> {
+    if cfg.reset_reference && !adapt.is_full() {
+        return Err("dpo.reset_reference = true needs full fine-tuning: with [lora] the reference is the base with the adapters off; set dpo.reset_reference = false or drop [lora]".into());
+    }
+    Ok(())
 }
 
 /// Batch means of the DPO loss and TRL's statistics.
@@ -414,8 +427,9 @@ fn save_reference<B: Backend>(run: &Path, model: &Vlm<B>, round: usize) -> Resul
     std::fs::write(&j, format!("{{\"round\": {round}}}\n")).map_err(|e| ioerr(&j, e))
 }
 
-/// Train (or resume) DPO in `run`, starting from the SFT weights `init` (`model.safetensors`).
-/// `images` are the training images (at model resolution or any size); `stop_at` ends after that step.
+/// Train (or resume) DPO in `run`, starting from the SFT weights `init` (`model.safetensors`), with
+/// full fine-tuning. `images` are the training images (at model resolution or any size); `stop_at`
+/// ends after that step.
 #[allow(clippy::too_many_arguments)]
 pub fn train_dpo<AB: AutodiffBackend>(
     run: &Path,
@@ -428,13 +442,34 @@ pub fn train_dpo<AB: AutodiffBackend>(
     stop_at: Option<usize>,
     show_progress: bool,
 ) -> Result<DpoOutcome, TrainError> {
+    train_dpo_adapted::<AB>(run, cfg, c, &Adaptation::default(), tok, init, images, device, stop_at, show_progress)
+}
+
+/// As [`train_dpo`], training as `adapt` says. With adapters, the SFT weights are the frozen
+/// (quantized) base, the reference is the policy with adapters off, and `reset_reference` is refused.
+#[allow(clippy::too_many_arguments)]
+pub fn train_dpo_adapted<AB: AutodiffBackend>(
+    run: &Path,
+    cfg: &DpoConfig,
+    c: &VlmConfig,
+    adapt: &Adaptation,
+    tok: &CodeTokenizer,
+    init: &Path,
+    images: &[Sample],
+    device: &AB::Device,
+    stop_at: Option<usize>,
+    show_progress: bool,
+) -> Result<DpoOutcome, TrainError> {
+    adapt.validate(c).map_err(TrainError::Data)?;
+    validate_with(cfg, adapt).map_err(TrainError::Data)?;
     cfg.validate().map_err(TrainError::Data)?;
     if images.is_empty() {
         return Err(TrainError::Data("DPO needs training images".into()));
     }
     std::fs::create_dir_all(run).map_err(|e| ioerr(run, e))?;
     AB::seed(device, cfg.seed);
-    let mut policy = weights::load_module(Vlm::<AB>::new(c, device), init)?;
+    // the base is the SFT model, rebuilt (and quantized) the same way on resume
+    let mut policy = adapt.prepare(weights::load_module(Vlm::<AB>::new(c, device), init)?, device)?;
     let mut opt = AdamW::<AB::InnerBackend>::new(cfg.optim.clone());
     let (mut step, mut tokens, mut secs0, mut resumed_from) = (0usize, 0u64, 0.0f64, None);
     if let Some(dir) = checkpoint::latest(run)? {
@@ -442,17 +477,21 @@ pub fn train_dpo<AB: AutodiffBackend>(
         if &meta.config != c {
             return Err(TrainError::Data(format!("{}: checkpoint has another model config; use a new run name", dir.display())));
         }
+        check_adaptation(&dir, &meta.adapt, adapt)?;
         policy = weights::load_module(policy, &dir.join("model.safetensors"))?;
         let st = weights::read_safetensors(&dir.join("optimizer.safetensors"))?;
         opt.load_state(meta.step, &st, device);
         (step, tokens, secs0, resumed_from) = (meta.step, meta.tokens, meta.seconds, Some(meta.step));
     }
-    // the frozen reference: the SFT weights, or the policy at the start of the current round
+    // the frozen reference: the SFT weights, or the policy at the start of the current round;
+    // with adapters (None here) the policy with its adapters off
     let ref_file = run.join("reference.safetensors");
-    let mut reference: Vlm<AB::InnerBackend> = if cfg.reset_reference && step > 0 && ref_file.exists() {
-        weights::load_module(Vlm::new(c, device), &ref_file)?
+    let mut reference: Option<Vlm<AB::InnerBackend>> = if !adapt.is_full() {
+        None
+    } else if cfg.reset_reference && step > 0 && ref_file.exists() {
+        Some(weights::load_module(Vlm::new(c, device), &ref_file)?)
     } else {
-        weights::load_module(Vlm::new(c, device), init)?
+        Some(weights::load_module(Vlm::new(c, device), init)?)
     };
     let mut metrics = read_dpo_metrics(run, step);
     let total = cfg.total_steps();
@@ -468,8 +507,9 @@ pub fn train_dpo<AB: AutodiffBackend>(
         let round = step / cfg.steps_per_round;
         let round_start = round * cfg.steps_per_round;
         if cfg.reset_reference && round > 0 && step == round_start {
-            reference = policy.valid();
-            save_reference(run, &reference, round)?;
+            let r = policy.valid();
+            save_reference(run, &r, round)?;
+            reference = Some(r);
         }
         // 1. rollouts of this round (cached)
         let rpath = run.join("rollouts").join(format!("round-{round:02}.parquet"));
@@ -514,7 +554,7 @@ pub fn train_dpo<AB: AutodiffBackend>(
         if examples.is_empty() {
             pb.println(format!("round {round}: no pair has a reward gap ≥ {}; the round trains nothing", cfg.pairs.margin));
             step = round_end;
-            let meta = CheckpointMeta { step, tokens, seconds: secs0 + t0.elapsed().as_secs_f64(), config: c.clone() };
+            let meta = CheckpointMeta { step, tokens, seconds: secs0 + t0.elapsed().as_secs_f64(), config: c.clone(), adapt: adapt.clone() };
             checkpoint::save(run, &policy, &opt.state(), &meta, cfg.keep_checkpoints)?;
             continue;
         }
@@ -527,7 +567,11 @@ pub fn train_dpo<AB: AutodiffBackend>(
             let missing: Vec<usize> = idx.iter().copied().filter(|&i| ref_cache[i].is_none()).collect();
             if !missing.is_empty() {
                 let ms: Vec<&PairExample> = missing.iter().map(|&i| &examples[i]).collect();
-                for (i, v) in missing.iter().zip(reference_logprobs(&reference, c, &ms, tok.pad, device)) {
+                let ref_lp = match &reference {
+                    Some(r) => reference_logprobs(r, c, &ms, tok.pad, device),
+                    None => with_adapters_disabled(|| reference_logprobs(&policy.valid(), c, &ms, tok.pad, device)),
+                };
+                for (i, v) in missing.iter().zip(ref_lp) {
                     ref_cache[*i] = Some(v);
                 }
             }
@@ -560,14 +604,14 @@ pub fn train_dpo<AB: AutodiffBackend>(
                 write_dpo_metrics(run, &metrics)?;
             }
             if step % cfg.checkpoint_every.max(1) == 0 || step == round_end {
-                let meta = CheckpointMeta { step, tokens, seconds: secs, config: c.clone() };
+                let meta = CheckpointMeta { step, tokens, seconds: secs, config: c.clone(), adapt: adapt.clone() };
                 checkpoint::save(run, &policy, &opt.state(), &meta, cfg.keep_checkpoints)?;
             }
         }
     }
     pb.finish_and_clear();
     if step == total {
-        super::sft::save_final(run, &policy.valid(), c)?;
+        super::sft::save_final(run, &adapt.export(policy.valid(), run, device)?, c)?;
     }
     Ok(DpoOutcome { run: run.to_path_buf(), step, resumed_from, metrics, rounds: round_stats })
 }
@@ -627,7 +671,7 @@ pub fn recipe_stage<AB: AutodiffBackend>(
         let pool = (cfg.images_per_round * cfg.rounds).min(r.data.n_train.max(1));
         let images = load_samples(&crate::recipe::split_dir(r, run_dir, "train"), Some(pool))?;
         let t = Instant::now();
-        let out = train_dpo::<AB>(&dir, cfg, c, tok, &init, &images, device, None, show_progress)?;
+        let out = train_dpo_adapted::<AB>(&dir, cfg, c, &r.adaptation(), tok, &init, &images, device, None, show_progress)?;
         let last = out.metrics.iter().rev().find(|m| m.loss.is_some());
         stages.push((
             "dpo".into(),

@@ -1,5 +1,7 @@
-//! Training: SFT (`sft`), DPO on executed-IoU preferences (`dpo`, `rollout`), the optimizer and schedule (`optim`), atomic checkpoints (`checkpoint`).
+//! Training: SFT (`sft`), DPO on executed-IoU preferences (`dpo`, `rollout`), the optimizer and schedule (`optim`), atomic checkpoints (`checkpoint`),
+//! LoRA / QLoRA instead of full fine-tuning (`adapt`).
 
+pub mod adapt;
 pub mod checkpoint;
 #[cfg(feature = "cli")]
 pub mod cli;

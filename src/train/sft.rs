@@ -1,6 +1,8 @@
 //! Supervised fine-tuning: teacher forcing with the loss on code tokens only, gradient accumulation,
 //! AdamW + warmup/cosine + clipping, atomic checkpoints, exact resume, periodic generate-execute
-//! validation (VSR, IoU), `metrics.parquet` and a progress bar.
+//! validation (VSR, IoU), `metrics.parquet` and a progress bar. Full fine-tuning, or LoRA / QLoRA
+//! with [`train_sft_adapted`] (see `train::adapt`): the random f32 base is written once as
+//! `base.safetensors` so that a resumed run quantizes the very same weights.
 //!
 //! The data order is a pure function of (seed, global sample index): sample `k` is element `k mod n`
 //! of epoch `k / n`'s seeded permutation. Resuming from step `s` therefore needs only `s`.
@@ -18,6 +20,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use super::adapt::Adaptation;
 use super::checkpoint::{self, CheckpointMeta};
 use super::optim::{AdamW, OptimConfig, lr_at};
 use crate::cad::{Limits, fmt::canonicalize};
@@ -84,7 +87,12 @@ pub enum TrainError {
     Io { path: String, msg: String },
     #[error("training data: {0}")]
     Data(String),
+    #[error("{0}")]
+    Lora(#[from] crate::model::lora::LoraError),
 }
+
+/// The f32 base weights of an adapted (LoRA / QLoRA) run, in its run folder.
+pub const BASE_FILE: &str = "base.safetensors";
 
 fn ioerr(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Io { path: path.display().to_string(), msg: e.to_string() }
@@ -234,7 +242,22 @@ pub fn save_final<B: burn::tensor::backend::Backend>(run: &Path, model: &Vlm<B>,
     std::fs::write(&p, serde_json::to_string_pretty(c).map_err(|e| ioerr(&p, e))?).map_err(|e| ioerr(&p, e))
 }
 
-/// Train (or resume) an SFT run in `run`. `stop_at` ends early after that step (used to test resume).
+/// A checkpoint resumes only under the LoRA / quantization settings it was trained with.
+pub fn check_adaptation(dir: &Path, had: &Adaptation, want: &Adaptation) -> Result<(), TrainError> {
+    if had.same_training(want) {
+        return Ok(());
+    }
+    let show = |a: &Adaptation| serde_json::to_string(a).unwrap_or_default();
+    Err(TrainError::Data(format!(
+        "{}: checkpoint was trained with {} but the recipe asks for {} ([model] quantize / [lora]); use a new run name or the old settings",
+        dir.display(),
+        show(had),
+        show(want)
+    )))
+}
+
+/// Train (or resume) an SFT run in `run` with full fine-tuning. `stop_at` ends early after that step
+/// (used to test resume).
 #[allow(clippy::too_many_arguments)]
 pub fn train_sft<AB: AutodiffBackend>(
     run: &Path,
@@ -247,19 +270,53 @@ pub fn train_sft<AB: AutodiffBackend>(
     stop_at: Option<usize>,
     show_progress: bool,
 ) -> Result<SftOutcome, TrainError> {
+    train_sft_adapted::<AB>(run, cfg, c, &Adaptation::default(), tok, train, val, device, stop_at, show_progress)
+}
+
+/// As [`train_sft`], training as `adapt` says: full fine-tuning, LoRA, or QLoRA (quantized base +
+/// adapters). With adapters, checkpoints hold the adapters and the remaining f32 parameters, and the
+/// final `model.safetensors` is the merged f32 model (adapters alone: `adapters.safetensors`).
+#[allow(clippy::too_many_arguments)]
+pub fn train_sft_adapted<AB: AutodiffBackend>(
+    run: &Path,
+    cfg: &SftConfig,
+    c: &VlmConfig,
+    adapt: &Adaptation,
+    tok: &CodeTokenizer,
+    train: &[Example],
+    val: &[Example],
+    device: &AB::Device,
+    stop_at: Option<usize>,
+    show_progress: bool,
+) -> Result<SftOutcome, TrainError> {
+    adapt.validate(c).map_err(TrainError::Data)?;
     if train.is_empty() {
         return Err(TrainError::Data("no training examples (all skipped?)".into()));
     }
     std::fs::create_dir_all(run).map_err(|e| ioerr(run, e))?;
     AB::seed(device, cfg.seed);
     let mut model = Vlm::<AB>::new(c, device);
+    let latest = checkpoint::latest(run)?;
+    if !adapt.is_full() {
+        // the f32 base the adapters train on, kept so that a resumed run quantizes the same weights
+        let base = run.join(BASE_FILE);
+        if base.exists() {
+            model = weights::load_module(model, &base)?;
+        } else if let Some(dir) = &latest {
+            return Err(TrainError::Data(format!("{}: there is a checkpoint but no {BASE_FILE} to rebuild its base from; use a new run name", dir.display())));
+        } else {
+            weights::save_module(&model, &base)?;
+        }
+        model = adapt.prepare(model, device)?;
+    }
     let mut opt = AdamW::<AB::InnerBackend>::new(cfg.optim.clone());
     let (mut step, mut tokens, mut secs0, mut resumed_from) = (0usize, 0u64, 0.0f64, None);
-    if let Some(dir) = checkpoint::latest(run)? {
+    if let Some(dir) = latest {
         let meta = checkpoint::read_meta(&dir)?;
         if &meta.config != c {
             return Err(TrainError::Data(format!("{}: checkpoint was trained with another model config; use a new run name", dir.display())));
         }
+        check_adaptation(&dir, &meta.adapt, adapt)?;
         model = weights::load_module(model, &dir.join("model.safetensors"))?;
         let st = weights::read_safetensors(&dir.join("optimizer.safetensors"))?;
         opt.load_state(meta.step, &st, device);
@@ -355,13 +412,13 @@ pub fn train_sft<AB: AutodiffBackend>(
             write_metrics(run, &metrics)?;
         }
         if step % cfg.checkpoint_every.max(1) == 0 || step == end {
-            let meta = CheckpointMeta { step, tokens, seconds: secs, config: c.clone() };
+            let meta = CheckpointMeta { step, tokens, seconds: secs, config: c.clone(), adapt: adapt.clone() };
             checkpoint::save(run, &model, &opt.state(), &meta, cfg.keep_checkpoints)?;
         }
     }
     pb.finish_and_clear();
     if step == cfg.steps {
-        save_final(run, &model.valid(), c)?;
+        save_final(run, &adapt.export(model.valid(), run, device)?, c)?;
     }
     let _ = std::io::stderr().flush();
     Ok(SftOutcome { run: run.to_path_buf(), step, resumed_from, losses, metrics })
