@@ -169,6 +169,9 @@ pub fn linear_paths(c: &VlmConfig) -> Vec<String> {
         );
     }
     out.push("lm_head".to_string());
+    if c.image_cond {
+        out.push("image_cond".to_string());
+    }
     out
 }
 
@@ -176,7 +179,7 @@ impl<B: Backend> LinearLayers<B> for Vlm<B> {
     /// Every linear layer with its checkpoint path: the ViT (`visual.patch_embed.proj`,
     /// `visual.blocks.{i}.attn.{qkv,proj}`, `visual.blocks.{i}.mlp.{fc1,fc2}`), the projector
     /// (`visual.merger.mlp.{fc1,fc2}`), the decoder (`model.layers.{i}.self_attn.{q,k,v,o}_proj`,
-    /// `model.layers.{i}.mlp.{gate,up,down}_proj`) and `lm_head`.
+    /// `model.layers.{i}.mlp.{gate,up,down}_proj`), `lm_head` and `image_cond` (when configured).
     fn for_each_linear(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear<B>)) {
         let v = &mut self.visual;
         f("visual.patch_embed.proj", &mut v.patch_embed.proj);
@@ -199,6 +202,9 @@ impl<B: Backend> LinearLayers<B> for Vlm<B> {
             f(&format!("model.layers.{i}.mlp.down_proj"), &mut l.mlp.down_proj);
         }
         f("lm_head", &mut self.lm_head);
+        if let Some(l) = self.image_cond.as_mut() {
+            f("image_cond", l);
+        }
     }
 }
 

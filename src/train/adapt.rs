@@ -1,7 +1,7 @@
 //! Parameter-efficient training of the VLM: `[model] quantize` and `[lora]` of a recipe.
 //!
 //! [`Adaptation::prepare`] turns a built (and loaded) model into a LoRA / QLoRA student: every
-//! parameter is frozen, the base of every linear layer except `lm_head` is quantized (int8 / int4 /
+//! parameter is frozen, the base of every linear layer except `lm_head` and `image_cond` is quantized (int8 / int4 /
 //! NF4), and adapters are attached to the targets — the only parameters with gradients, so the
 //! optimizer updates nothing else. SFT and DPO checkpoints then hold the f32 parameters that remain
 //! (embeddings, norms, biases, unquantized bases) and the adapters; on resume the base is rebuilt the
@@ -23,9 +23,10 @@ use crate::model::lora::{LoraConfig, LoraError, apply_lora, merge_and_unload, qu
 use crate::model::quant::Quantize;
 use crate::model::vlm::{Vlm, linear_paths};
 
-/// Linear layers whose base stays f32 when the model is quantized (the output projection: its
-/// quantization error reaches the logits directly, as in QLoRA, which keeps it in 16 bits).
-pub const KEEP_F32: &[&str] = &["lm_head"];
+/// Linear layers whose base stays f32 when the model is quantized: the output projection (its
+/// quantization error reaches the logits directly, as in QLoRA, which keeps it in 16 bits) and the
+/// small `hidden × hidden` image-condition projection.
+pub const KEEP_F32: &[&str] = &["lm_head", "image_cond"];
 
 /// How the model is trained: full fine-tuning (the default), LoRA on an f32 base, or QLoRA
 /// (LoRA on a quantized base).
