@@ -254,11 +254,12 @@ fn memory_estimate_for_qwen2_5_vl_3b() {
     let small = estimate_memory(&c, WeightFormat::Nf4, 16, 1, 1024, true);
     let big = estimate_memory(&c, WeightFormat::Nf4, 16, 4, 2048, false);
     let big_ckpt = estimate_memory(&c, WeightFormat::Nf4, 16, 4, 2048, true);
-    for e in [&bf16, &small, &big, &big_ckpt] {
+    let small_full = estimate_memory(&c, WeightFormat::Nf4, 16, 1, 1024, false);
+    for e in [&bf16, &small, &small_full, &big, &big_ckpt] {
         eprintln!("{}", e.summary());
     }
     assert!(small.weight_bytes < bf16.weight_bytes / 2);
-    assert!(small.fits(24.0));
+    assert!(small.fits(24.0) && small_full.fits(24.0) && big_ckpt.fits(24.0));
     assert!(!big.fits(24.0));
     assert!(small.lora_params > 10_000_000 && small.lora_params < 40_000_000, "{}", small.lora_params);
 }

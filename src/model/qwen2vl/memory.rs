@@ -52,9 +52,9 @@ impl MemoryEstimate {
     pub fn summary(&self) -> String {
         let g = |b: u64| b as f64 / GIB;
         format!(
-            "memory estimate ({:?} weights, {:.2} B params): weights {:.2} GiB, LoRA {} params {:.2} GiB, activations (batch {} × seq {}{}) {:.2} GiB, logits {:.2} GiB, overhead {:.2} GiB → total {:.2} GiB",
+            "memory estimate ({:?} weights, {:.1} M params): weights {:.2} GiB, LoRA {} params {:.2} GiB, activations (batch {} × seq {}{}) {:.2} GiB, logits {:.2} GiB, overhead {:.2} GiB → total {:.2} GiB",
             self.format,
-            self.params_total as f64 / 1e9,
+            self.params_total as f64 / 1e6,
             g(self.weight_bytes),
             self.lora_params,
             g(self.lora_bytes),
