@@ -263,3 +263,22 @@ fn memory_estimate_for_qwen2_5_vl_3b() {
     assert!(!big.fits(24.0));
     assert!(small.lora_params > 10_000_000 && small.lora_params < 40_000_000, "{}", small.lora_params);
 }
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let dev = Default::default();
+    let loaded = load_dir::<B>(&fx().join("qwen2_vl"), &dev).unwrap();
+    let (m, c) = (&loaded.model, &loaded.config);
+    let e = expected("qwen2_vl");
+    let (px, shape, grid) = fixture_pixels();
+    let pxt = || Tensor::<B, 2>::from_data(TensorData::new(px.clone(), shape), &dev);
+    assert!(m.forward_logits(c, &[], None, &[]).is_err());
+    assert!(m.generate_greedy(c, &[], None, &[], 4, None).is_err());
+    assert!(m.forward_logits(c, &[100_000], None, &[]).is_err(), "id outside the vocabulary");
+    assert!(m.forward_logits(c, &e.input_ids, None, &[]).is_err(), "image tokens without pixels");
+    assert!(m.forward_logits(c, &e.input_ids, Some(pxt()), &[[1, 10, 12]]).is_err(), "grid does not match the pixels");
+    assert!(m.forward_logits(c, &e.input_ids[..40], Some(pxt()), &[grid]).is_err(), "too few image tokens");
+    // text only works and uses 1D positions
+    let l = m.forward_logits(c, &[1, 2, 3], None, &[]).unwrap();
+    assert_eq!(l.dims(), [3, 384]);
+}

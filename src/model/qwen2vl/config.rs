@@ -109,7 +109,12 @@ impl QwenConfig {
 
         let v = root.get("vision_config").ok_or_else(|| cfg_err("missing vision_config"))?;
         let vu = |k: &str| usize_of(v.get(k), &format!("vision_config.{k}"));
-        let in_channels = vu("in_channels").or_else(|_| vu("in_chans"))?;
+        // transformers' defaults where a Hub file leaves a field out
+        let vd = |k: &str, d: usize| if v.get(k).is_some_and(|x| !x.is_null()) { vu(k) } else { Ok(d) };
+        let in_channels = vu("in_channels").or_else(|_| vu("in_chans")).or_else(|_| vd("in_channels", 3))?;
+        let patch_size = vu("patch_size").or_else(|_| vu("spatial_patch_size")).or_else(|_| vd("patch_size", 14))?;
+        let temporal_patch_size = vd("temporal_patch_size", 2)?;
+        let spatial_merge_size = vd("spatial_merge_size", 2)?;
         let vision = match arch {
             Arch::Qwen2Vl => {
                 let embed_dim = vu("embed_dim")?;
@@ -121,9 +126,9 @@ impl QwenConfig {
                     mlp_hidden: (embed_dim as f64 * ratio) as usize,
                     out_hidden: vu("hidden_size")?,
                     in_channels,
-                    patch_size: vu("patch_size")?,
-                    temporal_patch_size: vu("temporal_patch_size")?,
-                    spatial_merge_size: vu("spatial_merge_size")?,
+                    patch_size,
+                    temporal_patch_size,
+                    spatial_merge_size,
                     window_size: 0,
                     fullatt_block_indexes: Vec::new(),
                     hidden_act: v.get("hidden_act").and_then(Value::as_str).unwrap_or("quick_gelu").to_string(),
@@ -136,10 +141,10 @@ impl QwenConfig {
                 mlp_hidden: vu("intermediate_size")?,
                 out_hidden: vu("out_hidden_size")?,
                 in_channels,
-                patch_size: vu("patch_size")?,
-                temporal_patch_size: vu("temporal_patch_size")?,
-                spatial_merge_size: vu("spatial_merge_size")?,
-                window_size: vu("window_size")?,
+                patch_size,
+                temporal_patch_size,
+                spatial_merge_size,
+                window_size: vd("window_size", 112)?,
                 fullatt_block_indexes: v
                     .get("fullatt_block_indexes")
                     .and_then(Value::as_array)
@@ -214,5 +219,44 @@ impl QwenConfig {
                 hidden_act: "silu".to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flat layout of the Hub's `Qwen/Qwen2.5-VL-3B-Instruct/config.json` (fields as published).
+    const HUB_3B: &str = r#"{
+      "architectures": ["Qwen2_5_VLForConditionalGeneration"], "attention_dropout": 0.0, "bos_token_id": 151643,
+      "eos_token_id": 151645, "vision_start_token_id": 151652, "vision_end_token_id": 151653,
+      "vision_token_id": 151654, "image_token_id": 151655, "video_token_id": 151656, "hidden_act": "silu",
+      "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 11008, "max_position_embeddings": 128000,
+      "max_window_layers": 70, "model_type": "qwen2_5_vl", "num_attention_heads": 16, "num_hidden_layers": 36,
+      "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+      "tie_word_embeddings": true, "torch_dtype": "bfloat16", "transformers_version": "4.41.2", "use_cache": true,
+      "use_sliding_window": false,
+      "vision_config": {"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
+        "num_heads": 16, "in_chans": 3, "out_hidden_size": 2048, "patch_size": 14, "spatial_merge_size": 2,
+        "spatial_patch_size": 14, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
+        "tokens_per_second": 2, "temporal_patch_size": 2},
+      "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "vocab_size": 151936
+    }"#;
+
+    #[test]
+    fn hub_layout_config_parses_to_the_3b_shape() {
+        assert_eq!(QwenConfig::from_json(HUB_3B).unwrap(), QwenConfig::qwen2_5_vl_3b());
+    }
+
+    #[test]
+    fn bad_configs_are_errors_not_panics() {
+        assert!(QwenConfig::from_json("{").is_err());
+        assert!(QwenConfig::from_json(r#"{"model_type": "llama"}"#).is_err());
+        let bad = HUB_3B.replace("[16, 24, 24]", "[16, 24]");
+        assert!(QwenConfig::from_json(&bad).unwrap_err().to_string().contains("mrope_section"));
+        let bad = HUB_3B.replace(r#""num_key_value_heads": 2"#, r#""num_key_value_heads": 3"#);
+        assert!(QwenConfig::from_json(&bad).is_err());
+        let bad = HUB_3B.replace(r#""num_heads": 16"#, r#""num_heads": 0"#);
+        assert!(QwenConfig::from_json(&bad).is_err());
     }
 }

@@ -112,6 +112,10 @@ impl<B: Backend> QwenVl<B> {
     /// merged vision features of `pixel_values: [n_patches, C·T·P·P]` for the images of `grids`.
     pub fn embed_inputs(&self, ids: &[u32], image_token_id: u32, pixel_values: Option<Tensor<B, 2>>, grids: &[[usize; 3]]) -> Result<Tensor<B, 3>, QwenError> {
         let device = self.model.embed_tokens.weight.device();
+        let vocab = self.model.embed_tokens.weight.dims()[0];
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(QwenError::Input(format!("token id {bad} is outside the vocabulary ({vocab})")));
+        }
         let seq = ids.len();
         let idt = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, seq]), &device);
         let text = self.model.embed(idt).reshape([seq as i32, -1]); // [seq, hidden]
@@ -147,6 +151,9 @@ impl<B: Backend> QwenVl<B> {
 
     /// Full forward of one image+text sequence: logits `[seq, vocab]`.
     pub fn forward_logits(&self, c: &QwenConfig, ids: &[u32], pixel_values: Option<Tensor<B, 2>>, grids: &[[usize; 3]]) -> Result<Tensor<B, 2>, QwenError> {
+        if ids.is_empty() {
+            return Err(QwenError::Input("empty prompt".into()));
+        }
         let x = self.embed_inputs(ids, c.image_token_id, pixel_values, grids)?; // [1, seq, hidden]
         let ri = rope_index(ids, c.image_token_id, grids, c.vision.spatial_merge_size)?;
         let h = self.model.forward(x, &ri.positions, None); // [1, seq, hidden]
@@ -156,6 +163,9 @@ impl<B: Backend> QwenVl<B> {
 
     /// Greedy decoding with a KV cache: up to `max_new` tokens after the prompt, stopping after `eos`.
     pub fn generate_greedy(&self, c: &QwenConfig, ids: &[u32], pixel_values: Option<Tensor<B, 2>>, grids: &[[usize; 3]], max_new: usize, eos: Option<u32>) -> Result<Vec<u32>, QwenError> {
+        if ids.is_empty() {
+            return Err(QwenError::Input("empty prompt".into()));
+        }
         let x = self.embed_inputs(ids, c.image_token_id, pixel_values, grids)?;
         let ri = rope_index(ids, c.image_token_id, grids, c.vision.spatial_merge_size)?;
         let mut cache = QwenKvCache::empty();
