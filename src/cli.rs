@@ -49,6 +49,12 @@ enum Cmd {
     /// PNG figures and report/README.md of a run folder (SFT/DPO curves, rollouts, IoU, gallery).
     #[cfg(all(feature = "report", feature = "model", feature = "sandbox"))]
     Report(ReportArgs),
+    /// A Qwen2-VL / Qwen2.5-VL recipe (e.g. recipes/qwen2_5_vl_3b_qlora.toml): checks the local checkpoint and data.
+    #[cfg(feature = "model")]
+    QwenRecipe {
+        /// Recipe file (TOML).
+        file: PathBuf,
+    },
 }
 
 #[cfg(all(feature = "report", feature = "model", feature = "sandbox"))]
@@ -124,6 +130,8 @@ pub fn main() -> ExitCode {
         Cmd::BenchTrain(a) => crate::train::cli::bench_train(a),
         #[cfg(all(feature = "report", feature = "model", feature = "sandbox"))]
         Cmd::Report(a) => cmd_report(a),
+        #[cfg(feature = "model")]
+        Cmd::QwenRecipe { file } => crate::model::qwen2vl::recipe::run(&file).map_err(anyhow::Error::from),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

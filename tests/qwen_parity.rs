@@ -282,3 +282,26 @@ fn bad_inputs_are_errors_not_panics() {
     let l = m.forward_logits(c, &[1, 2, 3], None, &[]).unwrap();
     assert_eq!(l.dims(), [3, 384]);
 }
+
+#[test]
+fn seed_recipe_names_missing_paths_and_how_to_get_them() {
+    use cadvlm::model::qwen2vl::recipe::{QwenRecipe, check};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let r = QwenRecipe::load(&root.join("recipes/qwen2_5_vl_3b_qlora.toml")).unwrap();
+    assert_eq!((r.model.quant.as_str(), r.model.lora_rank, r.data.train_samples), ("nf4", 16, 1000));
+    let empty = std::env::temp_dir().join(format!("cadvlm-qwen-recipe-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = check(&r, &empty).unwrap_err().to_string();
+    assert!(err.contains("models/Qwen2.5-VL-3B-Instruct") && err.contains("huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct"), "{err}");
+    // with the tiny checkpoint as the model, the data folder is the next missing input
+    let mut tiny = r.clone();
+    tiny.model.path = fx().join("qwen2_5_vl");
+    let err = check(&tiny, &empty).unwrap_err().to_string();
+    assert!(err.contains("data/GenCAD-Code") && err.contains("--repo-type dataset"), "{err}");
+    std::fs::create_dir_all(empty.join("data/GenCAD-Code/train")).unwrap();
+    let err = check(&tiny, &empty).unwrap_err().to_string();
+    assert!(err.contains("train split"), "{err}");
+    std::fs::write(empty.join("data/GenCAD-Code/train/part-0.parquet"), b"").unwrap();
+    check(&tiny, &empty).unwrap();
+    let _ = std::fs::remove_dir_all(&empty);
+}

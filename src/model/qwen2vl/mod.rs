@@ -12,6 +12,7 @@ pub mod loader;
 pub mod memory;
 pub mod nn;
 pub mod preprocess;
+pub mod recipe;
 pub mod text;
 pub mod vision;
 
