@@ -19,6 +19,9 @@ use super::text::{QEmbedding, QwenTextModel, TextAttention, TextLayer, TextMlp};
 use super::vision::{PatchMerger, QwenVision, VisionAttention, VisionBlock, VisionMlp, VisionNorm, act_code};
 use super::{QwenError, QwenVl};
 
+/// Tensors by name: (shape, values widened to f32).
+pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// A loaded checkpoint.
 #[derive(Debug)]
 pub struct LoadedQwen<B: Backend> {
@@ -83,7 +86,7 @@ pub fn canonical_key(k: &str) -> String {
 }
 
 /// Every tensor of the files (F32, BF16, F16 → f32), by canonical name.
-pub fn read_tensors(files: &[PathBuf]) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>, QwenError> {
+pub fn read_tensors(files: &[PathBuf]) -> Result<TensorMap, QwenError> {
     let mut out = BTreeMap::new();
     for path in files {
         let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
@@ -116,14 +119,14 @@ fn f16_to_f32(h: u16) -> f32 {
 
 /// Hands out tensors by name, recording what is missing, misshapen and left over.
 pub struct TensorStore<'a, B: Backend> {
-    map: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    map: TensorMap,
     used: BTreeSet<String>,
     errors: Vec<String>,
     device: &'a B::Device,
 }
 
 impl<'a, B: Backend> TensorStore<'a, B> {
-    pub fn new(map: BTreeMap<String, (Vec<usize>, Vec<f32>)>, device: &'a B::Device) -> Self {
+    pub fn new(map: TensorMap, device: &'a B::Device) -> Self {
         TensorStore { map, used: BTreeSet::new(), errors: Vec::new(), device }
     }
 
@@ -173,7 +176,7 @@ impl<'a, B: Backend> TensorStore<'a, B> {
 
 /// Build the model from named tensors (canonical names); the error lists every missing, misshapen and
 /// unexpected tensor.
-pub fn build_model<B: Backend>(c: &QwenConfig, tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>, device: &B::Device) -> Result<QwenVl<B>, String> {
+pub fn build_model<B: Backend>(c: &QwenConfig, tensors: TensorMap, device: &B::Device) -> Result<QwenVl<B>, String> {
     let mut s = TensorStore::<B>::new(tensors, device);
     let v = &c.vision;
     let e = v.embed_dim;

@@ -8,6 +8,8 @@ use std::path::Path;
 use super::QwenError;
 
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// OpenAI CLIP's constants as `transformers` writes them (rounded to f32 here).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 /// The processor's defaults (`shortest_edge`, `longest_edge`).
 pub const MIN_PIXELS: usize = 56 * 56;

@@ -65,6 +65,7 @@ impl<B: Backend> QwenKvCache<B> {
 }
 
 /// M-RoPE `(cos, sin)`, each `[seq, head_dim]`, for position rows `pos` (temporal, height, width).
+#[allow(clippy::needless_range_loop)]
 pub fn mrope_tables<B: Backend>(pos: &[Vec<i64>; 3], head_dim: usize, section: &[usize], theta: f64, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let half = head_dim / 2;
     let inv: Vec<f32> = (0..half).map(|j| 1.0f32 / (theta as f32).powf((2 * j) as f32 / head_dim as f32)).collect();
@@ -85,8 +86,8 @@ pub fn mrope_tables<B: Backend>(pos: &[Vec<i64>; 3], head_dim: usize, section: &
     let mut sin = Vec::with_capacity(seq * head_dim);
     for i in 0..seq {
         for _rep in 0..2 {
-            for j in 0..half {
-                let a = pos[axis[j]][i] as f32 * inv[j];
+            for (&ax, &f) in axis.iter().zip(&inv) {
+                let a = pos[ax][i] as f32 * f;
                 cos.push(a.cos());
                 sin.push(a.sin());
             }
