@@ -305,3 +305,32 @@ fn seed_recipe_names_missing_paths_and_how_to_get_them() {
     check(&tiny, &empty).unwrap();
     let _ = std::fs::remove_dir_all(&empty);
 }
+
+#[test]
+fn qwen2_5_vl_logits_match_on_the_flex_backend() {
+    type F = burn::backend::Flex;
+    let dev = Default::default();
+    let loaded = load_dir::<F>(&fx().join("qwen2_5_vl"), &dev).unwrap();
+    let e = expected("qwen2_5_vl");
+    let (px, shape, grid) = fixture_pixels();
+    let logits = loaded.model.forward_logits(&loaded.config, &e.input_ids, Some(Tensor::<F, 2>::from_data(TensorData::new(px, shape), &dev)), &[grid]).unwrap();
+    let got = logits.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let max = got.iter().zip(&e.logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("flex qwen2_5_vl: max |logit diff| = {max:e}");
+    assert!(max < 1e-4, "logits differ by up to {max}");
+}
+
+#[test]
+fn the_fixture_tells_window_attention_from_full_attention() {
+    // with every block on full attention the Qwen2.5-VL logits move far outside the tolerance, so the
+    // parity test really checks the window path
+    let dev = Default::default();
+    let mut loaded = load_dir::<B>(&fx().join("qwen2_5_vl"), &dev).unwrap();
+    loaded.model.visual.fullatt_block_indexes = vec![0, 1];
+    let e = expected("qwen2_5_vl");
+    let (px, shape, grid) = fixture_pixels();
+    let logits = loaded.model.forward_logits(&loaded.config, &e.input_ids, Some(Tensor::<B, 2>::from_data(TensorData::new(px, shape), &dev)), &[grid]).unwrap();
+    let got = logits.into_data().to_vec::<f32>().unwrap();
+    let max = got.iter().zip(&e.logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max > 1e-2, "full attention everywhere changes the logits by only {max}");
+}

@@ -99,15 +99,15 @@ fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: usize) -> Tensor<B
     }
 }
 
-/// Additive mask `[n, n]`: 0 inside each consecutive segment of `lens`, a large negative across segments.
-fn segment_mask<B: Backend>(lens: &[usize], device: &B::Device) -> Tensor<B, 2> {
-    let n: usize = lens.iter().sum();
-    let mut seg = Vec::with_capacity(n);
-    for (s, &l) in lens.iter().enumerate() {
-        seg.extend(std::iter::repeat_n(s, l));
-    }
-    let m: Vec<f32> = (0..n * n).map(|k| if seg[k / n] == seg[k % n] { 0.0 } else { -1e30 }).collect();
-    Tensor::from_data(TensorData::new(m, [n, n]), device)
+/// `(start, len)` of each consecutive segment of `lens` (the `cu_seqlens` of `transformers`).
+fn segments(lens: &[usize]) -> Vec<(usize, usize)> {
+    let mut start = 0;
+    lens.iter()
+        .map(|&l| {
+            start += l;
+            (start - l, l)
+        })
+        .collect()
 }
 
 /// `get_window_index`: the merged-token order that makes every window contiguous, and the window lengths
@@ -177,7 +177,8 @@ pub fn vision_rope<B: Backend>(grids: &[[usize; 3]], merge: usize, head_dim: usi
 }
 
 impl<B: Backend> VisionAttention<B> {
-    fn forward(&self, x: Tensor<B, 2>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>, mask: &Tensor<B, 2>) -> Tensor<B, 2> {
+    /// Attention restricted to each segment `(start, len)` of the sequence (an image, or a window).
+    fn forward(&self, x: Tensor<B, 2>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>, segs: &[(usize, usize)]) -> Tensor<B, 2> {
         let [n, e] = x.dims();
         let h = self.heads;
         let hd = e / h;
@@ -187,8 +188,18 @@ impl<B: Backend> VisionAttention<B> {
         let (c, s) = (cos.clone().unsqueeze::<4>(), sin.clone().unsqueeze::<4>()); // [1, 1, n, head_dim]
         let q = q.clone().mul(c.clone()).add(rotate_half(q).mul(s.clone()));
         let k = k.clone().mul(c).add(rotate_half(k).mul(s));
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((hd as f64).powf(-0.5)).add(mask.clone().unsqueeze::<4>()); // [1, heads, n, n]
-        let o = softmax(scores, 3).matmul(v); // [1, heads, n, head_dim]
+        let scale = (hd as f64).powf(-0.5);
+        let attend = |q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>| softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3).matmul(v); // [1, heads, len, head_dim]
+        let o = if segs.len() == 1 {
+            attend(q, k, v)
+        } else {
+            let parts = segs
+                .iter()
+                .filter(|s| s.1 > 0)
+                .map(|&(s0, l)| attend(q.clone().narrow(2, s0, l), k.clone().narrow(2, s0, l), v.clone().narrow(2, s0, l)))
+                .collect();
+            Tensor::cat(parts, 2) // [1, heads, n, head_dim]
+        };
         self.proj.forward(o.reshape([h, n, hd]).swap_dims(0, 1).reshape([n, e])) // [n, embed]
     }
 }
@@ -226,8 +237,8 @@ impl<B: Backend> QwenVision<B> {
         let (mut cos, mut sin) = vision_rope::<B>(grids, self.merge, e / heads, self.rope_theta, &device); // [n, head_dim]
         let mut x = pixel_values.matmul(self.patch_embed.val().transpose()); // [n, embed]
         let full_lens: Vec<usize> = grids.iter().flat_map(|g| std::iter::repeat_n(g[1] * g[2], g[0])).collect();
-        let full_mask = segment_mask::<B>(&full_lens, &device); // [n, n]
-        let mut win: Option<(Vec<usize>, Tensor<B, 2>)> = None;
+        let full_segs = segments(&full_lens);
+        let mut win: Option<(Vec<usize>, Vec<(usize, usize)>)> = None;
         if self.window_size > 0 {
             let (widx, wlens) = window_index(grids, self.merge, self.window_size, self.patch_size);
             let rows: Vec<i64> = widx.iter().flat_map(|&w| (0..unit).map(move |u| (w * unit + u) as i64)).collect();
@@ -235,14 +246,14 @@ impl<B: Backend> QwenVision<B> {
             x = x.select(0, rows.clone());
             cos = cos.select(0, rows.clone());
             sin = sin.select(0, rows);
-            win = Some((widx, segment_mask::<B>(&wlens, &device)));
+            win = Some((widx, segments(&wlens)));
         }
         for (i, b) in self.blocks.iter().enumerate() {
-            let mask = match &win {
-                Some((_, wm)) if !self.fullatt_block_indexes.contains(&i) => wm,
-                _ => &full_mask,
+            let segs = match &win {
+                Some((_, ws)) if !self.fullatt_block_indexes.contains(&i) => ws,
+                _ => &full_segs,
             };
-            x = x.clone().add(b.attn.forward(b.norm1.forward(x.clone()), &cos, &sin, mask));
+            x = x.clone().add(b.attn.forward(b.norm1.forward(x.clone()), &cos, &sin, segs));
             x = x.clone().add(b.mlp.forward(b.norm2.forward(x))); // [n, embed]
         }
         let m = self.merger.ln_q.forward(x).reshape([(n / unit) as i32, -1]); // [n / unit, unit·embed]
