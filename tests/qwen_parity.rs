@@ -334,3 +334,16 @@ fn the_fixture_tells_window_attention_from_full_attention() {
     let max = got.iter().zip(&e.logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(max > 1e-2, "full attention everywhere changes the logits by only {max}");
 }
+
+#[test]
+fn seed_recipe_run_stops_at_once_without_the_weights() {
+    // cargo runs tests in the package root, where the recipe's relative paths point
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if root.join("models/Qwen2.5-VL-3B-Instruct").exists() {
+        return; // a real checkpoint is on disk: nothing to show here
+    }
+    let t = std::time::Instant::now();
+    let err = cadvlm::model::qwen2vl::recipe::run(&root.join("recipes/qwen2_5_vl_3b_qlora.toml")).unwrap_err().to_string();
+    assert!(err.contains("Qwen2.5-VL-3B-Instruct") && err.contains("missing model directory") && err.contains("huggingface-cli download"), "{err}");
+    assert!(t.elapsed().as_secs_f64() < 1.0);
+}
