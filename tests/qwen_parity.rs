@@ -347,3 +347,29 @@ fn seed_recipe_run_stops_at_once_without_the_weights() {
     assert!(err.contains("Qwen2.5-VL-3B-Instruct") && err.contains("missing model directory") && err.contains("huggingface-cli download"), "{err}");
     assert!(t.elapsed().as_secs_f64() < 1.0);
 }
+
+#[test]
+fn gradients_flow_through_text_and_vision() {
+    // a training step's prerequisite: the loss of the next tokens back-propagates to the LM head and,
+    // through the merger, window permutation and token splice, to the patch embedding
+    use burn::backend::Autodiff;
+    use burn::tensor::activation::log_softmax;
+    type A = Autodiff<NdArray<f32>>;
+    let dev = Default::default();
+    let loaded = load_dir::<A>(&fx().join("qwen2_5_vl"), &dev).unwrap();
+    let e = expected("qwen2_5_vl");
+    let (px, shape, grid) = fixture_pixels();
+    let logits = loaded.model.forward_logits(&loaded.config, &e.input_ids, Some(Tensor::<A, 2>::from_data(TensorData::new(px, shape), &dev)), &[grid]).unwrap(); // [seq, vocab]
+    let seq = e.input_ids.len();
+    let targets: Vec<i64> = e.input_ids[1..].iter().map(|&t| t as i64).collect();
+    let idx = Tensor::<A, 2, burn::tensor::Int>::from_data(TensorData::new(targets, [seq - 1, 1]), &dev);
+    let lp = log_softmax(logits.narrow(0, 0, seq - 1), 1).gather(1, idx); // [seq-1, 1]
+    let loss = lp.mean().neg();
+    assert!(loss.clone().into_scalar().is_finite());
+    let grads = loss.backward();
+    let head = loaded.model.lm_head.as_ref().unwrap().weight.grad(&grads).unwrap();
+    let pe = loaded.model.visual.patch_embed.grad(&grads).unwrap();
+    for g in [head.abs().sum().into_scalar(), pe.abs().sum().into_scalar()] {
+        assert!(g.is_finite() && g > 0.0, "gradient sum {g}");
+    }
+}
