@@ -373,3 +373,19 @@ fn gradients_flow_through_text_and_vision() {
         assert!(g.is_finite() && g > 0.0, "gradient sum {g}");
     }
 }
+
+#[test]
+fn preprocessing_matches_on_upscaling_and_mixed_resizes() {
+    let st = read_st(&fx().join("preprocess_extra.safetensors"));
+    for (name, want_grid) in [("up_33x41", [1, 4, 6]), ("mixed_90x300", [1, 6, 22])] {
+        let img = ImageInput::open(&fx().join(format!("image_{name}.png"))).unwrap();
+        let (px, grid) = preprocess_image(&img, 14, 2, 2, MIN_PIXELS, MAX_PIXELS).unwrap();
+        let g = i64s(&st[&format!("image_grid_thw_{name}")].2);
+        assert_eq!(grid, [g[0] as usize, g[1] as usize, g[2] as usize], "{name}");
+        assert_eq!(grid, want_grid, "{name}");
+        let want = f32s(&st[&format!("pixel_values_{name}")].2);
+        assert_eq!(px.len(), want.len(), "{name}");
+        let max = px.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max <= 1e-5, "{name}: pixel_values differ by up to {max}");
+    }
+}
