@@ -389,3 +389,23 @@ fn preprocessing_matches_on_upscaling_and_mixed_resizes() {
         assert!(max <= 1e-5, "{name}: pixel_values differ by up to {max}");
     }
 }
+
+#[test]
+fn preprocessor_config_is_read_from_the_model_directory() {
+    use cadvlm::model::qwen2vl::PreprocessConfig;
+    let c = PreprocessConfig::from_dir(&fx().join("qwen2_5_vl")).unwrap();
+    assert_eq!(c, PreprocessConfig::default());
+    let (px, grid) = c.preprocess(&ImageInput::open(&fx().join("image.png")).unwrap()).unwrap();
+    let (want, _, want_grid) = fixture_pixels();
+    assert_eq!(grid, want_grid);
+    assert!(px.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5));
+    // the Hub's Qwen2.5-VL files carry min_pixels / max_pixels, which win over `size`
+    let hub = r#"{"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor"}"#;
+    let h = PreprocessConfig::from_json(hub).unwrap();
+    assert_eq!((h.min_pixels, h.max_pixels), (3136, 12_845_056));
+    assert!(PreprocessConfig::from_json(r#"{"image_std": [0, 1, 1]}"#).is_err());
+    let err = PreprocessConfig::from_dir(&fx()).unwrap_err().to_string();
+    assert!(err.contains("preprocessor_config.json"), "{err}");
+}

@@ -22,7 +22,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 pub use config::{Arch, QwenConfig, VisionConfig};
 pub use loader::{load_dir, LoadedQwen};
 pub use memory::{MemoryEstimate, WeightFormat, estimate_memory};
-pub use preprocess::{ImageInput, chat_prompt, preprocess_image, smart_resize};
+pub use preprocess::{ImageInput, PreprocessConfig, chat_prompt, preprocess_image, smart_resize};
 pub use text::{QwenKvCache, QwenTextModel};
 pub use vision::QwenVision;
 

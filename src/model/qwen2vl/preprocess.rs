@@ -15,6 +15,91 @@ pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 pub const MIN_PIXELS: usize = 56 * 56;
 pub const MAX_PIXELS: usize = 28 * 28 * 1280;
 
+/// The image processor's settings (`preprocessor_config.json`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreprocessConfig {
+    pub min_pixels: usize,
+    pub max_pixels: usize,
+    pub patch_size: usize,
+    pub merge_size: usize,
+    pub temporal_patch_size: usize,
+    pub image_mean: [f32; 3],
+    pub image_std: [f32; 3],
+}
+
+impl Default for PreprocessConfig {
+    /// `Qwen2VLImageProcessor`'s class defaults.
+    fn default() -> Self {
+        PreprocessConfig {
+            min_pixels: MIN_PIXELS,
+            max_pixels: MAX_PIXELS,
+            patch_size: 14,
+            merge_size: 2,
+            temporal_patch_size: 2,
+            image_mean: CLIP_MEAN,
+            image_std: CLIP_STD,
+        }
+    }
+}
+
+impl PreprocessConfig {
+    /// Parse a `preprocessor_config.json`: `size.{shortest,longest}_edge` (transformers 5) with
+    /// `min_pixels` / `max_pixels` (Hub files) taking precedence, as the processor's constructor does.
+    pub fn from_json(text: &str) -> Result<Self, QwenError> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| QwenError::Config(format!("preprocessor config: {e}")))?;
+        let mut c = PreprocessConfig::default();
+        let num = |x: Option<&serde_json::Value>| x.and_then(|x| x.as_u64()).map(|x| x as usize);
+        if let Some(n) = num(v.pointer("/size/shortest_edge")) {
+            c.min_pixels = n;
+        }
+        if let Some(n) = num(v.pointer("/size/longest_edge")) {
+            c.max_pixels = n;
+        }
+        if let Some(n) = num(v.get("min_pixels")) {
+            c.min_pixels = n;
+        }
+        if let Some(n) = num(v.get("max_pixels")) {
+            c.max_pixels = n;
+        }
+        for (k, f) in [("patch_size", &mut c.patch_size), ("merge_size", &mut c.merge_size), ("temporal_patch_size", &mut c.temporal_patch_size)] {
+            if let Some(n) = num(v.get(k)) {
+                *f = n;
+            }
+        }
+        let triple = |k: &str| -> Result<Option<[f32; 3]>, QwenError> {
+            match v.get(k).and_then(|a| a.as_array()) {
+                None => Ok(None),
+                Some(a) if a.len() == 3 && a.iter().all(|x| x.is_number()) => {
+                    Ok(Some([0, 1, 2].map(|i| a[i].as_f64().unwrap_or(0.0) as f32)))
+                }
+                Some(_) => Err(QwenError::Config(format!("preprocessor config: {k} must be 3 numbers"))),
+            }
+        };
+        if let Some(m) = triple("image_mean")? {
+            c.image_mean = m;
+        }
+        if let Some(s) = triple("image_std")? {
+            c.image_std = s;
+        }
+        if c.patch_size == 0 || c.merge_size == 0 || c.temporal_patch_size == 0 || c.image_std.contains(&0.0) || c.min_pixels > c.max_pixels {
+            return Err(QwenError::Config(format!("preprocessor config: invalid settings {c:?}")));
+        }
+        Ok(c)
+    }
+
+    /// `dir/preprocessor_config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self, QwenError> {
+        let p = dir.join("preprocessor_config.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| QwenError::Io { path: p.display().to_string(), msg: e.to_string() })?;
+        Self::from_json(&text).map_err(|e| QwenError::Io { path: p.display().to_string(), msg: e.to_string() })
+    }
+
+    /// `pixel_values` and `image_grid_thw` of one image with these settings.
+    pub fn preprocess(&self, img: &ImageInput) -> Result<(Vec<f32>, [usize; 3]), QwenError> {
+        preprocess_normalized(img, self)
+    }
+}
+
 /// An 8-bit RGB image, row-major `[height, width, 3]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageInput {
@@ -146,15 +231,25 @@ pub fn resize_bicubic(img: &ImageInput, out_h: usize, out_w: usize) -> ImageInpu
 /// `pixel_values` (row-major `[n_patches, 3·T·P·P]`) and `image_grid_thw` of one image, as
 /// `Qwen2VLImageProcessor` with default sizes computes them.
 pub fn preprocess_image(img: &ImageInput, patch: usize, merge: usize, temporal: usize, min_pixels: usize, max_pixels: usize) -> Result<(Vec<f32>, [usize; 3]), QwenError> {
+    let c = PreprocessConfig { min_pixels, max_pixels, patch_size: patch, merge_size: merge, temporal_patch_size: temporal, ..PreprocessConfig::default() };
+    preprocess_normalized(img, &c)
+}
+
+fn preprocess_normalized(img: &ImageInput, c: &PreprocessConfig) -> Result<(Vec<f32>, [usize; 3]), QwenError> {
+    let (patch, merge, temporal) = (c.patch_size, c.merge_size, c.temporal_patch_size);
+    if patch == 0 || merge == 0 || temporal == 0 {
+        return Err(QwenError::Input("patch, merge and temporal sizes must be positive".into()));
+    }
     if img.rgb.len() != img.width * img.height * 3 {
         return Err(QwenError::Input(format!("{}×{} RGB image has {} bytes", img.width, img.height, img.rgb.len())));
     }
-    let (h, w) = smart_resize(img.height, img.width, patch * merge, min_pixels, max_pixels)?;
+    let (h, w) = smart_resize(img.height, img.width, patch * merge, c.min_pixels, c.max_pixels)?;
     let r = if (h, w) == (img.height, img.width) { img.clone() } else { resize_bicubic(img, h, w) };
     // rescale (in f64, then f32) and normalize (f32), channel-first
+    let (mean, std) = (c.image_mean, c.image_std);
     let norm = |y: usize, x: usize, c: usize| -> f32 {
         let v = (r.rgb[(y * w + x) * 3 + c] as f64 * (1.0 / 255.0)) as f32;
-        (v - CLIP_MEAN[c]) / CLIP_STD[c]
+        (v - mean[c]) / std[c]
     };
     let (gh, gw) = (h / patch, w / patch);
     let dim = 3 * temporal * patch * patch;
