@@ -127,7 +127,7 @@ fn parity(kind: &str) {
     let max = got.iter().zip(&e.logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     eprintln!("{kind}: max |logit diff| = {max:e}");
     assert!(max < 1e-4, "{kind}: logits differ by up to {max}");
-    let generated = loaded.model.generate_greedy(&loaded.config, &e.input_ids, Some(pxt()), &[grid], e.greedy.len(), loaded.config.eos_token_id).unwrap();
+    let generated = loaded.model.generate_greedy(&loaded.config, &e.input_ids, Some(pxt()), &[grid], e.greedy.len(), &loaded.eos_token_ids).unwrap();
     assert_eq!(generated, e.greedy, "{kind}: greedy continuation");
 }
 
@@ -273,11 +273,15 @@ fn bad_inputs_are_errors_not_panics() {
     let (px, shape, grid) = fixture_pixels();
     let pxt = || Tensor::<B, 2>::from_data(TensorData::new(px.clone(), shape), &dev);
     assert!(m.forward_logits(c, &[], None, &[]).is_err());
-    assert!(m.generate_greedy(c, &[], None, &[], 4, None).is_err());
+    assert!(m.generate_greedy(c, &[], None, &[], 4, &[]).is_err());
     assert!(m.forward_logits(c, &[100_000], None, &[]).is_err(), "id outside the vocabulary");
     assert!(m.forward_logits(c, &e.input_ids, None, &[]).is_err(), "image tokens without pixels");
     assert!(m.forward_logits(c, &e.input_ids, Some(pxt()), &[[1, 10, 12]]).is_err(), "grid does not match the pixels");
     assert!(m.forward_logits(c, &e.input_ids[..40], Some(pxt()), &[grid]).is_err(), "too few image tokens");
+    assert_eq!(loaded.eos_token_ids, vec![362], "<|im_end|> from config.json and generation_config.json");
+    // generation stops right after an end token
+    let first = m.generate_greedy(c, &e.input_ids, Some(pxt()), &[grid], 1, &[]).unwrap()[0];
+    assert_eq!(m.generate_greedy(c, &e.input_ids, Some(pxt()), &[grid], 8, &[first]).unwrap(), vec![first]);
     // text only works and uses 1D positions
     let l = m.forward_logits(c, &[1, 2, 3], None, &[]).unwrap();
     assert_eq!(l.dims(), [3, 384]);

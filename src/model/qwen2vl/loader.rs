@@ -27,6 +27,27 @@ pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 pub struct LoadedQwen<B: Backend> {
     pub config: QwenConfig,
     pub model: QwenVl<B>,
+    /// End-of-sequence ids: `config.json`'s and `generation_config.json`'s (the Hub's instruct models list
+    /// `<|im_end|>` and `<|endoftext|>` there).
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// `config.eos_token_id` plus `dir/generation_config.json`'s `eos_token_id` (a number or a list), when present.
+pub fn eos_token_ids(dir: &Path, config: &QwenConfig) -> Result<Vec<u32>, QwenError> {
+    let mut ids: Vec<u32> = config.eos_token_id.into_iter().collect();
+    let p = dir.join("generation_config.json");
+    if p.is_file() {
+        let text = std::fs::read_to_string(&p).map_err(|e| io_err(&p, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| io_err(&p, e))?;
+        match v.get("eos_token_id") {
+            Some(serde_json::Value::Array(a)) => ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
+            Some(x) => ids.extend(x.as_u64().map(|x| x as u32)),
+            None => {}
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
 
 fn io_err(path: &Path, msg: impl std::fmt::Display) -> QwenError {
@@ -277,5 +298,6 @@ pub fn load_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedQwen
     eprintln!("{}: {}", dir.display(), estimate_memory(&config, WeightFormat::F32, 0, 1, 1024, false).summary());
     let tensors = read_tensors(&files)?;
     let model = build_model::<B>(&config, tensors, device).map_err(|msg| QwenError::Weights { dir: dir.display().to_string(), msg })?;
-    Ok(LoadedQwen { config, model })
+    let eos_token_ids = eos_token_ids(dir, &config)?;
+    Ok(LoadedQwen { config, model, eos_token_ids })
 }

@@ -162,8 +162,8 @@ impl<B: Backend> QwenVl<B> {
         Ok(self.head(h).reshape([seq as i32, -1]))
     }
 
-    /// Greedy decoding with a KV cache: up to `max_new` tokens after the prompt, stopping after `eos`.
-    pub fn generate_greedy(&self, c: &QwenConfig, ids: &[u32], pixel_values: Option<Tensor<B, 2>>, grids: &[[usize; 3]], max_new: usize, eos: Option<u32>) -> Result<Vec<u32>, QwenError> {
+    /// Greedy decoding with a KV cache: up to `max_new` tokens after the prompt, stopping after any of `eos`.
+    pub fn generate_greedy(&self, c: &QwenConfig, ids: &[u32], pixel_values: Option<Tensor<B, 2>>, grids: &[[usize; 3]], max_new: usize, eos: &[u32]) -> Result<Vec<u32>, QwenError> {
         if ids.is_empty() {
             return Err(QwenError::Input("empty prompt".into()));
         }
@@ -179,7 +179,7 @@ impl<B: Backend> QwenVl<B> {
             let v: Vec<f32> = last.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| QwenError::Input(format!("{e:?}")))?;
             let next = v.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |a, (i, &x)| if x > a.1 { (i, x) } else { a }).0 as u32;
             out.push(next);
-            if Some(next) == eos || step + 1 == max_new {
+            if eos.contains(&next) || step + 1 == max_new {
                 break;
             }
             let p = (seq + step) as i64 + ri.delta;
