@@ -99,8 +99,11 @@ fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: usize) -> Tensor<B
     }
 }
 
+/// `(start, len)` of a run of tokens that attend only to each other.
+type Segment = (usize, usize);
+
 /// `(start, len)` of each consecutive segment of `lens` (the `cu_seqlens` of `transformers`).
-fn segments(lens: &[usize]) -> Vec<(usize, usize)> {
+fn segments(lens: &[usize]) -> Vec<Segment> {
     let mut start = 0;
     lens.iter()
         .map(|&l| {
@@ -178,7 +181,7 @@ pub fn vision_rope<B: Backend>(grids: &[[usize; 3]], merge: usize, head_dim: usi
 
 impl<B: Backend> VisionAttention<B> {
     /// Attention restricted to each segment `(start, len)` of the sequence (an image, or a window).
-    fn forward(&self, x: Tensor<B, 2>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>, segs: &[(usize, usize)]) -> Tensor<B, 2> {
+    fn forward(&self, x: Tensor<B, 2>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>, segs: &[Segment]) -> Tensor<B, 2> {
         let [n, e] = x.dims();
         let h = self.heads;
         let hd = e / h;
@@ -238,7 +241,7 @@ impl<B: Backend> QwenVision<B> {
         let mut x = pixel_values.matmul(self.patch_embed.val().transpose()); // [n, embed]
         let full_lens: Vec<usize> = grids.iter().flat_map(|g| std::iter::repeat_n(g[1] * g[2], g[0])).collect();
         let full_segs = segments(&full_lens);
-        let mut win: Option<(Vec<usize>, Vec<(usize, usize)>)> = None;
+        let mut win: Option<(Vec<usize>, Vec<Segment>)> = None;
         if self.window_size > 0 {
             let (widx, wlens) = window_index(grids, self.merge, self.window_size, self.patch_size);
             let rows: Vec<i64> = widx.iter().flat_map(|&w| (0..unit).map(move |u| (w * unit + u) as i64)).collect();
