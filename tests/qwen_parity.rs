@@ -413,3 +413,15 @@ fn preprocessor_config_is_read_from_the_model_directory() {
     let err = PreprocessConfig::from_dir(&fx()).unwrap_err().to_string();
     assert!(err.contains("preprocessor_config.json"), "{err}");
 }
+
+#[test]
+fn generate_from_a_checkpoint_directory() {
+    use cadvlm::model::qwen2vl::generate_from_dir;
+    let dir = fx().join("qwen2_5_vl");
+    let e = expected("qwen2_5_vl");
+    let img = ImageInput::open(&fx().join("image.png")).unwrap();
+    let g = generate_from_dir::<B>(&dir, &img, &e.prompt, e.greedy.len(), &Default::default()).unwrap();
+    assert_eq!(g.prompt_ids, e.input_ids);
+    assert_eq!(g.new_ids, e.greedy);
+    assert_eq!(g.text, load_tokenizer(&dir).unwrap().decode(&e.greedy, true).unwrap());
+}

@@ -191,3 +191,34 @@ impl<B: Backend> QwenVl<B> {
         Ok(out)
     }
 }
+
+/// What [`generate_from_dir`] produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    pub new_ids: Vec<u32>,
+    /// The new tokens decoded, special tokens skipped.
+    pub text: String,
+}
+
+/// Load a local checkpoint directory, preprocess `image` with its `preprocessor_config.json`, build the
+/// chat prompt around `prompt`, tokenize with its `tokenizer.json`, and decode greedily (at most `max_new`
+/// tokens) on backend `B`.
+pub fn generate_from_dir<B: Backend>(dir: &std::path::Path, image: &ImageInput, prompt: &str, max_new: usize, device: &B::Device) -> Result<Generation, QwenError> {
+    let pre = PreprocessConfig::from_dir(dir)?;
+    let tok = preprocess::load_tokenizer(dir)?;
+    let loaded = load_dir::<B>(dir, device)?;
+    let c = &loaded.config;
+    if (pre.patch_size, pre.merge_size, pre.temporal_patch_size) != (c.vision.patch_size, c.vision.spatial_merge_size, c.vision.temporal_patch_size) {
+        return Err(QwenError::Config(format!("{}: preprocessor and model disagree on patch/merge/temporal sizes", dir.display())));
+    }
+    let (px, grid) = pre.preprocess(image)?;
+    let n = grid.iter().product::<usize>();
+    let n_tokens = n / (pre.merge_size * pre.merge_size);
+    let ids = preprocess::encode(&tok, &chat_prompt(prompt, n_tokens))?;
+    let dim = px.len() / n.max(1);
+    let pixels = Tensor::<B, 2>::from_data(TensorData::new(px, [n, dim]), device);
+    let new_ids = loaded.model.generate_greedy(c, &ids, Some(pixels), &[grid], max_new, &loaded.eos_token_ids)?;
+    let text = tok.decode(&new_ids, true).map_err(|e| QwenError::Tokenizer(e.to_string()))?;
+    Ok(Generation { prompt_ids: ids, new_ids, text })
+}
