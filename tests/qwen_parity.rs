@@ -425,3 +425,22 @@ fn generate_from_a_checkpoint_directory() {
     assert_eq!(g.new_ids, e.greedy);
     assert_eq!(g.text, load_tokenizer(&dir).unwrap().decode(&e.greedy, true).unwrap());
 }
+
+#[test]
+fn preprocessing_matches_pillow_13_too() {
+    use cadvlm::model::qwen2vl::PreprocessConfig;
+    use cadvlm::model::qwen2vl::preprocess::PillowResize;
+    let st = read_st(&fx().join("preprocess_pillow13.safetensors"));
+    let c13 = PreprocessConfig { pillow: PillowResize::From13, ..PreprocessConfig::default() };
+    let mut orders_differ = false;
+    for name in ["image", "image_up_33x41", "image_mixed_90x300"] {
+        let img = ImageInput::open(&fx().join(format!("{name}.png"))).unwrap();
+        let want = f32s(&st[&format!("pixel_values_{name}")].2);
+        let (px, _) = c13.preprocess(&img).unwrap();
+        let max = px.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(px.len() == want.len() && max <= 1e-5, "{name}: pixel_values differ by up to {max}");
+        let (px12, _) = PreprocessConfig::default().preprocess(&img).unwrap();
+        orders_differ |= px12 != px;
+    }
+    assert!(orders_differ, "the fixture image takes Pillow 13's vertical-first path");
+}

@@ -1,6 +1,7 @@
 //! The Hugging Face Qwen2-VL image processor and chat template, bit for bit: `smart_resize` (both sides
 //! multiples of `patch·merge`, pixel count within `[min_pixels, max_pixels]`, Python's round-half-even),
-//! Pillow's bicubic resampling of 8-bit images (fixed-point, horizontal then vertical pass), rescale by
+//! Pillow's bicubic resampling of 8-bit images (fixed-point; the pass order of Pillow ≤ 12 or of 13, see
+//! [`PillowResize`]), rescale by
 //! 1/255, OpenAI-CLIP mean/std, and the patch flattening order (merge blocks, then `C, T, P, P`).
 
 use std::path::Path;
@@ -25,6 +26,9 @@ pub struct PreprocessConfig {
     pub temporal_patch_size: usize,
     pub image_mean: [f32; 3],
     pub image_std: [f32; 3],
+    /// Whose resampling to reproduce (not in the file: it depends on the Pillow installed next to
+    /// `transformers`).
+    pub pillow: PillowResize,
 }
 
 impl Default for PreprocessConfig {
@@ -38,6 +42,7 @@ impl Default for PreprocessConfig {
             temporal_patch_size: 2,
             image_mean: CLIP_MEAN,
             image_std: CLIP_STD,
+            pillow: PillowResize::UpTo12,
         }
     }
 }
@@ -187,45 +192,84 @@ fn clip8(v: i64) -> u8 {
     }
 }
 
-/// `PIL.Image.resize((w, h), BICUBIC)` of an 8-bit RGB image.
+/// Which Pillow's pass order to reproduce: the two 8-bit passes round in between, so the order shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PillowResize {
+    /// Pillow ≤ 12: horizontal pass, then vertical.
+    #[default]
+    UpTo12,
+    /// Pillow 13 (python-pillow/Pillow#9549): vertical first when the height loses more than twice as many
+    /// pixels as the width (found by comparing against Pillow 13.0.0 on 170 random size pairs).
+    From13,
+}
+
+impl PillowResize {
+    fn vertical_first(self, in_h: usize, in_w: usize, out_h: usize, out_w: usize) -> bool {
+        self == PillowResize::From13 && in_h > out_h && (in_h - out_h) as i64 > 2 * (in_w as i64 - out_w as i64)
+    }
+}
+
+/// One 8-bit pass along x of a `[h, w, 3]` buffer to width `out_w`.
+fn pass_x(src: &[u8], h: usize, w: usize, out_w: usize) -> Vec<u8> {
+    let k = coeffs(w, out_w);
+    let mut out = vec![0u8; h * out_w * 3];
+    for y in 0..h {
+        for (xx, (xmin, ks)) in k.iter().enumerate() {
+            for c in 0..3 {
+                let mut s: i64 = 1 << (PRECISION_BITS - 1);
+                for (j, &kv) in ks.iter().enumerate() {
+                    s += src[(y * w + xmin + j) * 3 + c] as i64 * kv as i64;
+                }
+                out[(y * out_w + xx) * 3 + c] = clip8(s);
+            }
+        }
+    }
+    out
+}
+
+/// One 8-bit pass along y of a `[h, w, 3]` buffer to height `out_h`.
+fn pass_y(src: &[u8], h: usize, w: usize, out_h: usize) -> Vec<u8> {
+    let k = coeffs(h, out_h);
+    let mut out = vec![0u8; out_h * w * 3];
+    for (yy, (ymin, ks)) in k.iter().enumerate() {
+        for x in 0..w {
+            for c in 0..3 {
+                let mut s: i64 = 1 << (PRECISION_BITS - 1);
+                for (j, &kv) in ks.iter().enumerate() {
+                    s += src[((ymin + j) * w + x) * 3 + c] as i64 * kv as i64;
+                }
+                out[(yy * w + x) * 3 + c] = clip8(s);
+            }
+        }
+    }
+    out
+}
+
+/// `PIL.Image.resize((w, h), BICUBIC)` of an 8-bit RGB image, as Pillow ≤ 12 computes it.
 pub fn resize_bicubic(img: &ImageInput, out_h: usize, out_w: usize) -> ImageInput {
+    resize_bicubic_as(img, out_h, out_w, PillowResize::UpTo12)
+}
+
+/// `PIL.Image.resize((w, h), BICUBIC)` in the pass order of `pillow`.
+pub fn resize_bicubic_as(img: &ImageInput, out_h: usize, out_w: usize, pillow: PillowResize) -> ImageInput {
     let (ih, iw) = (img.height, img.width);
     let mut cur = img.rgb.clone();
-    let mut cw = iw;
-    if out_w != iw {
-        let k = coeffs(iw, out_w);
-        let mut out = vec![0u8; ih * out_w * 3];
-        for y in 0..ih {
-            for (xx, (xmin, ks)) in k.iter().enumerate() {
-                for c in 0..3 {
-                    let mut s: i64 = 1 << (PRECISION_BITS - 1);
-                    for (j, &kv) in ks.iter().enumerate() {
-                        s += cur[(y * iw + xmin + j) * 3 + c] as i64 * kv as i64;
-                    }
-                    out[(y * out_w + xx) * 3 + c] = clip8(s);
-                }
-            }
+    if pillow.vertical_first(ih, iw, out_h, out_w) {
+        if out_h != ih {
+            cur = pass_y(&cur, ih, iw, out_h);
         }
-        cur = out;
-        cw = out_w;
-    }
-    if out_h != ih {
-        let k = coeffs(ih, out_h);
-        let mut out = vec![0u8; out_h * cw * 3];
-        for (yy, (ymin, ks)) in k.iter().enumerate() {
-            for x in 0..cw {
-                for c in 0..3 {
-                    let mut s: i64 = 1 << (PRECISION_BITS - 1);
-                    for (j, &kv) in ks.iter().enumerate() {
-                        s += cur[((ymin + j) * cw + x) * 3 + c] as i64 * kv as i64;
-                    }
-                    out[(yy * cw + x) * 3 + c] = clip8(s);
-                }
-            }
+        if out_w != iw {
+            cur = pass_x(&cur, out_h, iw, out_w);
         }
-        cur = out;
+    } else {
+        if out_w != iw {
+            cur = pass_x(&cur, ih, iw, out_w);
+        }
+        if out_h != ih {
+            cur = pass_y(&cur, ih, out_w, out_h);
+        }
     }
-    ImageInput { width: cw, height: out_h, rgb: cur }
+    ImageInput { width: out_w, height: out_h, rgb: cur }
 }
 
 /// `pixel_values` (row-major `[n_patches, 3·T·P·P]`) and `image_grid_thw` of one image, as
@@ -244,7 +288,7 @@ fn preprocess_normalized(img: &ImageInput, c: &PreprocessConfig) -> Result<(Vec<
         return Err(QwenError::Input(format!("{}×{} RGB image has {} bytes", img.width, img.height, img.rgb.len())));
     }
     let (h, w) = smart_resize(img.height, img.width, patch * merge, c.min_pixels, c.max_pixels)?;
-    let r = if (h, w) == (img.height, img.width) { img.clone() } else { resize_bicubic(img, h, w) };
+    let r = if (h, w) == (img.height, img.width) { img.clone() } else { resize_bicubic_as(img, h, w, c.pillow) };
     // rescale (in f64, then f32) and normalize (f32), channel-first
     let (mean, std) = (c.image_mean, c.image_std);
     let norm = |y: usize, x: usize, c: usize| -> f32 {
