@@ -49,6 +49,27 @@ enum Cmd {
     /// PNG figures and report/README.md of a run folder (SFT/DPO curves, rollouts, IoU, gallery).
     #[cfg(all(feature = "report", feature = "model", feature = "sandbox"))]
     Report(ReportArgs),
+    /// A Qwen2-VL / Qwen2.5-VL recipe (e.g. recipes/qwen2_5_vl_3b_qlora.toml): checks the local checkpoint and data.
+    #[cfg(feature = "model")]
+    QwenRecipe {
+        /// Recipe file (TOML).
+        file: PathBuf,
+    },
+    /// Greedy generation with a local Qwen2-VL / Qwen2.5-VL checkpoint directory for one image (CPU, f32).
+    #[cfg(feature = "model")]
+    QwenGenerate {
+        /// Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json, preprocessor_config.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// Image file (PNG).
+        #[arg(long)]
+        image: PathBuf,
+        /// User prompt after the image (default: the GenCAD-Code prompt).
+        #[arg(long)]
+        prompt: Option<String>,
+        #[arg(long, default_value_t = 512)]
+        max_new_tokens: usize,
+    },
 }
 
 #[cfg(all(feature = "report", feature = "model", feature = "sandbox"))]
@@ -124,6 +145,16 @@ pub fn main() -> ExitCode {
         Cmd::BenchTrain(a) => crate::train::cli::bench_train(a),
         #[cfg(all(feature = "report", feature = "model", feature = "sandbox"))]
         Cmd::Report(a) => cmd_report(a),
+        #[cfg(feature = "model")]
+        Cmd::QwenRecipe { file } => crate::model::qwen2vl::recipe::run(&file).map_err(anyhow::Error::from),
+        #[cfg(feature = "model")]
+        Cmd::QwenGenerate { model, image, prompt, max_new_tokens } => (|| {
+            let img = crate::model::qwen2vl::ImageInput::open(&image)?;
+            let prompt = prompt.unwrap_or_else(|| crate::eval::GENCAD_PROMPT.to_string());
+            let g = crate::model::qwen2vl::generate_from_dir::<burn::backend::NdArray<f32>>(&model, &img, &prompt, max_new_tokens, &Default::default())?;
+            println!("{}", g.text);
+            Ok::<(), anyhow::Error>(())
+        })(),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

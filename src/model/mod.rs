@@ -11,6 +11,8 @@ pub mod generate;
 #[cfg(feature = "model")]
 pub mod layers;
 #[cfg(feature = "model")]
+pub mod qwen2vl;
+#[cfg(feature = "model")]
 pub mod text;
 #[cfg(feature = "model")]
 pub mod vision;
