@@ -267,11 +267,12 @@ fn nf4_small_model_weights_take_over_3_5x_less_memory() {
     eprintln!("small, vocab 378, NF4 + LoRA r16 (decoder): linears {l32} -> {lq} B ({lr:.2}x), whole model {a32} -> {aq} B ({ar:.2}x)");
     assert!(lr >= 3.5, "linear-only ratio {lr}");
     assert!(ar >= 3.5, "whole-model ratio {ar}");
-    // without the adapters' and lm_head's f32 bytes, the NF4 bases alone are ~7.5x smaller
+    // without the adapters' and the f32-kept layers' bytes (lm_head, image_cond), the NF4 bases alone
+    // are ~7.5x smaller
     let q_only = Adaptation { quantize: Quantize::Nf4, lora: Some(LoraConfig { targets: vec!["lm_head".into()], rank: 1, ..LoraConfig::default() }) };
     let [l32, lq, ..] = weight_bytes("small", 378, &q_only);
-    let lm_head = 4 * (192 * 378 + 378 + 192);
-    let r = (l32 - lm_head) as f64 / (lq - lm_head) as f64;
+    let kept_f32 = 4 * (192 * 378 + 378 + 192) + 4 * (192 * 192 + 192); // lm_head (+ its rank-1 adapter), image_cond
+    let r = (l32 - kept_f32) as f64 / (lq - kept_f32) as f64;
     assert!(r > 7.0, "NF4 bases alone: {r}");
 }
 
