@@ -17,6 +17,7 @@ pub mod nn;
 pub mod preprocess;
 pub mod recipe;
 pub mod text;
+pub mod train;
 pub mod vision;
 
 use burn::tensor::backend::Backend;
