@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::backend::Backend;
 use cadvlm::model::lora::{LinearLayers, LoraConfig};
 use cadvlm::model::quant::Quantize;
 use cadvlm::model::qwen2vl::preprocess::load_tokenizer;
@@ -39,6 +38,25 @@ const PROGRAMS: [&str; 3] = [
     "r = cq.Workplane(\"XZ\").rect(4, 2).extrude(1)",
 ];
 
+/// Replaces every adapter's A by a fixed pseudo-random `U(±1/√in)` (B stays 0): the tests do not depend
+/// on the backend's global RNG, which tests running in parallel share.
+fn fixed_adapters(m: &mut cadvlm::model::qwen2vl::QwenVl<A>) {
+    let dev = Default::default();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    m.for_each_linear(&mut |_, lin| {
+        let (r, d_in, d_out) = (lin.rank(), lin.in_features(), lin.out_features());
+        let bound = 1.0 / (d_in as f32).sqrt();
+        let a: Vec<f32> = (0..r * d_in)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
+            })
+            .collect();
+        let a = burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(a, [r, d_in]), &dev);
+        lin.set_adapter(a, burn::tensor::Tensor::zeros([d_out, r], &dev), lin.lora_alpha, lin.lora_dropout);
+    });
+}
+
 fn lora() -> LoraConfig {
     LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, targets: vec!["all-linear".into()] }
 }
@@ -46,7 +64,6 @@ fn lora() -> LoraConfig {
 #[test]
 fn qlora_sft_loss_falls_and_only_adapters_change() {
     let dev = Default::default();
-    <A as Backend>::seed(&dev, 11);
     let dir = fx().join("qwen2_5_vl");
     let tok = load_tokenizer(&dir).unwrap();
     let pre = PreprocessConfig::from_dir(&dir).unwrap();
@@ -58,6 +75,7 @@ fn qlora_sft_loss_falls_and_only_adapters_change() {
     let batch: Vec<(&PromptInput, &[u32])> = prompts.iter().zip(&answers).map(|(p, a)| (p, a.as_slice())).collect();
 
     let mut model = prepare_qlora(l.model, Quantize::Nf4, &lora(), &dev).unwrap();
+    fixed_adapters(&mut model);
     // the frozen pieces to compare afterwards: an f32 base (lm_head), an embedding, a norm, an NF4 base
     let snapshot = |m: &mut cadvlm::model::qwen2vl::QwenVl<A>| {
         let head = m.lm_head.as_ref().unwrap().weight.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap();
@@ -90,4 +108,70 @@ fn qlora_sft_loss_falls_and_only_adapters_change() {
     assert_eq!(after.2, before.2, "a norm changed");
     assert_eq!(after.3, before.3, "an NF4 base changed");
     assert!(after.4.iter().any(|&v| v != 0.0), "the adapters did not train");
+}
+
+#[test]
+fn sft_loss_covers_the_answer_tokens_only() {
+    // equal to the mean NLL of the answer positions of a full forward over prompt ++ answer
+    use burn::tensor::activation::log_softmax;
+    type B = NdArray<f32>;
+    let dev = Default::default();
+    let dir = fx().join("qwen2_5_vl");
+    let tok = load_tokenizer(&dir).unwrap();
+    let l = load_dir::<B>(&dir, &dev).unwrap();
+    let p = PromptInput::new(&tok, &PreprocessConfig::from_dir(&dir).unwrap(), &image(1), "Generate the CADQuery code.").unwrap();
+    let a = answer_ids(&tok, PROGRAMS[1]).unwrap();
+    assert_eq!(*a.last().unwrap(), tok.token_to_id("<|im_end|>").unwrap());
+    let loss = qwen_sft_loss(&l.model, &l.config, &[(&p, a.as_slice())]).unwrap().into_scalar();
+    let ids: Vec<u32> = p.ids.iter().chain(&a).copied().collect();
+    let lp = log_softmax(l.model.forward_logits(&l.config, &ids, Some(p.pixel_tensor::<B>(&dev)), &[p.grid]).unwrap(), 1);
+    let v = lp.into_data().to_vec::<f32>().unwrap();
+    let vocab = l.config.vocab_size;
+    let n = p.ids.len();
+    let want = -(0..a.len()).map(|i| v[(n - 1 + i) * vocab + a[i] as usize]).sum::<f32>() / a.len() as f32;
+    assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+    // bad input is an error, not a panic
+    assert!(qwen_sft_loss(&l.model, &l.config, &[]).is_err());
+    assert!(qwen_sft_loss(&l.model, &l.config, &[(&p, &[][..])]).is_err());
+    assert!(qwen_sft_loss(&l.model, &l.config, &[(&p, &[l.config.image_token_id][..])]).is_err());
+}
+
+#[cfg(feature = "sandbox")]
+#[test]
+fn qlora_dpo_raises_the_margin_and_leaves_the_reference_alone() {
+    use cadvlm::model::qwen2vl::train::{QwenPair, policy_logprobs, qwen_dpo_step, reference_logprobs};
+    let dev = Default::default();
+    let dir = fx().join("qwen2_5_vl");
+    let tok = load_tokenizer(&dir).unwrap();
+    let pre = PreprocessConfig::from_dir(&dir).unwrap();
+    let l = load_dir::<A>(&dir, &dev).unwrap();
+    let c = l.config.clone();
+    let pair = QwenPair {
+        prompt: PromptInput::new(&tok, &pre, &image(2), cadvlm::eval::GENCAD_PROMPT).unwrap(),
+        chosen: answer_ids(&tok, PROGRAMS[0]).unwrap(),
+        rejected: answer_ids(&tok, PROGRAMS[2]).unwrap(),
+    };
+    let mut policy = prepare_qlora(l.model, Quantize::Nf4, &lora(), &dev).unwrap();
+    fixed_adapters(&mut policy);
+    let refs = reference_logprobs(&policy, &c, &pair).unwrap();
+    // fresh adapters (B = 0): the policy is the reference
+    let p0 = policy_logprobs(&policy, &c, &pair).unwrap();
+    let margin = |p: (f64, f64), r: (f64, f64)| (p.0 - r.0) - (p.1 - r.1);
+    assert!(margin(p0, refs).abs() < 1e-4, "policy {p0:?} vs reference {refs:?}");
+    let mut opt = AdamW::new(OptimConfig { lr: 5e-3, warmup_steps: 0, weight_decay: 0.0, grad_clip: 1.0, ..Default::default() });
+    let mut losses = Vec::new();
+    for _ in 0..6 {
+        let (p, stats, gnorm) = qwen_dpo_step(policy, &mut opt, &c, std::slice::from_ref(&pair), &[refs], 0.1, 5e-3).unwrap();
+        assert!(stats.loss.is_finite() && gnorm.is_finite());
+        losses.push(stats.loss);
+        policy = p;
+    }
+    let p1 = policy_logprobs(&policy, &c, &pair).unwrap();
+    let refs_after = reference_logprobs(&policy, &c, &pair).unwrap();
+    eprintln!("DPO: margin {:.4} → {:.4}, losses {losses:.4?}, reference {refs:?} → {refs_after:?}", margin(p0, refs), margin(p1, refs));
+    assert_eq!(refs_after, refs, "the reference (adapters off) moved");
+    assert!(margin(p1, refs) > margin(p0, refs) + 1.0, "the log-ratio margin did not grow: {p0:?} → {p1:?} (reference {refs:?})");
+    assert!(losses.last().unwrap() < &losses[0]);
+    // the step refuses mismatched inputs
+    assert!(qwen_dpo_step(policy, &mut opt, &c, std::slice::from_ref(&pair), &[], 0.1, 5e-3).is_err());
 }
