@@ -175,3 +175,26 @@ fn qlora_dpo_raises_the_margin_and_leaves_the_reference_alone() {
     // the step refuses mismatched inputs
     assert!(qwen_dpo_step(policy, &mut opt, &c, std::slice::from_ref(&pair), &[], 0.1, 5e-3).is_err());
 }
+
+#[test]
+fn sampled_generation_is_seeded_and_checks_its_temperature() {
+    use rand::SeedableRng;
+    type B = NdArray<f32>;
+    let dev = Default::default();
+    let dir = fx().join("qwen2_5_vl");
+    let tok = load_tokenizer(&dir).unwrap();
+    let l = load_dir::<B>(&dir, &dev).unwrap();
+    let p = PromptInput::new(&tok, &PreprocessConfig::from_dir(&dir).unwrap(), &image(0), "Generate the CADQuery code.").unwrap();
+    let sample = |seed: u64, t: f32| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        l.model.generate_sampled(&l.config, &p.ids, Some(p.pixel_tensor::<B>(&dev)), &[p.grid], 20, &[], t, &mut rng)
+    };
+    let (a, b, other) = (sample(1, 1.0).unwrap(), sample(1, 1.0).unwrap(), sample(2, 1.0).unwrap());
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 20);
+    assert_ne!(a, other, "different seeds, same 20 tokens");
+    // a very low temperature is greedy
+    let greedy = l.model.generate_greedy(&l.config, &p.ids, Some(p.pixel_tensor::<B>(&dev)), &[p.grid], 20, &[]).unwrap();
+    assert_eq!(sample(3, 1e-4).unwrap(), greedy);
+    assert!(sample(1, 0.0).is_err() && sample(1, f32::NAN).is_err());
+}

@@ -45,6 +45,8 @@ pub enum QwenError {
     Input(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error("training: {0}")]
+    Train(String),
 }
 
 /// The whole model: `visual.*`, `model.*` and `lm_head.*` (tied to `model.embed_tokens` when absent).
@@ -237,6 +239,54 @@ impl<B: Backend> QwenVl<B> {
 
     /// Greedy decoding with a KV cache: up to `max_new` tokens after the prompt, stopping after any of `eos`.
     pub fn generate_greedy(&self, c: &QwenConfig, ids: &[u32], pixel_values: Option<Tensor<B, 2>>, grids: &[[usize; 3]], max_new: usize, eos: &[u32]) -> Result<Vec<u32>, QwenError> {
+        let mut argmax = |v: &[f32]| v.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |a, (i, &x)| if x > a.1 { (i, x) } else { a }).0 as u32;
+        self.generate_with(c, ids, pixel_values, grids, max_new, eos, &mut argmax)
+    }
+
+    /// Sampling at `temperature` (> 0) from the softmax of the logits, with a KV cache; the draws come
+    /// from `rng`, so a seeded generator gives the same tokens again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_sampled(
+        &self,
+        c: &QwenConfig,
+        ids: &[u32],
+        pixel_values: Option<Tensor<B, 2>>,
+        grids: &[[usize; 3]],
+        max_new: usize,
+        eos: &[u32],
+        temperature: f32,
+        rng: &mut impl rand::Rng,
+    ) -> Result<Vec<u32>, QwenError> {
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return Err(QwenError::Input(format!("temperature must be positive, got {temperature}")));
+        }
+        let mut draw = |v: &[f32]| {
+            let m = v.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            let w: Vec<f64> = v.iter().map(|&x| (((x - m) / temperature) as f64).exp()).collect();
+            let mut u = rng.random::<f64>() * w.iter().sum::<f64>();
+            for (i, &wi) in w.iter().enumerate() {
+                if u < wi {
+                    return i as u32;
+                }
+                u -= wi;
+            }
+            (w.len() - 1) as u32
+        };
+        self.generate_with(c, ids, pixel_values, grids, max_new, eos, &mut draw)
+    }
+
+    /// Decoding with a KV cache, each next token chosen by `pick` from the last logits `[vocab]`.
+    #[allow(clippy::too_many_arguments)]
+    fn generate_with(
+        &self,
+        c: &QwenConfig,
+        ids: &[u32],
+        pixel_values: Option<Tensor<B, 2>>,
+        grids: &[[usize; 3]],
+        max_new: usize,
+        eos: &[u32],
+        pick: &mut dyn FnMut(&[f32]) -> u32,
+    ) -> Result<Vec<u32>, QwenError> {
         if ids.is_empty() {
             return Err(QwenError::Input("empty prompt".into()));
         }
@@ -250,7 +300,7 @@ impl<B: Backend> QwenVl<B> {
         let device = self.model.embed_tokens.weight.device();
         for step in 0..max_new {
             let v: Vec<f32> = last.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| QwenError::Input(format!("{e:?}")))?;
-            let next = v.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |a, (i, &x)| if x > a.1 { (i, x) } else { a }).0 as u32;
+            let next = pick(&v);
             out.push(next);
             if eos.contains(&next) || step + 1 == max_new {
                 break;
