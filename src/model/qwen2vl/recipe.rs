@@ -193,8 +193,10 @@ pub fn run(path: &Path) -> Result<(), QwenError> {
     if !est.fits(r.model.gpu_gib) {
         eprintln!("warning: the estimate exceeds model.gpu_gib = {} GiB", r.model.gpu_gib);
     }
-    let report = run_stages(&r, &base)?;
-    eprintln!("{}", report.summary());
+    #[cfg(feature = "sandbox")]
+    eprintln!("{}", run_stages(&r, &base)?.summary());
+    #[cfg(not(feature = "sandbox"))]
+    run_stages(&r, &base)?;
     Ok(())
 }
 
@@ -314,7 +316,7 @@ mod stages {
         if r.dpo.rounds > 0 && r.dpo.samples_per_image + usize::from(r.dpo.anchor_with_target) < 2 {
             return Err(QwenError::Config("dpo.samples_per_image must be ≥ 2 (or ≥ 1 with dpo.anchor_with_target): a pair needs two candidates".into()));
         }
-        if !(r.sft.lr > 0.0) || !(r.dpo.lr > 0.0) || !(r.dpo.beta > 0.0) {
+        if ![r.sft.lr, r.dpo.lr, r.dpo.beta].iter().all(|&x| x > 0.0) {
             return Err(QwenError::Config("sft.lr, dpo.lr and dpo.beta must be positive".into()));
         }
         Ok(())

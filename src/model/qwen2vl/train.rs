@@ -17,7 +17,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use super::preprocess::{PreprocessConfig, chat_prompt, encode};
 use super::{ImageInput, QwenConfig, QwenError, QwenVl};
-use crate::model::lora::{LoraConfig, apply_lora, quantize_linears, with_adapters_disabled};
+use crate::model::lora::{LoraConfig, apply_lora, quantize_linears};
 use crate::model::quant::Quantize;
 use crate::train::optim::AdamW;
 
@@ -163,6 +163,7 @@ pub use dpo::*;
 #[cfg(feature = "sandbox")]
 mod dpo {
     use super::*;
+    use crate::model::lora::with_adapters_disabled;
     use crate::train::dpo::{DpoStats, dpo_loss, dpo_loss_tensor};
 
     /// One preference pair for one image: answer ids (each ending with `<|im_end|>`).
@@ -202,7 +203,7 @@ mod dpo {
         if pairs.is_empty() || refs.len() != pairs.len() {
             return Err(QwenError::Input(format!("{} pairs but {} reference log-prob pairs", pairs.len(), refs.len())));
         }
-        if !(beta > 0.0) {
+        if beta.is_nan() || beta <= 0.0 {
             return Err(QwenError::Input(format!("DPO beta must be positive, got {beta}")));
         }
         let device = policy.model.embed_tokens.weight.device();
