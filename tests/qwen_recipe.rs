@@ -18,30 +18,31 @@ fn cube(x: f64, y: f64, z: f64) -> String {
     )
 }
 
+const SIZES: [(f64, f64, f64); 3] = [(1.0, 1.0, 1.0), (2.0, 1.0, 0.5), (1.0, 3.0, 2.0)];
+
+/// A 56×56 picture of sample `k` (the smallest Qwen grid: 4 image tokens).
+fn picture(k: usize, x: f64, y: f64) -> image::RgbImage {
+    image::RgbImage::from_fn(56, 56, |px, py| {
+        let inside = (px as f64) < 10.0 + 12.0 * x && (py as f64) < 10.0 + 12.0 * y;
+        if inside { image::Rgb([200, 60 + 50 * k as u8, 40]) } else { image::Rgb([128, 128, 128]) }
+    })
+}
+
 /// `dir/index.jsonl` with 56×56 images and programs.
 fn write_data(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let mut index = String::new();
-    for (k, (x, y, z)) in [(1.0, 1.0, 1.0), (2.0, 1.0, 0.5), (1.0, 3.0, 2.0)].into_iter().enumerate() {
+    for (k, (x, y, z)) in SIZES.into_iter().enumerate() {
         let id = format!("0000{k}");
-        let img = image::RgbImage::from_fn(56, 56, |px, py| {
-            let inside = (px as f64) < 10.0 + 12.0 * x && (py as f64) < 10.0 + 12.0 * y;
-            if inside { image::Rgb([200, 60 + 50 * k as u8, 40]) } else { image::Rgb([128, 128, 128]) }
-        });
-        img.save(dir.join(format!("{id}.png"))).unwrap();
+        picture(k, x, y).save(dir.join(format!("{id}.png"))).unwrap();
         std::fs::write(dir.join(format!("{id}.py")), cube(x, y, z)).unwrap();
         index.push_str(&format!("{{\"deepcad_id\": \"{id}\", \"image\": \"{id}.png\", \"cadquery\": \"{id}.py\"}}\n"));
     }
     std::fs::write(dir.join("index.jsonl"), index).unwrap();
 }
 
-#[test]
-fn sft_eval_dpo_end_to_end_on_the_tiny_checkpoint() {
-    let base = std::env::temp_dir().join(format!("cadvlm-qwen-recipe-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    write_data(&base.join("data"));
-    assert_eq!(data_splits(&base.join("data")), Some((base.join("data"), base.join("data"))));
-    let toml = format!(
+fn recipe_toml(epochs: usize, dpo_rounds: usize) -> String {
+    format!(
         r#"name = "tiny"
 backend = "ndarray"
 [model]
@@ -59,7 +60,7 @@ hub_id = "local"
 train_samples = 0
 seed = 1
 [sft]
-epochs = 8
+epochs = {epochs}
 batch_size = 1
 grad_accum = 3
 lr = 1e-2
@@ -70,7 +71,7 @@ samples = 2
 max_new_tokens = 12
 best_of = 2
 [dpo]
-rounds = 1
+rounds = {dpo_rounds}
 images_per_round = 2
 samples_per_image = 2
 beta = 0.1
@@ -78,7 +79,16 @@ lr = 1e-3
 anchor_with_target = true
 "#,
         model = fx().join("qwen2_5_vl").display().to_string()
-    );
+    )
+}
+
+#[test]
+fn sft_eval_dpo_end_to_end_on_the_tiny_checkpoint() {
+    let base = std::env::temp_dir().join(format!("cadvlm-qwen-recipe-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    write_data(&base.join("data"));
+    assert_eq!(data_splits(&base.join("data")), Some((base.join("data"), base.join("data"))));
+    let toml = recipe_toml(8, 1);
     std::fs::write(base.join("tiny.toml"), toml).unwrap();
     let r = QwenRecipe::load(&base.join("tiny.toml")).unwrap();
     cadvlm::model::qwen2vl::recipe::check(&r, &base).unwrap();
@@ -115,5 +125,37 @@ anchor_with_target = true
     .unwrap();
     let cfg = cadvlm::model::lora::load_adapters(&mut fresh, &rep.adapters, &Default::default()).unwrap();
     assert_eq!(cfg.rank, 8);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn gencad_parquet_splits_feed_the_recipe() {
+    // the real GenCAD-Code layout: train/ and test/ parquet shards (deepcad_id, cadquery, image.bytes, …)
+    use cadvlm::data::shards::{Row, write_shard};
+    let base = std::env::temp_dir().join(format!("cadvlm-qwen-recipe-parquet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let rows: Vec<Row> = SIZES
+        .into_iter()
+        .enumerate()
+        .map(|(k, (x, y, z))| {
+            let mut png = Vec::new();
+            picture(k, x, y).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+            Row::new(&format!("0000{k}"), &cube(x, y, z), png)
+        })
+        .collect();
+    for (split, rs) in [("train", &rows[..2]), ("test", &rows[2..])] {
+        std::fs::create_dir_all(base.join("data").join(split)).unwrap();
+        write_shard(&base.join("data").join(split).join("part-0.parquet"), rs).unwrap();
+    }
+    let d = base.join("data");
+    assert_eq!(data_splits(&d), Some((d.join("train"), d.join("test"))));
+    std::fs::write(base.join("tiny.toml"), recipe_toml(2, 0)).unwrap();
+    let r = QwenRecipe::load(&base.join("tiny.toml")).unwrap();
+    cadvlm::model::qwen2vl::recipe::check(&r, &base).unwrap();
+    let rep = run_stages(&r, &base).unwrap();
+    assert_eq!((rep.train_examples, rep.sft_losses.len(), rep.dpo.len()), (2, 2, 0));
+    // eval reads the test split: one image, best_of 2
+    assert_eq!(rep.eval_results.len(), 2);
+    assert!(rep.eval_results.iter().all(|e| e.id == "00002"));
     let _ = std::fs::remove_dir_all(&base);
 }

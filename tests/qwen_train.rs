@@ -9,7 +9,7 @@ use burn::backend::{Autodiff, NdArray};
 use cadvlm::model::lora::{LinearLayers, LoraConfig};
 use cadvlm::model::quant::Quantize;
 use cadvlm::model::qwen2vl::preprocess::load_tokenizer;
-use cadvlm::model::qwen2vl::train::{PromptInput, answer_ids, prepare_qlora, qwen_sft_loss, qwen_sft_step};
+use cadvlm::model::qwen2vl::train::{PromptInput, answer_ids, prepare_qlora, qwen_sft_loss, qwen_sft_step, seed_adapters};
 use cadvlm::model::qwen2vl::{ImageInput, PreprocessConfig, load_dir};
 use cadvlm::train::optim::{AdamW, OptimConfig};
 
@@ -38,25 +38,6 @@ const PROGRAMS: [&str; 3] = [
     "r = cq.Workplane(\"XZ\").rect(4, 2).extrude(1)",
 ];
 
-/// Replaces every adapter's A by a fixed pseudo-random `U(±1/√in)` (B stays 0): the tests do not depend
-/// on the backend's global RNG, which tests running in parallel share.
-fn fixed_adapters(m: &mut cadvlm::model::qwen2vl::QwenVl<A>) {
-    let dev = Default::default();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    m.for_each_linear(&mut |_, lin| {
-        let (r, d_in, d_out) = (lin.rank(), lin.in_features(), lin.out_features());
-        let bound = 1.0 / (d_in as f32).sqrt();
-        let a: Vec<f32> = (0..r * d_in)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
-            })
-            .collect();
-        let a = burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(a, [r, d_in]), &dev);
-        lin.set_adapter(a, burn::tensor::Tensor::zeros([d_out, r], &dev), lin.lora_alpha, lin.lora_dropout);
-    });
-}
-
 fn lora() -> LoraConfig {
     LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, targets: vec!["all-linear".into()] }
 }
@@ -75,7 +56,7 @@ fn qlora_sft_loss_falls_and_only_adapters_change() {
     let batch: Vec<(&PromptInput, &[u32])> = prompts.iter().zip(&answers).map(|(p, a)| (p, a.as_slice())).collect();
 
     let mut model = prepare_qlora(l.model, Quantize::Nf4, &lora(), &dev).unwrap();
-    fixed_adapters(&mut model);
+    seed_adapters(&mut model, 5, &dev);
     // the frozen pieces to compare afterwards: an f32 base (lm_head), an embedding, a norm, an NF4 base
     let snapshot = |m: &mut cadvlm::model::qwen2vl::QwenVl<A>| {
         let head = m.lm_head.as_ref().unwrap().weight.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap();
@@ -152,7 +133,7 @@ fn qlora_dpo_raises_the_margin_and_leaves_the_reference_alone() {
         rejected: answer_ids(&tok, PROGRAMS[2]).unwrap(),
     };
     let mut policy = prepare_qlora(l.model, Quantize::Nf4, &lora(), &dev).unwrap();
-    fixed_adapters(&mut policy);
+    seed_adapters(&mut policy, 6, &dev);
     let refs = reference_logprobs(&policy, &c, &pair).unwrap();
     // fresh adapters (B = 0): the policy is the reference
     let p0 = policy_logprobs(&policy, &c, &pair).unwrap();

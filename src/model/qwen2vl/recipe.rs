@@ -224,7 +224,7 @@ mod stages {
     use serde::Serialize;
 
     use super::super::preprocess::{PreprocessConfig, load_tokenizer};
-    use super::super::train::{PromptInput, QwenPair, answer_ids, im_end_id, prepare_qlora, qwen_dpo_step, qwen_sft_loss, reference_logprobs};
+    use super::super::train::{PromptInput, QwenPair, answer_ids, im_end_id, prepare_qlora, seed_adapters, qwen_dpo_step, qwen_sft_loss, reference_logprobs};
     use super::super::{ImageInput, QwenConfig, QwenError, QwenVl, load_dir};
     use super::{QwenRecipe, data_splits};
     use crate::eval::{EvalSummary, Sample, SampleResult, load_samples, score_program, summarize};
@@ -356,7 +356,7 @@ mod stages {
 
     fn run_on<AB: AutodiffBackend>(r: &QwenRecipe, base: &Path, device: &AB::Device) -> Result<QwenRunReport, QwenError> {
         validate(r)?;
-        AB::seed(device, r.data.seed);
+        AB::seed(device, r.data.seed); // LoRA dropout masks
         let t0 = Instant::now();
         let model_dir = base.join(&r.model.path);
         let data_dir = base.join(&r.data.dir);
@@ -376,6 +376,7 @@ mod stages {
         eos.dedup();
         let lora = LoraConfig { rank: r.model.lora_rank, alpha: r.model.lora_alpha, dropout: r.model.lora_dropout, targets: r.model.lora_targets.clone() };
         let mut model = prepare_qlora(loaded.model, quantize_of(r)?, &lora, device)?;
+        seed_adapters(&mut model, r.data.seed, device);
 
         // ---- data
         let limit = (r.data.train_samples > 0).then_some(r.data.train_samples);

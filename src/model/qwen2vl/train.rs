@@ -17,7 +17,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use super::preprocess::{PreprocessConfig, chat_prompt, encode};
 use super::{ImageInput, QwenConfig, QwenError, QwenVl};
-use crate::model::lora::{LoraConfig, apply_lora, quantize_linears};
+use crate::model::lora::{LinearLayers, LoraConfig, apply_lora, quantize_linears};
 use crate::model::quant::Quantize;
 use crate::train::optim::AdamW;
 
@@ -121,6 +121,25 @@ pub fn prepare_qlora<B: Backend>(model: QwenVl<B>, quantize: Quantize, lora: &Lo
         apply_lora(&mut model, lora, device).map_err(lerr)?;
     }
     Ok(model)
+}
+
+/// Redraws every adapter's `A: [rank, in]` from `U(±1/√in)` (the bound of [`crate::model::lora::LoraLinear::add_adapter`])
+/// with a generator seeded by `seed`, and sets `B` to zero: the adapters then depend on the seed alone,
+/// not on the backend's global RNG (which parallel tests and other threads share).
+pub fn seed_adapters<B: Backend>(model: &mut QwenVl<B>, seed: u64, device: &B::Device) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    model.for_each_linear(&mut |_, lin| {
+        if !lin.has_adapter() {
+            return;
+        }
+        let (r, d_in, d_out) = (lin.rank(), lin.in_features(), lin.out_features());
+        let bound = 1.0 / (d_in as f32).sqrt();
+        let a: Vec<f32> = (0..r * d_in).map(|_| rng.random_range(-bound..bound)).collect();
+        let a = Tensor::from_data(TensorData::new(a, [r, d_in]), device); // [rank, in]
+        let b = Tensor::zeros([d_out, r], device); // [out, rank]
+        lin.set_adapter(a, b, lin.lora_alpha, lin.lora_dropout);
+    });
 }
 
 /// One AdamW step of [`qwen_sft_loss`] on `batch`; returns the model, the loss before the step and the
