@@ -114,8 +114,10 @@ fn sft_eval_dpo_end_to_end_on_the_tiny_checkpoint() {
     assert_eq!((d.images, d.rollouts), (2, 4));
     assert!(d.pairs >= 1 && d.steps.len() == d.pairs, "{d:?}");
     assert!(d.steps.iter().all(|s| s.loss.is_finite()));
+    // reference = the SFT model (adapters folded in, fresh DPO adapters): the first step starts at log 2
+    assert!((d.steps[0].loss - std::f64::consts::LN_2).abs() < 1e-6, "first DPO loss {}", d.steps[0].loss);
     // outputs
-    assert!(base.join("runs/tiny/report.json").is_file() && rep.adapters.is_file());
+    assert!(base.join("runs/tiny/report.json").is_file() && rep.adapters.is_file() && rep.sft_adapters.is_file());
     let mut fresh = cadvlm::model::qwen2vl::train::prepare_qlora(
         cadvlm::model::qwen2vl::load_dir::<burn::backend::NdArray<f32>>(&fx().join("qwen2_5_vl"), &Default::default()).unwrap().model,
         cadvlm::model::quant::Quantize::Nf4,

@@ -5,9 +5,12 @@
 //! [`run`] verifies the inputs, prints the memory estimate, loads the checkpoint and runs the stages
 //! ([`run_stages`], `sandbox` feature): QLoRA SFT (`qwen2vl::train`) → eval (greedy generation, then
 //! `eval::score_program`: VSR, IoU) → DPO rounds (K sampled programs per image, executed and scored, a
-//! best-vs-worst pair per image, reference = the model with its adapters off, i.e. the quantized base
-//! before SFT: the SFT adapters keep training in DPO and are not merged into the NF4 base). It writes
-//! `runs/<name>/report.json` and `runs/<name>/adapters.safetensors` under the working directory.
+//! best-vs-worst pair per image, reference = the model with its adapters off: with `dpo.reference = "sft"`
+//! the SFT adapters are first folded into the base (dequantized, merged, re-quantized) and DPO trains
+//! fresh ones, so the reference is the (re-quantized) SFT model; with `"base"` it is the base before SFT).
+//! It writes
+//! `runs/<name>/report.json`, `sft_adapters.safetensors` and `adapters.safetensors` (after DPO) under the
+//! working directory.
 //!
 //! Data: `data.dir` holds `train/` (GenCAD-Code parquet shards or an `index.jsonl` folder: `ID.png`,
 //! `ID.py`), or is itself an `index.jsonl` folder; eval reads `test/`, `validation/` or `val/` when
@@ -100,6 +103,15 @@ pub struct QwenDpoStage {
     /// so that an image whose samples all score the same (e.g. none executes) still gives a pair.
     #[serde(default)]
     pub anchor_with_target: bool,
+    /// The DPO reference: "sft" (default) folds the SFT adapters into the base (dequantize, merge,
+    /// re-quantize) and trains fresh adapters, so the reference (adapters off) is the SFT model; "base"
+    /// keeps training the SFT adapters, so the reference is the base before SFT.
+    #[serde(default = "default_reference")]
+    pub reference: String,
+}
+
+fn default_reference() -> String {
+    "sft".into()
 }
 
 fn default_lora_dropout() -> f64 {
@@ -228,7 +240,7 @@ mod stages {
     use super::super::{ImageInput, QwenConfig, QwenError, QwenVl, load_dir};
     use super::{QwenRecipe, data_splits};
     use crate::eval::{EvalSummary, Sample, SampleResult, load_samples, score_program, summarize};
-    use crate::model::lora::{LoraConfig, save_adapters};
+    use crate::model::lora::{LoraConfig, merge_and_unload, save_adapters};
     use crate::model::quant::Quantize;
     use crate::train::dpo::DpoStats;
     use crate::train::optim::{AdamW, OptimConfig, lr_at};
@@ -261,6 +273,10 @@ mod stages {
         pub eval: EvalSummary,
         pub eval_results: Vec<SampleResult>,
         pub dpo: Vec<QwenDpoRound>,
+        /// The adapters after SFT (on the original base).
+        pub sft_adapters: PathBuf,
+        /// The final adapters: after DPO, on the original base with `dpo.reference = "base"` (or without
+        /// DPO rounds), on the base with `sft_adapters` folded in with `"sft"`.
         pub adapters: PathBuf,
     }
 
@@ -315,6 +331,9 @@ mod stages {
         }
         if r.dpo.rounds > 0 && r.dpo.samples_per_image + usize::from(r.dpo.anchor_with_target) < 2 {
             return Err(QwenError::Config("dpo.samples_per_image must be ≥ 2 (or ≥ 1 with dpo.anchor_with_target): a pair needs two candidates".into()));
+        }
+        if !["sft", "base"].contains(&r.dpo.reference.as_str()) {
+            return Err(QwenError::Config(format!("dpo.reference = {:?}: use \"sft\" or \"base\"", r.dpo.reference)));
         }
         if ![r.sft.lr, r.dpo.lr, r.dpo.beta].iter().all(|&x| x > 0.0) {
             return Err(QwenError::Config("sft.lr, dpo.lr and dpo.beta must be positive".into()));
@@ -431,6 +450,9 @@ mod stages {
         }
         eprintln!("SFT: {} steps, loss {:.4} → {:.4} ({:.1} s)", sft_losses.len(), sft_losses[0], sft_losses[sft_losses.len() - 1], t0.elapsed().as_secs_f64());
 
+        let sft_adapters = run_dir.join("sft_adapters.safetensors");
+        save_adapters(&mut model, &lora, &sft_adapters).map_err(terr)?;
+
         // ---- eval: greedy (+ best_of − 1 samples), executed and scored
         let t_eval = Instant::now();
         let infer = model.valid();
@@ -450,6 +472,13 @@ mod stages {
         eprintln!("eval: {} programs, VSR {:.3}, IoU_best (valid) {:.3}", eval.n, eval.vsr, eval.iou_best_mean_valid);
 
         // ---- DPO rounds: sample, execute, score, pair; reference = adapters off
+        if r.dpo.rounds > 0 && r.dpo.reference == "sft" {
+            // merged on the inner (graph-free) copy: the merged weight is a new constant, not a graph node
+            let mut inner = model.valid();
+            merge_and_unload(&mut inner, &idev).map_err(terr)?;
+            model = prepare_qlora(QwenVl::<AB>::from_inner(inner), quantize_of(r)?, &lora, device)?;
+            seed_adapters(&mut model, r.data.seed.wrapping_add(1), device);
+        }
         let mut dopt = AdamW::new(OptimConfig { lr: r.dpo.lr, warmup_steps: 0, weight_decay: 0.0, ..Default::default() });
         let mut rounds = Vec::new();
         let vision_tokens = [c.image_token_id];
@@ -495,7 +524,7 @@ mod stages {
         // ---- outputs
         let adapters = run_dir.join("adapters.safetensors");
         save_adapters(&mut model, &lora, &adapters).map_err(terr)?;
-        let report = QwenRunReport { run_dir: run_dir.clone(), train_examples: n, sft_skipped: skipped, sft_losses, eval, eval_results: results, dpo: rounds, adapters };
+        let report = QwenRunReport { run_dir: run_dir.clone(), train_examples: n, sft_skipped: skipped, sft_losses, eval, eval_results: results, dpo: rounds, sft_adapters, adapters };
         let json = serde_json::to_string_pretty(&report).map_err(terr)?;
         let rp = run_dir.join("report.json");
         std::fs::write(&rp, json).map_err(|e| QwenError::Io { path: rp.display().to_string(), msg: e.to_string() })?;
