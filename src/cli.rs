@@ -49,7 +49,7 @@ enum Cmd {
     /// PNG figures and report/README.md of a run folder (SFT/DPO curves, rollouts, IoU, gallery).
     #[cfg(all(feature = "report", feature = "model", feature = "sandbox"))]
     Report(ReportArgs),
-    /// A Qwen2-VL / Qwen2.5-VL recipe (e.g. recipes/qwen2_5_vl_3b_qlora.toml): checks the local checkpoint and data.
+    /// A Qwen2-VL / Qwen2.5-VL recipe (e.g. recipes/qwen2_5_vl_3b_qlora.toml): checks the local checkpoint and data, then QLoRA SFT, eval, DPO.
     #[cfg(feature = "model")]
     QwenRecipe {
         /// Recipe file (TOML).

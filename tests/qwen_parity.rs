@@ -371,7 +371,7 @@ fn gradients_flow_through_text_and_vision() {
     let loss = lp.mean().neg();
     assert!(loss.clone().into_scalar().is_finite());
     let grads = loss.backward();
-    let head = loaded.model.lm_head.as_ref().unwrap().weight.grad(&grads).unwrap();
+    let head = loaded.model.lm_head.as_ref().unwrap().weight.as_ref().unwrap().grad(&grads).unwrap();
     let pe = loaded.model.visual.patch_embed.grad(&grads).unwrap();
     for g in [head.abs().sum().into_scalar(), pe.abs().sum().into_scalar()] {
         assert!(g.is_finite() && g > 0.0, "gradient sum {g}");

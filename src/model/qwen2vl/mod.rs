@@ -5,7 +5,10 @@
 //! loading from a local Hugging Face directory with the original weight names.
 //!
 //! Parity with `transformers` is tested on tiny random checkpoints in `fixtures/qwen` (`tests/qwen_parity.rs`).
-//! The layers here are self-contained (their own linear/norm helpers), independent of `super::layers`.
+//! The layers here are self-contained (their own norm helpers), independent of `super::layers`; every
+//! linear layer is a [`crate::model::lora::LoraLinear`] and [`QwenVl`] implements
+//! [`crate::model::lora::LinearLayers`] with the checkpoint's names, so `quantize_linears` (NF4) and
+//! `apply_lora` work on it (QLoRA); `train` has the SFT loss and DPO step on top.
 
 pub mod config;
 pub mod loader;
@@ -14,10 +17,13 @@ pub mod nn;
 pub mod preprocess;
 pub mod recipe;
 pub mod text;
+pub mod train;
 pub mod vision;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::model::lora::{LinearLayers, LoraLinear};
 
 pub use config::{Arch, QwenConfig, VisionConfig};
 pub use loader::{load_dir, LoadedQwen};
@@ -39,6 +45,8 @@ pub enum QwenError {
     Input(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error("training: {0}")]
+    Train(String),
 }
 
 /// The whole model: `visual.*`, `model.*` and `lm_head.*` (tied to `model.embed_tokens` when absent).
@@ -47,6 +55,68 @@ pub struct QwenVl<B: Backend> {
     pub visual: QwenVision<B>,
     pub model: QwenTextModel<B>,
     pub lm_head: Option<nn::QLinear<B>>,
+}
+
+impl<B: Backend> LinearLayers<B> for QwenVl<B> {
+    /// Every linear layer by its Hugging Face name, in [`linear_paths`] order (the Conv3d patch embedding
+    /// `visual.patch_embed.proj` is not a linear layer there and is not listed, as in PEFT's `all-linear`).
+    fn for_each_linear(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear<B>)) {
+        for (i, b) in self.visual.blocks.iter_mut().enumerate() {
+            let p = format!("visual.blocks.{i}");
+            f(&format!("{p}.attn.qkv"), &mut b.attn.qkv);
+            f(&format!("{p}.attn.proj"), &mut b.attn.proj);
+            match &mut b.mlp.gate_proj {
+                Some(g) => {
+                    f(&format!("{p}.mlp.gate_proj"), g);
+                    f(&format!("{p}.mlp.up_proj"), &mut b.mlp.up_proj);
+                    f(&format!("{p}.mlp.down_proj"), &mut b.mlp.down_proj);
+                }
+                None => {
+                    f(&format!("{p}.mlp.fc1"), &mut b.mlp.up_proj);
+                    f(&format!("{p}.mlp.fc2"), &mut b.mlp.down_proj);
+                }
+            }
+        }
+        f("visual.merger.mlp.0", &mut self.visual.merger.fc1);
+        f("visual.merger.mlp.2", &mut self.visual.merger.fc2);
+        for (i, l) in self.model.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            f(&format!("{p}.self_attn.q_proj"), &mut l.self_attn.q_proj);
+            f(&format!("{p}.self_attn.k_proj"), &mut l.self_attn.k_proj);
+            f(&format!("{p}.self_attn.v_proj"), &mut l.self_attn.v_proj);
+            f(&format!("{p}.self_attn.o_proj"), &mut l.self_attn.o_proj);
+            f(&format!("{p}.mlp.gate_proj"), &mut l.mlp.gate_proj);
+            f(&format!("{p}.mlp.up_proj"), &mut l.mlp.up_proj);
+            f(&format!("{p}.mlp.down_proj"), &mut l.mlp.down_proj);
+        }
+        if let Some(h) = &mut self.lm_head {
+            f("lm_head", h);
+        }
+    }
+}
+
+/// The Hugging Face names of every linear layer of a model of config `c`, in [`LinearLayers`] order
+/// (without building it: recipes check LoRA targets against these before any work).
+pub fn linear_paths(c: &QwenConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let mlp: &[&str] = match c.arch {
+        Arch::Qwen2Vl => &["mlp.fc1", "mlp.fc2"],
+        Arch::Qwen25Vl => &["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
+    };
+    for i in 0..c.vision.depth {
+        out.extend(["attn.qkv", "attn.proj"].iter().chain(mlp).map(|n| format!("visual.blocks.{i}.{n}")));
+    }
+    out.extend(["visual.merger.mlp.0".to_string(), "visual.merger.mlp.2".to_string()]);
+    for i in 0..c.layers {
+        out.extend(
+            ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+                .map(|n| format!("model.layers.{i}.{n}")),
+        );
+    }
+    if !c.tie_word_embeddings {
+        out.push("lm_head".to_string());
+    }
+    out
 }
 
 /// The 3 M-RoPE position rows (temporal, height, width) of a prompt, and the offset that continues them:
@@ -101,8 +171,8 @@ pub fn rope_index(ids: &[u32], image_token_id: u32, grids: &[[usize; 3]], merge:
 }
 
 impl<B: Backend> QwenVl<B> {
-    /// Logits `[seq, vocab]` of `x: [1, seq, hidden]` after the decoder (tied head when `lm_head` is absent).
-    fn head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// Logits `[1, seq, vocab]` of decoder outputs `h: [1, seq, hidden]` (tied head when `lm_head` is absent).
+    pub fn head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(l) => l.forward(h),
             None => h.matmul(self.model.embed_tokens.weight.val().transpose().unsqueeze::<3>()), // [1, seq, vocab]
@@ -150,20 +220,73 @@ impl<B: Backend> QwenVl<B> {
         Ok(Tensor::cat(vec![text, feats], 0).select(0, idx).unsqueeze::<3>()) // [1, seq, hidden]
     }
 
-    /// Full forward of one image+text sequence: logits `[seq, vocab]`.
-    pub fn forward_logits(&self, c: &QwenConfig, ids: &[u32], pixel_values: Option<Tensor<B, 2>>, grids: &[[usize; 3]]) -> Result<Tensor<B, 2>, QwenError> {
+    /// Decoder outputs `[1, seq, hidden]` (final-normed, before the head) of one image+text sequence.
+    pub fn forward_hidden(&self, c: &QwenConfig, ids: &[u32], pixel_values: Option<Tensor<B, 2>>, grids: &[[usize; 3]]) -> Result<Tensor<B, 3>, QwenError> {
         if ids.is_empty() {
             return Err(QwenError::Input("empty prompt".into()));
         }
         let x = self.embed_inputs(ids, c.image_token_id, pixel_values, grids)?; // [1, seq, hidden]
         let ri = rope_index(ids, c.image_token_id, grids, c.vision.spatial_merge_size)?;
-        let h = self.model.forward(x, &ri.positions, None); // [1, seq, hidden]
+        Ok(self.model.forward(x, &ri.positions, None)) // [1, seq, hidden]
+    }
+
+    /// Full forward of one image+text sequence: logits `[seq, vocab]`.
+    pub fn forward_logits(&self, c: &QwenConfig, ids: &[u32], pixel_values: Option<Tensor<B, 2>>, grids: &[[usize; 3]]) -> Result<Tensor<B, 2>, QwenError> {
+        let h = self.forward_hidden(c, ids, pixel_values, grids)?; // [1, seq, hidden]
         let seq = ids.len();
-        Ok(self.head(h).reshape([seq as i32, -1]))
+        Ok(self.head(h).reshape([seq as i32, -1])) // [seq, vocab]
     }
 
     /// Greedy decoding with a KV cache: up to `max_new` tokens after the prompt, stopping after any of `eos`.
     pub fn generate_greedy(&self, c: &QwenConfig, ids: &[u32], pixel_values: Option<Tensor<B, 2>>, grids: &[[usize; 3]], max_new: usize, eos: &[u32]) -> Result<Vec<u32>, QwenError> {
+        let mut argmax = |v: &[f32]| v.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |a, (i, &x)| if x > a.1 { (i, x) } else { a }).0 as u32;
+        self.generate_with(c, ids, pixel_values, grids, max_new, eos, &mut argmax)
+    }
+
+    /// Sampling at `temperature` (> 0) from the softmax of the logits, with a KV cache; the draws come
+    /// from `rng`, so a seeded generator gives the same tokens again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_sampled(
+        &self,
+        c: &QwenConfig,
+        ids: &[u32],
+        pixel_values: Option<Tensor<B, 2>>,
+        grids: &[[usize; 3]],
+        max_new: usize,
+        eos: &[u32],
+        temperature: f32,
+        rng: &mut impl rand::Rng,
+    ) -> Result<Vec<u32>, QwenError> {
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return Err(QwenError::Input(format!("temperature must be positive, got {temperature}")));
+        }
+        let mut draw = |v: &[f32]| {
+            let m = v.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            let w: Vec<f64> = v.iter().map(|&x| (((x - m) / temperature) as f64).exp()).collect();
+            let mut u = rng.random::<f64>() * w.iter().sum::<f64>();
+            for (i, &wi) in w.iter().enumerate() {
+                if u < wi {
+                    return i as u32;
+                }
+                u -= wi;
+            }
+            (w.len() - 1) as u32
+        };
+        self.generate_with(c, ids, pixel_values, grids, max_new, eos, &mut draw)
+    }
+
+    /// Decoding with a KV cache, each next token chosen by `pick` from the last logits `[vocab]`.
+    #[allow(clippy::too_many_arguments)]
+    fn generate_with(
+        &self,
+        c: &QwenConfig,
+        ids: &[u32],
+        pixel_values: Option<Tensor<B, 2>>,
+        grids: &[[usize; 3]],
+        max_new: usize,
+        eos: &[u32],
+        pick: &mut dyn FnMut(&[f32]) -> u32,
+    ) -> Result<Vec<u32>, QwenError> {
         if ids.is_empty() {
             return Err(QwenError::Input("empty prompt".into()));
         }
@@ -177,7 +300,7 @@ impl<B: Backend> QwenVl<B> {
         let device = self.model.embed_tokens.weight.device();
         for step in 0..max_new {
             let v: Vec<f32> = last.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| QwenError::Input(format!("{e:?}")))?;
-            let next = v.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |a, (i, &x)| if x > a.1 { (i, x) } else { a }).0 as u32;
+            let next = pick(&v);
             out.push(next);
             if eos.contains(&next) || step + 1 == max_new {
                 break;

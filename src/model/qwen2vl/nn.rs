@@ -1,27 +1,17 @@
 //! Small layers of the Qwen modules, kept local so that they follow the checkpoint exactly: a linear with
-//! `[out, in]` weight and optional bias, RMSNorm (Qwen2), LayerNorm with bias (Qwen2-VL vision).
+//! `[out, in]` weight and optional bias (the LoRA-capable [`LoraLinear`]), RMSNorm (Qwen2), LayerNorm with bias (Qwen2-VL vision).
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-/// `y = x Wᵀ + b` with `W: [out, in]` (the Hugging Face layout, so shapes equal checkpoint shapes).
-#[derive(Module, Debug)]
-pub struct QLinear<B: Backend> {
-    pub weight: Param<Tensor<B, 2>>,
-    pub bias: Option<Param<Tensor<B, 1>>>,
-}
+pub use crate::model::lora::LoraLinear;
 
-impl<B: Backend> QLinear<B> {
-    pub fn from_tensors(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
-        QLinear { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor) }
-    }
-
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        // x: [..., in] -> [..., out]
-        burn::tensor::module::linear(x, self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()))
-    }
-}
+/// `y = x Wᵀ + b` with `W: [out, in]` (the Hugging Face layout, so shapes equal checkpoint shapes): the
+/// project's [`LoraLinear`], so a Qwen base can be quantized (NF4 / int4 / int8) and carry LoRA adapters
+/// (`QwenVl` implements [`crate::model::lora::LinearLayers`] with the checkpoint's names). Unquantized and
+/// without an adapter it computes exactly `x Wᵀ + b`.
+pub type QLinear<B> = LoraLinear<B>;
 
 /// `x / sqrt(mean(x²) + eps) · w` over the last dimension.
 #[derive(Module, Debug)]

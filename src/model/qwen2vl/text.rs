@@ -106,7 +106,7 @@ impl<B: Backend> TextAttention<B> {
     fn forward(&self, x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>, cache: Option<(&mut QwenKvCache<B>, usize)>) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kvh) = (self.heads, self.kv_heads);
-        let hd = self.q_proj.weight.dims()[0] / h;
+        let hd = self.q_proj.out_features() / h;
         let split = |y: Tensor<B, 3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2); // [batch, n, seq, head_dim]
         let q = split(self.q_proj.forward(x.clone()), h);
         let k = split(self.k_proj.forward(x.clone()), kvh);
@@ -154,7 +154,7 @@ impl<B: Backend> QwenTextModel<B> {
     pub fn forward(&self, x: Tensor<B, 3>, pos: &[Vec<i64>; 3], mut cache: Option<&mut QwenKvCache<B>>) -> Tensor<B, 3> {
         let [_, t, _] = x.dims();
         let Some(l0) = self.layers.first() else { return self.norm.forward(x) };
-        let hd = l0.self_attn.q_proj.weight.dims()[0] / l0.self_attn.heads;
+        let hd = l0.self_attn.q_proj.out_features() / l0.self_attn.heads;
         let (cos, sin) = mrope_tables::<B>(pos, hd, &self.mrope_section, self.rope_theta, &x.device()); // [seq, head_dim]
         let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
