@@ -198,6 +198,10 @@ pub struct EvalSummary {
     /// Best-of-K IoU_best per image, averaged (equals the mean for K = 1).
     pub iou_best_at_k_mean: f64,
     pub unfinished: usize,
+    /// Distinct generated programs: far below `n` means the model writes the same program whatever
+    /// the image (a collapse that mean IoU alone hides). Absent in older eval.json files.
+    #[serde(default)]
+    pub distinct_programs: usize,
     pub seconds: f64,
 }
 
@@ -224,6 +228,7 @@ pub fn summarize(results: &[SampleResult], k: usize, seconds: f64) -> EvalSummar
         iou_raw_mean_all: mean(&|s| s.iou_raw, n as f64),
         iou_best_at_k_mean: if best_at_k.is_empty() { 0.0 } else { best_at_k.values().sum::<f64>() / best_at_k.len() as f64 },
         unfinished: results.iter().filter(|r| !r.finished).count(),
+        distinct_programs: results.iter().map(|r| r.program.as_str()).collect::<std::collections::BTreeSet<_>>().len(),
         seconds,
     }
 }

@@ -441,7 +441,7 @@ fn run_on<AB: burn::tensor::backend::AutodiffBackend>(r: &Recipe, run_dir: &Path
             rep.stages.push((
                 format!("eval {name}"),
                 "done".into(),
-                format!("n {} VSR {:.3} IoU_best(all) {:.3} IoU_unitcube(all) {:.3}", s.n, s.vsr, s.iou_best_mean_all, s.iou_unitcube_mean_all),
+                format!("n {} VSR {:.3} IoU_best(all) {:.3} IoU_unitcube(all) {:.3} distinct programs {}", s.n, s.vsr, s.iou_best_mean_all, s.iou_unitcube_mean_all, s.distinct_programs),
             ));
             s
         };

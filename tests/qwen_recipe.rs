@@ -161,3 +161,20 @@ fn gencad_parquet_splits_feed_the_recipe() {
     assert!(rep.eval_results.iter().all(|e| e.id == "00002"));
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// `cadvlm recipe` routes the seed recipe to the Qwen stages; without the 3B checkpoint on disk it stops
+/// at once, naming the missing path and how to get it.
+#[cfg(feature = "cli")]
+#[test]
+fn seed_recipe_without_weights_stops_naming_the_missing_path() {
+    let dir = std::env::temp_dir().join(format!("cadvlm-qwen-seed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/qwen2_5_vl_3b_qlora.toml");
+    let t0 = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cadvlm")).current_dir(&dir).arg("recipe").arg(&recipe).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("models/Qwen2.5-VL-3B-Instruct") && err.contains("huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct"), "{err}");
+    assert!(t0.elapsed().as_secs() < 20, "it must stop at once");
+    let _ = std::fs::remove_dir_all(&dir);
+}

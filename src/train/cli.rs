@@ -28,6 +28,14 @@ pub struct RecipeArgs {
 }
 
 pub fn recipe(a: RecipeArgs) -> Result<()> {
+    // a Hugging Face Qwen2-VL / Qwen2.5-VL recipe (its [model] names a local checkpoint `path`) runs
+    // through the Qwen stages; everything else is one of our own recipes
+    if is_qwen_recipe(&a.file) {
+        if !a.sets.is_empty() {
+            bail!("{}: --set is not supported for Qwen recipes; edit the file instead", a.file.display());
+        }
+        return crate::model::qwen2vl::recipe::run(&a.file).map_err(anyhow::Error::from);
+    }
     let r = Recipe::load(&a.file, &a.sets)?;
     let rep = crate::recipe::run(&r, &a.runs, !a.quiet)?;
     for (stage, what, detail) in &rep.stages {
@@ -35,6 +43,14 @@ pub fn recipe(a: RecipeArgs) -> Result<()> {
     }
     println!("run: {}", rep.run.display());
     Ok(())
+}
+
+/// Whether the recipe file's `[model]` table has a `path` (a local Hugging Face checkpoint): the Qwen
+/// recipe schema. Unreadable or invalid files are left to [`Recipe::load`] to report.
+fn is_qwen_recipe(file: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(file) else { return false };
+    let Ok(doc) = text.parse::<toml::Table>() else { return false };
+    doc.get("model").and_then(|m| m.as_table()).is_some_and(|m| m.contains_key("path"))
 }
 
 #[derive(Args)]
