@@ -32,6 +32,58 @@ fn shuffled_images_change_the_code_nll() {
             tot[k] += lp.iter().map(|&x| -x as f64).sum::<f64>();
         }
     }
+    // how different are the image encodings themselves? (pairwise distance relative to their norm)
+    let imgs: Vec<&Sample> = ex.iter().take(8).map(|e| &e.sample).collect();
+    let enc: Vec<f32> = m.encode_image(patches_tensor::<B>(&imgs, &c, &dev)).into_data().to_vec().unwrap();
+    let per = enc.len() / imgs.len();
+    let row = |i: usize| &enc[i * per..(i + 1) * per];
+    let norm = (0..imgs.len()).map(|i| row(i).iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt()).sum::<f64>() / imgs.len() as f64;
+    let mut dist = 0.0;
+    for i in 0..imgs.len() {
+        for j in 0..imgs.len() {
+            dist += row(i).iter().zip(row(j)).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt() / (imgs.len() * imgs.len()) as f64;
+        }
+    }
+    let pt: Vec<f32> = patches_tensor::<B>(&imgs, &c, &dev).into_data().to_vec().unwrap();
+    let pp = pt.len() / imgs.len();
+    let pix_dist = (0..imgs.len()).map(|i| pt[i * pp..(i + 1) * pp].iter().zip(&pt[..pp]).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt()).sum::<f64>() / imgs.len() as f64;
+    let dark = pt[..pp].iter().filter(|&&v| v < 0.9).count();
+    eprintln!("input patches: {} values per image, mean distance to image 0 {pix_dist:.3}, non-white values in image 0: {dark}; image 0 is {}x{}", pp, imgs[0].width, imgs[0].height);
+    // where does the image information vanish? relative spread of the activations after each stage
+    {
+        use burn::tensor::activation::gelu;
+        use burn::tensor::Tensor;
+        let spread = |t: &Tensor<B, 3>| {
+            let v: Vec<f32> = t.clone().into_data().to_vec().unwrap();
+            let per = v.len() / imgs.len();
+            let nrm = v[..per].iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let d = (1..imgs.len()).map(|i| v[i * per..(i + 1) * per].iter().zip(&v[..per]).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt()).sum::<f64>() / (imgs.len() - 1) as f64;
+            format!("{:.2e}", d / nrm.max(1e-30))
+        };
+        let vis = &m.visual;
+        let mut x = vis.patch_embed.proj.forward(patches_tensor::<B>(&imgs, &c, &dev));
+        let mut line = format!("patch_embed {}", spread(&x));
+        x = x.add(vis.pos_embed.val().unsqueeze::<3>());
+        line += &format!(" +pos {}", spread(&x));
+        for (i, blk) in vis.blocks.iter().enumerate() {
+            x = x.clone().add(blk.attn.forward(blk.norm1.forward(x.clone())));
+            let h = blk.mlp.fc2.forward(gelu(blk.mlp.fc1.forward(blk.norm2.forward(x.clone()))));
+            x = x.add(h);
+            line += &format!(" block{i} {}", spread(&x));
+        }
+        let [b, n, vh] = x.dims();
+        let m2 = vis.merger.merge * vis.merger.merge;
+        let y = vis.merger.ln_q.forward(x).reshape([b, n / m2, m2 * vh]);
+        line += &format!(" ln_q {}", spread(&y));
+        let y = gelu(vis.merger.mlp.fc1.forward(y));
+        line += &format!(" fc1+gelu {}", spread(&y));
+        let y = vis.merger.mlp.fc2.forward(y);
+        line += &format!(" fc2 {}", spread(&y));
+        eprintln!("relative distance to image 0 after each vision stage: {line}");
+    }
+    let cond = m.image_condition(&m.encode_image(patches_tensor::<B>(&imgs, &c, &dev)));
+    let cond_norm = cond.map(|t| t.square().sum().sqrt().into_scalar() as f64 / imgs.len() as f64);
+    eprintln!("image encodings: mean norm {norm:.3}, mean pairwise distance {dist:.3}; image_cond vector norm {cond_norm:?}");
     assert!(tot[0].is_finite() && tot[1].is_finite() && ntok > 0.0);
     eprintln!("n {n} nll/token true images {:.4} shuffled images {:.4}; per program {:.2} vs {:.2}", tot[0] / ntok, tot[1] / ntok, tot[0] / n as f64, tot[1] / n as f64);
 }
