@@ -5,12 +5,15 @@
 //! **Status: compiled, not run.** This was written and built on a machine with no GPU; the kernel has
 //! not yet been run on hardware. The tests in `tests/quant_cuda.rs` compare it with
 //! [`QTensor::matvec`] / [`QTensor::matmul`] (1e-4 relative, NF4 / int4 / int8, 4096×4096 and odd
-//! shapes) and skip with a message when no CUDA device can be created. To run them on a GPU machine
+//! shapes) and skip with a message when no CUDA device can be created ([`open_device`] turns
+//! cubecl-cuda's panic into [`QuantCudaError::NoDevice`]; that path was not run here either, since
+//! building the test binaries with `--features cuda` rebuilds the whole burn stack with the
+//! dev-dependencies' features, longer than this machine allowed). To run them on a GPU machine
 //! whose toolchain cannot build the crate, build the test binary here and carry it over:
 //!
 //! ```text
 //! cargo test --release --features cuda --test quant_cuda --no-run   # prints target/release/deps/quant_cuda-<hash>
-//! # on the GPU machine (needs libcuda + libnvrtc of CUDA ≥ 12 on the loader path):
+//! # on the GPU machine (the NVIDIA driver's libcuda and CUDA's libnvrtc on the loader path):
 //! ./quant_cuda-<hash> --nocapture
 //! ```
 //!
