@@ -13,6 +13,8 @@
 //! of 32); every run of 32 weights takes 16 bytes, byte `j` holding weight `j` in its low nibble and
 //! weight `j + 16` in its high nibble, so a SIMD unpack needs no shuffle.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod kernels;
 
 use serde::{Deserialize, Serialize};
