@@ -11,7 +11,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use cadvlm::model::quant::{Isa, QTensor, QuantFormat, Quantize};
+use cadvlm::model::quant::{GaussRng, Isa, QTensor, QuantFormat, Quantize};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use rayon::prelude::*;
 
@@ -21,19 +21,7 @@ const COLD_WORKING_SET: usize = 256 << 20;
 const MEMBW_BYTES: usize = 512 << 20;
 
 fn gauss_matrix(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    let mut next = || {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        ((s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    (0..n)
-        .map(|_| {
-            let (u, v) = (next(), next());
-            (0.02 * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-        })
-        .collect()
+    GaussRng(seed).gauss_vec(n, 0.02)
 }
 
 fn formats() -> Vec<(&'static str, QuantFormat)> {

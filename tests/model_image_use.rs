@@ -34,7 +34,9 @@ fn shuffled_images_change_the_code_nll() {
     }
     // how different are the image encodings themselves? (pairwise distance relative to their norm)
     let imgs: Vec<&Sample> = ex.iter().take(8).map(|e| &e.sample).collect();
-    let enc: Vec<f32> = m.encode_image(patches_tensor::<B>(&imgs, &c, &dev)).into_data().to_vec().unwrap();
+    let patches = patches_tensor::<B>(&imgs, &c, &dev); // [8, n_patches, patch_dim]
+    let encoded = m.encode_image(patches.clone()); // [8, n_image_tokens, hidden]
+    let enc: Vec<f32> = encoded.clone().into_data().to_vec().unwrap();
     let per = enc.len() / imgs.len();
     let row = |i: usize| &enc[i * per..(i + 1) * per];
     let norm = (0..imgs.len()).map(|i| row(i).iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt()).sum::<f64>() / imgs.len() as f64;
@@ -44,7 +46,7 @@ fn shuffled_images_change_the_code_nll() {
             dist += row(i).iter().zip(row(j)).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt() / (imgs.len() * imgs.len()) as f64;
         }
     }
-    let pt: Vec<f32> = patches_tensor::<B>(&imgs, &c, &dev).into_data().to_vec().unwrap();
+    let pt: Vec<f32> = patches.clone().into_data().to_vec().unwrap();
     let pp = pt.len() / imgs.len();
     let pix_dist = (0..imgs.len()).map(|i| pt[i * pp..(i + 1) * pp].iter().zip(&pt[..pp]).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt()).sum::<f64>() / imgs.len() as f64;
     let dark = pt[..pp].iter().filter(|&&v| v < 0.9).count();
@@ -61,7 +63,7 @@ fn shuffled_images_change_the_code_nll() {
             format!("{:.2e}", d / nrm.max(1e-30))
         };
         let vis = &m.visual;
-        let mut x = vis.patch_embed.proj.forward(patches_tensor::<B>(&imgs, &c, &dev));
+        let mut x = vis.patch_embed.proj.forward(patches);
         let mut line = format!("patch_embed {}", spread(&x));
         x = x.add(vis.pos_embed.val().unsqueeze::<3>());
         line += &format!(" +pos {}", spread(&x));
@@ -81,7 +83,7 @@ fn shuffled_images_change_the_code_nll() {
         line += &format!(" fc2 {}", spread(&y));
         eprintln!("relative distance to image 0 after each vision stage: {line}");
     }
-    let cond = m.image_condition(&m.encode_image(patches_tensor::<B>(&imgs, &c, &dev)));
+    let cond = m.image_condition(&encoded);
     let cond_norm = cond.map(|t| t.square().sum().sqrt().into_scalar() as f64 / imgs.len() as f64);
     eprintln!("image encodings: mean norm {norm:.3}, mean pairwise distance {dist:.3}; image_cond vector norm {cond_norm:?}");
     assert!(tot[0].is_finite() && tot[1].is_finite() && ntok > 0.0);

@@ -3,29 +3,8 @@
 #![cfg(feature = "parallel")]
 
 use cadvlm::model::quant::{
-    Isa, NF4_CODE, QTensor, QuantError, QuantFormat, Quantize, pack_nibbles, relative_frobenius_error, unpack_nibbles,
+    GaussRng as Rng, Isa, NF4_CODE, QTensor, QuantError, QuantFormat, Quantize, pack_nibbles, relative_frobenius_error, unpack_nibbles,
 };
-
-/// Deterministic xorshift64* + Box-Muller (no `rand` in this feature set).
-struct Rng(u64);
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn gauss(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-    fn gauss_vec(&mut self, n: usize, sigma: f32) -> Vec<f32> {
-        (0..n).map(|_| sigma * self.gauss()).collect()
-    }
-}
 
 const INT4_64: QuantFormat = QuantFormat::Int4 { group_size: 64 };
 const NF4_64: QuantFormat = QuantFormat::Nf4 { block_size: 64, double_quant: false };

@@ -6,28 +6,7 @@
 #![cfg(feature = "cuda")]
 
 use cadvlm::model::quant::cuda::{CudaClient, CudaQTensor, QuantCudaError, open_device};
-use cadvlm::model::quant::{QTensor, QuantFormat};
-
-/// Deterministic xorshift64* + Box-Muller.
-struct Rng(u64);
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn gauss(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-    fn gauss_vec(&mut self, n: usize, sigma: f32) -> Vec<f32> {
-        (0..n).map(|_| sigma * self.gauss()).collect()
-    }
-}
+use cadvlm::model::quant::{GaussRng as Rng, QTensor, QuantFormat};
 
 const FORMATS: [QuantFormat; 6] = [
     QuantFormat::Nf4 { block_size: 64, double_quant: false },

@@ -455,6 +455,35 @@ fn double_quantize(absmax: &[f32]) -> Nf4Scales {
     Nf4Scales::Double { q, scale2, mean }
 }
 
+/// Deterministic Gaussian numbers (xorshift64* + Box–Muller, no dependency): the synthetic weights
+/// and inputs of the quantization tests and benches, identical on every machine for a given seed.
+pub struct GaussRng(pub u64);
+
+impl GaussRng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in (0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// Standard normal.
+    pub fn gauss(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+    }
+
+    /// `n` draws of N(0, sigma²).
+    pub fn gauss_vec(&mut self, n: usize, sigma: f32) -> Vec<f32> {
+        (0..n).map(|_| sigma * self.gauss()).collect()
+    }
+}
+
 /// Relative Frobenius error `‖W − Ŵ‖_F / ‖W‖_F` of a quantized weight against the original.
 pub fn relative_frobenius_error(original: &[f32], q: &QTensor) -> f64 {
     let d = q.dequantize();

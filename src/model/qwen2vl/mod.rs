@@ -255,23 +255,12 @@ impl<B: Backend> QwenVl<B> {
         max_new: usize,
         eos: &[u32],
         temperature: f32,
-        rng: &mut impl rand::Rng,
+        rng: &mut rand::rngs::StdRng,
     ) -> Result<Vec<u32>, QwenError> {
         if !(temperature > 0.0 && temperature.is_finite()) {
             return Err(QwenError::Input(format!("temperature must be positive, got {temperature}")));
         }
-        let mut draw = |v: &[f32]| {
-            let m = v.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-            let w: Vec<f64> = v.iter().map(|&x| (((x - m) / temperature) as f64).exp()).collect();
-            let mut u = rng.random::<f64>() * w.iter().sum::<f64>();
-            for (i, &wi) in w.iter().enumerate() {
-                if u < wi {
-                    return i as u32;
-                }
-                u -= wi;
-            }
-            (w.len() - 1) as u32
-        };
+        let mut draw = |v: &[f32]| crate::model::generate::sample_token(v, temperature, 1.0, rng);
         self.generate_with(c, ids, pixel_values, grids, max_new, eos, &mut draw)
     }
 
