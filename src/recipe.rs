@@ -208,6 +208,9 @@ impl Recipe {
         if s.decimals > 8 {
             return inv(format!("sft.decimals = {}: use 0..=8", s.decimals));
         }
+        if !(s.aux_weight.is_finite() && s.aux_weight >= 0.0) {
+            return inv(format!("sft.aux_weight = {}: use a value >= 0 (0 = no auxiliary shape loss, e.g. 1.0)", s.aux_weight));
+        }
         let c = VlmConfig::named(&self.model.size, self.tokenizer.vocab_size).map_err(|e| RecipeError::Invalid { path: path.display().to_string(), msg: e.to_string() })?;
         if s.max_code_tokens + c.n_image_tokens() + 40 > c.max_seq_len {
             return inv(format!(

@@ -78,6 +78,7 @@ fn report_of_a_run_folder() {
             val_vsr: (s % 5 == 0).then_some(0.5 + 0.02 * s as f64),
             val_iou_unitcube: (s % 5 == 0).then_some(0.2 + 0.02 * s as f64),
             val_iou_best: None,
+            aux_loss: Some(0.1 / s as f64),
         })
         .collect();
     write_metrics(&run, &sft_rows).unwrap();

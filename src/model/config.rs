@@ -44,7 +44,16 @@ pub struct VlmConfig {
     /// checkpoints lack the field and the weights (false).
     #[serde(default)]
     pub image_cond: bool,
+    /// Outputs of the auxiliary shape head `aux_head` (a linear map of the mean image token to the
+    /// part's shape descriptors, [`AUX_OUTPUTS`] of them; see `train::sft::shape_targets`), trained
+    /// with `sft.aux_weight` so that the image encoding carries the part's proportions; 0 = no head.
+    /// Older checkpoints lack the field and the weights (0).
+    #[serde(default)]
+    pub aux_outputs: usize,
 }
+
+/// Shape descriptors the auxiliary head of the named sizes regresses.
+pub const AUX_OUTPUTS: usize = 8;
 
 impl VlmConfig {
     /// A named size with the given vocabulary size.
@@ -76,6 +85,7 @@ impl VlmConfig {
             rope_theta: 10000.0,
             rms_eps: 1e-6,
             image_cond: true,
+            aux_outputs: AUX_OUTPUTS,
         };
         c.validate()?;
         Ok(c)

@@ -23,4 +23,4 @@ pub mod weights;
 #[cfg(feature = "model")]
 mod config;
 #[cfg(feature = "model")]
-pub use config::{ModelError, SIZES, VlmConfig};
+pub use config::{AUX_OUTPUTS, ModelError, SIZES, VlmConfig};

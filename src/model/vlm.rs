@@ -27,6 +27,9 @@ pub struct Vlm<B: Backend> {
     /// `[hidden] → [hidden]` projection of the mean image token added to every text embedding
     /// (`VlmConfig::image_cond`).
     pub image_cond: Option<Linear<B>>,
+    /// `[hidden] → [aux_outputs]` regression of shape descriptors from the mean image token
+    /// (`VlmConfig::aux_outputs`; training only: generation never reads it).
+    pub aux_head: Option<Linear<B>>,
     pub n_image_tokens: usize,
 }
 
@@ -87,6 +90,7 @@ impl<B: Backend> Vlm<B> {
             lm_head: Linear::new(c.hidden, c.vocab_size, false, device),
             // zero-initialised: training starts from the plain prefix-LM and opens the path as it helps
             image_cond: c.image_cond.then(|| Linear::new_scaled(c.hidden, c.hidden, true, 0.0, device)),
+            aux_head: (c.aux_outputs > 0).then(|| Linear::new(c.hidden, c.aux_outputs, true, device)),
             n_image_tokens: c.n_image_tokens(),
         }
     }
@@ -100,6 +104,13 @@ impl<B: Backend> Vlm<B> {
     /// `image_cond`.
     pub fn image_condition(&self, image: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
         self.image_cond.as_ref().map(|l| l.forward(image.clone().mean_dim(1))) // [batch, 1, hidden]
+    }
+
+    /// Shape descriptors predicted from image tokens `[batch, n, hidden]`: `[batch, aux_outputs]`, or
+    /// `None` without an auxiliary head.
+    pub fn aux_predict(&self, image: &Tensor<B, 3>) -> Option<Tensor<B, 2>> {
+        let [b, _, _] = image.dims();
+        self.aux_head.as_ref().map(|l| l.forward(image.clone().mean_dim(1)).reshape([b, l.out_features()])) // [batch, aux_outputs]
     }
 
     /// Token embeddings `[batch, seq, hidden]` plus the image condition (from [`Vlm::image_condition`]).
@@ -128,11 +139,25 @@ impl<B: Backend> Vlm<B> {
 
     /// Mean negative log-likelihood over the masked (code) targets: the SFT loss.
     pub fn sft_loss(&self, patches: Tensor<B, 3>, batch: &TokenBatch) -> Tensor<B, 1> {
+        self.sft_losses(patches, batch, None).0
+    }
+
+    /// The SFT loss and, given shape targets `[batch, aux_outputs]` and an auxiliary head, the mean
+    /// squared error of [`Vlm::aux_predict`] against them.
+    pub fn sft_losses(&self, patches: Tensor<B, 3>, batch: &TokenBatch, aux_targets: Option<Tensor<B, 2>>) -> (Tensor<B, 1>, Option<Tensor<B, 1>>) {
         let device = patches.device();
-        let lp = self.token_logprobs(self.encode_image(patches), batch.ids_tensor(&device)); // [batch, seq-1]
+        let image = self.encode_image(patches); // [batch, n_image_tokens, hidden]
+        let aux = match (aux_targets, self.aux_predict(&image)) {
+            (Some(t), Some(p)) => {
+                let d = p.sub(t); // [batch, aux_outputs]
+                Some(d.clone().mul(d).mean()) // [1]
+            }
+            _ => None,
+        };
+        let lp = self.token_logprobs(image, batch.ids_tensor(&device)); // [batch, seq-1]
         let mask = batch.mask_tensor::<B>(&device);
         let n = batch.n_target_tokens().max(1) as f64;
-        lp.mul(mask).sum().neg().div_scalar(n) // [1]
+        (lp.mul(mask).sum().neg().div_scalar(n), aux) // [1]
     }
 
     /// Sum of code-token log-probabilities per row `[batch]` (the DPO policy/reference score).
@@ -172,6 +197,9 @@ pub fn linear_paths(c: &VlmConfig) -> Vec<String> {
     if c.image_cond {
         out.push("image_cond".to_string());
     }
+    if c.aux_outputs > 0 {
+        out.push("aux_head".to_string());
+    }
     out
 }
 
@@ -179,7 +207,7 @@ impl<B: Backend> LinearLayers<B> for Vlm<B> {
     /// Every linear layer with its checkpoint path: the ViT (`visual.patch_embed.proj`,
     /// `visual.blocks.{i}.attn.{qkv,proj}`, `visual.blocks.{i}.mlp.{fc1,fc2}`), the projector
     /// (`visual.merger.mlp.{fc1,fc2}`), the decoder (`model.layers.{i}.self_attn.{q,k,v,o}_proj`,
-    /// `model.layers.{i}.mlp.{gate,up,down}_proj`), `lm_head` and `image_cond` (when configured).
+    /// `model.layers.{i}.mlp.{gate,up,down}_proj`), `lm_head`, `image_cond` and `aux_head` (when configured).
     fn for_each_linear(&mut self, f: &mut dyn FnMut(&str, &mut LoraLinear<B>)) {
         let v = &mut self.visual;
         f("visual.patch_embed.proj", &mut v.patch_embed.proj);
@@ -204,6 +232,9 @@ impl<B: Backend> LinearLayers<B> for Vlm<B> {
         f("lm_head", &mut self.lm_head);
         if let Some(l) = self.image_cond.as_mut() {
             f("image_cond", l);
+        }
+        if let Some(l) = self.aux_head.as_mut() {
+            f("aux_head", l);
         }
     }
 }

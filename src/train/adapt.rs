@@ -25,8 +25,8 @@ use crate::model::vlm::{Vlm, linear_paths};
 
 /// Linear layers whose base stays f32 when the model is quantized: the output projection (its
 /// quantization error reaches the logits directly, as in QLoRA, which keeps it in 16 bits) and the
-/// small `hidden × hidden` image-condition projection.
-pub const KEEP_F32: &[&str] = &["lm_head", "image_cond"];
+/// small `hidden × hidden` image-condition projection and the auxiliary shape head.
+pub const KEEP_F32: &[&str] = &["lm_head", "image_cond", "aux_head"];
 
 /// How the model is trained: full fine-tuning (the default), LoRA on an f32 base, or QLoRA
 /// (LoRA on a quantized base).

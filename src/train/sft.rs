@@ -51,6 +51,12 @@ pub struct SftConfig {
     /// Decimals of the canonical program printer.
     pub decimals: u32,
     pub max_new_tokens: usize,
+    /// Weight of the auxiliary loss: mean squared error of the model's shape head (`aux_head`)
+    /// against [`shape_targets`] of the executed target program. It makes the image encoding carry
+    /// the part's proportions from the first steps, so that the decoder has something to read (without
+    /// it the small model learns the code text and ignores the image; see reports/model-sft-cpu.md).
+    /// 0 = off; needs a model with `aux_outputs` > 0 (the named sizes have it).
+    pub aux_weight: f64,
 }
 
 impl Default for SftConfig {
@@ -69,6 +75,7 @@ impl Default for SftConfig {
             max_code_tokens: 448,
             decimals: 4,
             max_new_tokens: 448,
+            aux_weight: 0.0,
         }
     }
 }
@@ -106,6 +113,40 @@ pub struct Example {
     pub prefix: Vec<u32>,
     /// Canonical code tokens + `<|end|>`.
     pub code: Vec<u32>,
+    /// [`shape_targets`] of the program (empty unless `aux_weight` > 0).
+    pub aux: Vec<f32>,
+}
+
+/// The shape descriptors the auxiliary head regresses, all in [0, 1] and all visible in a render:
+/// the bounding box extents along x, y, z over the largest one, the fill ratio (volume / box
+/// volume), the number of sketches / 4 (capped at 1), and whether the program has arcs, circles and
+/// cuts. `None` when the program does not execute to a non-empty solid.
+pub fn shape_targets(program: &str, limits: &Limits) -> Option<[f32; crate::model::AUX_OUTPUTS]> {
+    use crate::geom::measure::{MeasureOptions, volume};
+    let solid = crate::cad::execute(program, limits).ok()?;
+    if solid.is_empty() {
+        return None;
+    }
+    let b = solid.bbox_bound();
+    let ext = [b.max[0] - b.min[0], b.max[1] - b.min[1], b.max[2] - b.min[2]];
+    let m = ext[0].max(ext[1]).max(ext[2]);
+    if !(m.is_finite() && m > 0.0) {
+        return None;
+    }
+    let boxv = ext[0] * ext[1] * ext[2];
+    let fill = if boxv > 0.0 { (volume(&solid, &MeasureOptions { pieces: 8, component_grid: 0 }) / boxv).clamp(0.0, 1.0) } else { 0.0 };
+    let sketches = program.matches("cq.Workplane(").count() as f64;
+    let has = |s: &str| -> f32 { if program.contains(s) { 1.0 } else { 0.0 } };
+    Some([
+        (ext[0] / m) as f32,
+        (ext[1] / m) as f32,
+        (ext[2] / m) as f32,
+        fill as f32,
+        (sketches / 4.0).min(1.0) as f32,
+        has("Arc(").max(has(".arc(")),
+        has("circle("),
+        has(".cut("),
+    ])
 }
 
 /// Canonicalize, tokenize and downscale samples; programs that do not parse or are too long are skipped
@@ -119,6 +160,17 @@ pub fn prepare_examples(samples: Vec<Sample>, tok: &CodeTokenizer, c: &VlmConfig
         let Ok(code_text) = canonicalize(&s.program, cfg.decimals, &limits) else {
             skipped += 1;
             continue;
+        };
+        let aux = if cfg.aux_weight > 0.0 && c.aux_outputs > 0 {
+            match shape_targets(&code_text, &limits) {
+                Some(t) => t[..c.aux_outputs.min(t.len())].to_vec(),
+                None => {
+                    skipped += 1;
+                    continue;
+                }
+            }
+        } else {
+            Vec::new()
         };
         let prefix = prefix_tokens(tok, &s.prompt)?;
         let mut code = tok.encode(&code_text)?;
@@ -134,7 +186,7 @@ pub fn prepare_examples(samples: Vec<Sample>, tok: &CodeTokenizer, c: &VlmConfig
         s.width = z;
         s.height = z;
         s.program = code_text;
-        out.push(Example { sample: s, prefix, code });
+        out.push(Example { sample: s, prefix, code, aux });
     }
     Ok((out, skipped))
 }
@@ -182,6 +234,9 @@ pub struct MetricRow {
     pub val_vsr: Option<f64>,
     pub val_iou_unitcube: Option<f64>,
     pub val_iou_best: Option<f64>,
+    /// Mean auxiliary shape loss of the logging window (`sft.aux_weight` > 0).
+    #[serde(default)]
+    pub aux_loss: Option<f64>,
 }
 
 /// Write `metrics.jsonl` (the log) and `metrics.parquet` (the same rows).
@@ -207,6 +262,7 @@ pub fn write_metrics(run: &Path, rows: &[MetricRow]) -> Result<(), TrainError> {
         col_f("val_vsr", &|r| r.val_vsr),
         col_f("val_iou_unitcube", &|r| r.val_iou_unitcube),
         col_f("val_iou_best", &|r| r.val_iou_best),
+        col_f("aux_loss", &|r| r.aux_loss),
     ])
     .map_err(|e| ioerr(&pq, e))?;
     let tmp = pq.with_extension("parquet.tmp");
@@ -290,6 +346,13 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
     show_progress: bool,
 ) -> Result<SftOutcome, TrainError> {
     adapt.validate(c).map_err(TrainError::Data)?;
+    if cfg.aux_weight > 0.0 && c.aux_outputs == 0 {
+        return Err(TrainError::Data("sft.aux_weight > 0 needs a model with an auxiliary head (aux_outputs > 0); set sft.aux_weight = 0".into()));
+    }
+    let use_aux = cfg.aux_weight > 0.0;
+    if use_aux && train.iter().any(|e| e.aux.len() != c.aux_outputs) {
+        return Err(TrainError::Data(format!("sft.aux_weight > 0 but some examples lack their {} shape targets (prepare them with the same sft config)", c.aux_outputs)));
+    }
     if train.is_empty() {
         return Err(TrainError::Data("no training examples (all skipped?)".into()));
     }
@@ -331,6 +394,7 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
     pb.set_position(step as u64);
     let t0 = Instant::now();
     let mut window = (Instant::now(), 0u64, 0.0f64, 0usize); // (since, tokens, loss sum, steps)
+    let mut aux_window = 0.0f64;
     let mut perm_cache = None;
     let mut losses = Vec::new();
     let lengths: Vec<usize> = train.iter().map(|e| e.prefix.len() + e.code.len()).collect();
@@ -345,8 +409,21 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
             let batch = TokenBatch::from_rows(&rows, tok.pad);
             let samples: Vec<&Sample> = exs.iter().map(|e| &e.sample).collect();
             let patches = patches_tensor::<AB>(&samples, c, device); // [batch, n_patches, patch_dim]
-            let loss = model.sft_loss(patches, &batch).div_scalar(cfg.grad_accum as f64);
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
+            let targets = use_aux.then(|| {
+                let v: Vec<f32> = exs.iter().flat_map(|e| e.aux.iter().copied()).collect();
+                burn::tensor::Tensor::<AB, 2>::from_data(burn::tensor::TensorData::new(v, [exs.len(), c.aux_outputs]), device) // [batch, aux_outputs]
+            });
+            let (nll, aux) = model.sft_losses(patches, &batch, targets);
+            let nll = nll.div_scalar(cfg.grad_accum as f64);
+            loss_sum += nll.clone().into_scalar().elem::<f64>();
+            let loss = match aux {
+                Some(a) => {
+                    let a = a.div_scalar(cfg.grad_accum as f64);
+                    aux_window += a.clone().into_scalar().elem::<f64>();
+                    nll.add(a.mul_scalar(cfg.aux_weight))
+                }
+                None => nll,
+            };
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             acc.accumulate(&model, grads);
             window.1 += batch.n_target_tokens() as u64;
@@ -375,8 +452,10 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
                 val_vsr: None,
                 val_iou_unitcube: None,
                 val_iou_best: None,
+                aux_loss: use_aux.then(|| aux_window / window.3 as f64),
             });
             window = (Instant::now(), 0, 0.0, 0);
+            aux_window = 0.0;
         }
         let do_val = !val.is_empty() && cfg.val_samples > 0 && ((cfg.val_every > 0 && step % cfg.val_every == 0) || step == cfg.steps);
         if do_val {
@@ -400,6 +479,7 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
                 val_vsr: None,
                 val_iou_unitcube: None,
                 val_iou_best: None,
+                aux_loss: None,
             });
             r.val_vsr = Some(s.vsr);
             r.val_iou_unitcube = Some(s.iou_unitcube_mean_all);
@@ -429,6 +509,24 @@ use burn::tensor::ElementConversion as _;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shape_targets_of_a_box_and_a_cylinder() {
+        let plane = "cq.Workplane(cq.Plane(cq.Vector(0.0, 0.0, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))";
+        let boxp = format!("import cadquery as cq\nwp_sketch0 = {plane}\nloop0=wp_sketch0.moveTo(2.0, 0.0).lineTo(2.0, 1.0).lineTo(0.0, 1.0).lineTo(0.0, 0.0).close()\nsolid0=wp_sketch0.add(loop0).extrude(0.5)\nsolid=solid0\n");
+        let t = shape_targets(&boxp, &Limits::default()).unwrap();
+        assert_eq!(t, [1.0, 0.5, 0.25, 1.0, 0.25, 0.0, 0.0, 0.0]);
+        // a cylinder of radius 0.5 and height 2 with a box cut away: fill = (π/4·2 − 0.1·0.1·2) / 2
+        let cyl = format!(
+            "import cadquery as cq\nwp_sketch0 = {plane}\nloop0=wp_sketch0.moveTo(0.0, 0.0).circle(0.5)\nsolid0=wp_sketch0.add(loop0).extrude(2.0)\nsolid=solid0\nwp_sketch1 = {plane}\nloop1=wp_sketch1.moveTo(0.1, 0.0).lineTo(0.1, 0.1).lineTo(0.0, 0.1).lineTo(0.0, 0.0).close()\nsolid1=wp_sketch1.add(loop1).extrude(2.0)\nsolid=solid.cut(solid1)\n"
+        );
+        let t = shape_targets(&cyl, &Limits::default()).unwrap();
+        assert_eq!(&t[..3], &[0.5, 0.5, 1.0]);
+        let fill = (std::f64::consts::FRAC_PI_4 * 2.0 - 0.02) / 2.0;
+        assert!((t[3] as f64 - fill).abs() < 2e-3, "fill {} vs {fill}", t[3]);
+        assert_eq!(&t[4..], &[0.5, 0.0, 1.0, 1.0]);
+        assert!(shape_targets("import cadquery as cq\nsolid = nonsense(", &Limits::default()).is_none());
+    }
 
     #[test]
     fn bucketed_batches_cover_the_stream_once_and_are_reproducible() {
