@@ -216,6 +216,10 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
     if sft.iter().any(|r| r.loss.is_some()) {
         let loss = Series { name: "train loss (code tokens)".into(), points: sft.iter().filter_map(|r| Some((r.step as f64, r.loss?))).collect() };
         let mut panels = vec![("SFT loss", "cross-entropy (nats/token)", vec![loss], None)];
+        let aux: Vec<(f64, f64)> = sft.iter().filter_map(|r| Some((r.step as f64, r.aux_loss?))).collect();
+        if !aux.is_empty() {
+            panels.push(("SFT auxiliary shape loss", "MSE (unweighted)", vec![Series { name: "shape descriptors from the image".into(), points: aux }], None));
+        }
         let val: Vec<(f64, f64)> = sft.iter().filter_map(|r| Some((r.step as f64, r.val_iou_unitcube?))).collect();
         if !val.is_empty() {
             let vsr = Series { name: "val VSR".into(), points: sft.iter().filter_map(|r| Some((r.step as f64, r.val_vsr?))).collect() };
