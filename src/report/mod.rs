@@ -445,6 +445,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn paired_difference_matches_ids_and_counts_failures_as_zero() {
+        use super::run::{EvalRow, paired_difference};
+        let row = |id: &str, iou: Option<f64>| EvalRow { id: id.into(), program: String::new(), ok: iou.is_some(), iou_unitcube: iou, iou_best: iou };
+        let a = vec![row("x", Some(0.5)), row("y", Some(0.2)), row("z", None), row("x", Some(0.9))];
+        let b = vec![row("z", Some(0.4)), row("y", Some(0.2)), row("x", None), row("w", Some(1.0))];
+        let p = paired_difference(&a, &b, |r| r.iou_unitcube).unwrap();
+        // z: 0.4 − 0, y: 0, x: 0 − 0.5 (the first x of a); w has no partner
+        assert_eq!((p.n, p.better, p.worse, p.tied), (3, 1, 1, 1));
+        assert!((p.mean - (-0.1 / 3.0)).abs() < 1e-12);
+        let var = ((0.4f64 + 0.1 / 3.0).powi(2) + (0.1f64 / 3.0).powi(2) + (-0.5f64 + 0.1 / 3.0).powi(2)) / 2.0;
+        assert!((p.se - (var / 3.0).sqrt()).abs() < 1e-12);
+        assert!(paired_difference(&a[..1], &b, |r| r.iou_best).is_none());
+    }
+
+    #[test]
     fn histogram_counts_bins_and_clamps() {
         let c = histogram_counts(&[0.0, 0.05, 0.1, 0.95, 1.0, 1.5, -0.2, f64::NAN], 0.0, 1.0, 10);
         assert_eq!(c.iter().sum::<usize>(), 7);

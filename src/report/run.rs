@@ -51,6 +51,44 @@ pub fn read_eval_rows(path: &Path) -> Result<Vec<EvalRow>, ReportError> {
         .collect())
 }
 
+/// Per-image difference `b − a` of one IoU (a failure counts 0), over the ids both evaluations share
+/// (first program per id).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Paired {
+    pub n: usize,
+    pub mean: f64,
+    /// Standard error of the mean difference.
+    pub se: f64,
+    pub better: usize,
+    pub worse: usize,
+    pub tied: usize,
+}
+
+/// Pair two evaluations image by image (see [`Paired`]); `None` when they share fewer than 2 ids.
+pub fn paired_difference(a: &[EvalRow], b: &[EvalRow], iou: fn(&EvalRow) -> Option<f64>) -> Option<Paired> {
+    let mut first: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
+    for r in a {
+        first.entry(r.id.as_str()).or_insert_with(|| iou(r).unwrap_or(0.0));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let d: Vec<f64> = b.iter().filter(|r| seen.insert(r.id.as_str())).filter_map(|r| Some(iou(r).unwrap_or(0.0) - first.get(r.id.as_str())?)).collect();
+    let n = d.len();
+    if n < 2 {
+        return None;
+    }
+    let mean = d.iter().sum::<f64>() / n as f64;
+    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let eps = 1e-9;
+    Some(Paired {
+        n,
+        mean,
+        se: (var / n as f64).sqrt(),
+        better: d.iter().filter(|&&x| x > eps).count(),
+        worse: d.iter().filter(|&&x| x < -eps).count(),
+        tied: d.iter().filter(|&&x| x.abs() <= eps).count(),
+    })
+}
+
 fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
     std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
@@ -170,6 +208,29 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
             }
         }
         let _ = writeln!(md);
+        // paired per-image differences: is the change more than noise?
+        let mut lines = Vec::new();
+        for (s, _, _) in &table {
+            let a = read_eval_rows(&run.join("eval").join(s).join("samples.parquet")).ok();
+            let b = read_eval_rows(&dpo_dir.join("eval").join(s).join("samples.parquet")).ok();
+            let (Some(a), Some(b)) = (a, b) else { continue };
+            for (name, f) in [("IoU_unitcube", (|r: &EvalRow| r.iou_unitcube) as fn(&EvalRow) -> Option<f64>), ("IoU_best", |r: &EvalRow| r.iou_best)] {
+                if let Some(p) = paired_difference(&a, &b, f) {
+                    lines.push(format!(
+                        "- {s}, {name}: {} ± {:.3} (s.e., n {}); DPO better on {}, worse on {}, tied on {}",
+                        delta3(p.mean),
+                        p.se,
+                        p.n,
+                        p.better,
+                        p.worse,
+                        p.tied
+                    ));
+                }
+            }
+        }
+        if !lines.is_empty() {
+            let _ = writeln!(md, "Per image, DPO − SFT (failures = 0; first program per image):\n\n{}\n", lines.join("\n"));
+        }
         // bars
         let cats: Vec<String> = table.iter().map(|t| t.0.clone()).collect();
         let pick = |f: &dyn Fn(&EvalSummary) -> f64, which: usize| -> Vec<f64> {
