@@ -64,6 +64,8 @@ fn tiny_model_overfits_eight_programs() {
         max_code_tokens: 300,
         decimals: 4,
         max_new_tokens: 300,
+        // the 8 programs differ only through the image; `image_cond` alone separates them here
+        aux_weight: 0.0,
     };
     let (ex, skipped) = prepare_examples(s.clone(), &tok, &c, &cfg).unwrap();
     assert_eq!((ex.len(), skipped), (8, 0));
