@@ -38,6 +38,15 @@ const PROGRAMS: [&str; 3] = [
     "r = cq.Workplane(\"XZ\").rect(4, 2).extrude(1)",
 ];
 
+/// The tiny Qwen2.5-VL fixture (NdArray), its tokenizer, and fixture image `k` with the GenCAD prompt.
+fn fixture_model(k: usize) -> (tokenizers::Tokenizer, cadvlm::model::qwen2vl::LoadedQwen<NdArray<f32>>, PromptInput) {
+    let dir = fx().join("qwen2_5_vl");
+    let tok = load_tokenizer(&dir).unwrap();
+    let l = load_dir::<NdArray<f32>>(&dir, &Default::default()).unwrap();
+    let p = PromptInput::new(&tok, &PreprocessConfig::from_dir(&dir).unwrap(), &image(k), "Generate the CADQuery code.").unwrap();
+    (tok, l, p)
+}
+
 fn lora() -> LoraConfig {
     LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, targets: vec!["all-linear".into()] }
 }
@@ -97,10 +106,7 @@ fn sft_loss_covers_the_answer_tokens_only() {
     use burn::tensor::activation::log_softmax;
     type B = NdArray<f32>;
     let dev = Default::default();
-    let dir = fx().join("qwen2_5_vl");
-    let tok = load_tokenizer(&dir).unwrap();
-    let l = load_dir::<B>(&dir, &dev).unwrap();
-    let p = PromptInput::new(&tok, &PreprocessConfig::from_dir(&dir).unwrap(), &image(1), "Generate the CADQuery code.").unwrap();
+    let (tok, l, p) = fixture_model(1);
     let a = answer_ids(&tok, PROGRAMS[1]).unwrap();
     assert_eq!(*a.last().unwrap(), tok.token_to_id("<|im_end|>").unwrap());
     let loss = qwen_sft_loss(&l.model, &l.config, &[(&p, a.as_slice())]).unwrap().into_scalar();
@@ -162,10 +168,7 @@ fn sampled_generation_is_seeded_and_checks_its_temperature() {
     use rand::SeedableRng;
     type B = NdArray<f32>;
     let dev = Default::default();
-    let dir = fx().join("qwen2_5_vl");
-    let tok = load_tokenizer(&dir).unwrap();
-    let l = load_dir::<B>(&dir, &dev).unwrap();
-    let p = PromptInput::new(&tok, &PreprocessConfig::from_dir(&dir).unwrap(), &image(0), "Generate the CADQuery code.").unwrap();
+    let (_, l, p) = fixture_model(0);
     let sample = |seed: u64, t: f32| {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         l.model.generate_sampled(&l.config, &p.ids, Some(p.pixel_tensor::<B>(&dev)), &[p.grid], 20, &[], t, &mut rng)
