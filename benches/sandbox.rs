@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 
 use cadvlm::geom::Normalize;
-use cadvlm::sandbox::{Backend, Reward, SandboxConfig, executor};
+use cadvlm::exec::{Backend, Reward, SandboxConfig, executor};
 use criterion::{Criterion, Throughput};
 
 const FALLBACK: [&str; 2] = [
@@ -75,7 +75,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("wasm_cached_target", |b| b.iter(|| srcs.iter().filter_map(|p| reward.score(black_box(p)).iou()).sum::<f64>()));
     g.bench_function("native_cached_target", |b| b.iter(|| srcs.iter().filter_map(|p| reward_native.score(black_box(p)).iou()).sum::<f64>()));
     g.bench_function("native_both_executed", |b| {
-        b.iter(|| srcs.iter().filter_map(|p| cadvlm::exec::iou_programs(black_box(p), target, Normalize::UnitCube, &limits).iou).sum::<f64>())
+        b.iter(|| srcs.iter().filter_map(|p| cadvlm::exec::iou_programs(black_box(p), target, Normalize::UnitCube, &limits).ok()).sum::<f64>())
     });
     g.finish();
 }

@@ -1,7 +1,10 @@
 //! cadvlm: train vision-language models to write CadQuery code, with an exact, sandboxed executor as the reward.
 //!
-//! `cad` (parse + interpret the GenCAD-Code CadQuery subset) and `geom` (exact ray-interval CSG,
-//! volume, IoU) have no heavy dependencies and also build for `wasm32-wasip1` (the sandbox guest).
+//! Layers, each importing only from those above it in this list (see `ARCHITECTURE.md`):
+//! `geom` (exact ray-interval CSG) and `cad` (the CadQuery subset) → `exec` (one way to run a
+//! program: native or sandboxed) → `data` → `model` → `train` → `eval` → `report` → `pipeline`
+//! (recipes and stages) → `cli`. `geom`, `cad` and the core of `exec` have no heavy dependencies and
+//! also build for `wasm32-wasip1` (the sandbox guest).
 
 pub mod cad;
 #[cfg(feature = "data")]
@@ -9,16 +12,12 @@ pub mod data;
 pub mod exec;
 pub mod geom;
 pub mod model;
-#[cfg(feature = "sandbox")]
-pub mod sandbox;
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "model")]
 pub mod eval;
-#[cfg(feature = "model")]
-pub mod recipe;
-#[cfg(feature = "model")]
-pub mod tokenizer;
+#[cfg(all(feature = "model", feature = "report"))]
+pub mod pipeline;
 #[cfg(feature = "model")]
 pub mod train;
 #[cfg(feature = "report")]

@@ -7,12 +7,16 @@
 use burn::backend::{Autodiff, NdArray};
 use polars::prelude::SerReader as _;
 use burn::module::AutodiffModule;
-use cadvlm::eval::{GENCAD_PROMPT, Sample, prefix_tokens};
+use cadvlm::data::{GENCAD_PROMPT, Sample};
+use cadvlm::model::inputs::prefix_tokens;
 use cadvlm::model::VlmConfig;
 use cadvlm::model::vlm::Vlm;
 use cadvlm::model::weights;
-use cadvlm::tokenizer::{CodeTokenizer, TokenizerConfig};
-use cadvlm::train::dpo::{DpoConfig, PairExample, dpo_loss, dpo_train_step, reference_logprobs, train_dpo};
+use cadvlm::model::tokenizer::{CodeTokenizer, TokenizerConfig};
+use cadvlm::train::adapt::Adaptation;
+use cadvlm::train::dpo::{DpoConfig, train_dpo_adapted};
+use cadvlm::train::dpo_loss::dpo_loss;
+use cadvlm::train::policy::{PairExample, dpo_train_step, reference_logprobs};
 use cadvlm::train::optim::{AdamW, OptimConfig};
 use cadvlm::train::rollout::{PairConfig, Rollout, RolloutConfig, write_rollouts};
 
@@ -40,7 +44,7 @@ fn image(size: usize, shade: u8) -> Sample {
 
 fn setup() -> (CodeTokenizer, VlmConfig) {
     let corpus: Vec<String> = [0.25, 0.5, 0.75].iter().flat_map(|&w| [0.125, 0.25].map(|d| program(w, d))).chain([GENCAD_PROMPT.to_string()]).collect();
-    let tok = cadvlm::tokenizer::train(&corpus, &TokenizerConfig { vocab_size: 320, min_frequency: 2 }).unwrap();
+    let tok = cadvlm::model::tokenizer::train(&corpus, &TokenizerConfig { vocab_size: 320, min_frequency: 2 }).unwrap();
     let c = VlmConfig::named("tiny", tok.vocab_size()).unwrap();
     (tok, c)
 }
@@ -56,7 +60,7 @@ fn reference_frozen_and_preferred_log_ratio_grows() {
     let (tok, c) = setup();
     let device = Default::default();
     <AB as burn::tensor::backend::Backend>::seed(&device, 3);
-    let policy = Vlm::<AB>::new(&c, &device);
+    let policy = c.init::<AB>(&device);
     let reference: Vlm<B> = policy.valid();
     let ref_before = weights::named_params(&reference);
     let img = image(32, 40);
@@ -121,7 +125,7 @@ fn rounds_write_trl_metrics_checkpoints_and_resume() {
     std::fs::create_dir_all(&root).unwrap();
     <AB as burn::tensor::backend::Backend>::seed(&device, 5);
     let init = root.join("sft.safetensors");
-    weights::save_module(&Vlm::<B>::new(&c, &device), &init).unwrap();
+    weights::save_module(&c.init::<B>(&device), &init).unwrap();
     let images = vec![image(32, 40)];
     let cfg = DpoConfig {
         rounds: 1,
@@ -131,7 +135,7 @@ fn rounds_write_trl_metrics_checkpoints_and_resume() {
         beta: 0.5,
         optim: OptimConfig { lr: 1e-4, warmup_steps: 0, weight_decay: 0.0, ..Default::default() },
         checkpoint_every: 2,
-        rollout: RolloutConfig { k: 4, sandbox: cadvlm::sandbox::SandboxConfig::with_backend(cadvlm::sandbox::Backend::Native), ..Default::default() },
+        rollout: RolloutConfig { k: 4, sandbox: cadvlm::exec::SandboxConfig::with_backend(cadvlm::exec::Backend::Native), ..Default::default() },
         pairs: PairConfig { strategy: cadvlm::train::rollout::PairStrategy::AllAboveMargin, margin: 0.1, max_per_image: 3, hard_threshold: None },
         ..Default::default()
     };
@@ -142,11 +146,11 @@ fn rounds_write_trl_metrics_checkpoints_and_resume() {
         let run = root.join(name);
         write_rollouts(&run.join("rollouts").join("round-00.parquet"), &cached_rollouts(&progs)).unwrap();
         if let Some(s) = stop {
-            let o = train_dpo::<AB>(&run, &cfg, &c, &tok, &init, &images, &device, Some(s), false).unwrap();
+            let o = train_dpo_adapted::<AB>(&run, &cfg, &c, &Adaptation::default(), &tok, &init, &images, &device, Some(s), false).unwrap();
             assert_eq!(o.step, s);
             assert!(!run.join("model.safetensors").exists());
         }
-        let o = train_dpo::<AB>(&run, &cfg, &c, &tok, &init, &images, &device, None, false).unwrap();
+        let o = train_dpo_adapted::<AB>(&run, &cfg, &c, &Adaptation::default(), &tok, &init, &images, &device, None, false).unwrap();
         assert_eq!(o.step, 4);
         assert_eq!(o.resumed_from, stop);
         assert!(run.join("model.safetensors").exists() && run.join("config.json").exists());
@@ -159,7 +163,7 @@ fn rounds_write_trl_metrics_checkpoints_and_resume() {
         // pairs: 1.0>0.5, 1.0>-0.5, 0.66>-0.5, 0.5>-0.5 (and 1.0 > 0.66 is under the 0.1 margin? no: 0.34) → capped at 3
         let pairs = df.column("rollout/pairs").unwrap().f64().unwrap().get(0).unwrap();
         assert_eq!(pairs, 3.0);
-        finals.push(weights::named_params(&weights::load_module(Vlm::<B>::new(&c, &device), &run.join("model.safetensors")).unwrap()));
+        finals.push(weights::named_params(&weights::load_module(c.init::<B>(&device), &run.join("model.safetensors")).unwrap()));
         let loss = df.column("loss").unwrap().f64().unwrap().clone();
         let first = loss.get(1).unwrap();
         assert!((first - std::f64::consts::LN_2).abs() < 1e-4, "first DPO loss {first}");
@@ -169,7 +173,7 @@ fn rounds_write_trl_metrics_checkpoints_and_resume() {
     let max_diff = a.iter().map(|(k, (_, v))| v.iter().zip(&b[k].1).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)).fold(0.0f32, f32::max);
     assert!(max_diff < 1e-5, "resumed weights differ by {max_diff}");
     // and DPO did train: the weights left the SFT initialisation
-    let init_w = weights::named_params(&weights::load_module(Vlm::<B>::new(&c, &device), &init).unwrap());
+    let init_w = weights::named_params(&weights::load_module(c.init::<B>(&device), &init).unwrap());
     assert_ne!(a, &init_w);
     let _ = std::fs::remove_dir_all(&root);
 }

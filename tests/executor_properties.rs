@@ -1,6 +1,6 @@
 //! Properties of the executor and the IoU that must hold for any program, and bad input that must fail cleanly.
 
-use cadvlm::cad::{ErrorKind, Limits, execute};
+use cadvlm::cad::{FailureKind, Limits, execute};
 use cadvlm::exec::exec_program;
 use cadvlm::geom::{MeasureOptions, Normalize, iou, measure};
 
@@ -112,20 +112,20 @@ fn exponential_dag_stays_linear() {
 #[test]
 fn bad_programs_fail_with_position() {
     let limits = Limits::default();
-    let cases: &[(&str, ErrorKind, usize)] = &[
-        ("import os\n", ErrorKind::Unsupported, 1),
-        ("import cadquery as cq\nx = open('f', 'w')\n", ErrorKind::Unsupported, 2),
-        ("import cadquery as cq\nx = __import__('os')\n", ErrorKind::Unsupported, 2),
-        ("import cadquery as cq\nexec('1')\n", ErrorKind::Unsupported, 2),
-        ("import cadquery as cq\nx = getattr(cq, 'Workplane')\n", ErrorKind::Unsupported, 2),
-        ("import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.box(1, 1, 1)\n", ErrorKind::Unsupported, 3),
-        ("import cadquery as cq\nfor i in range(3):\n    pass\n", ErrorKind::Unsupported, 2),
-        ("import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.moveTo(0,0).lineTo(1,0).lineTo(1,1).extrude(1)\n", ErrorKind::Runtime, 3),
-        ("import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.moveTo(0,0).circle(1e300).extrude(1)\n", ErrorKind::Budget, 3),
-        ("import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.moveTo(0,0).threePointArc((1, 1), (2, 2)).close().extrude(1)\n", ErrorKind::InvalidGeometry, 3),
-        ("import cadquery as cq\nsolid = 1e999 * 0\n", ErrorKind::Runtime, 2),
-        ("", ErrorKind::NoResult, 1),
-        ("\u{0}\u{1}garbage\u{7f}", ErrorKind::Syntax, 1),
+    let cases: &[(&str, FailureKind, usize)] = &[
+        ("import os\n", FailureKind::Unsupported, 1),
+        ("import cadquery as cq\nx = open('f', 'w')\n", FailureKind::Unsupported, 2),
+        ("import cadquery as cq\nx = __import__('os')\n", FailureKind::Unsupported, 2),
+        ("import cadquery as cq\nexec('1')\n", FailureKind::Unsupported, 2),
+        ("import cadquery as cq\nx = getattr(cq, 'Workplane')\n", FailureKind::Unsupported, 2),
+        ("import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.box(1, 1, 1)\n", FailureKind::Unsupported, 3),
+        ("import cadquery as cq\nfor i in range(3):\n    pass\n", FailureKind::Unsupported, 2),
+        ("import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.moveTo(0,0).lineTo(1,0).lineTo(1,1).extrude(1)\n", FailureKind::Runtime, 3),
+        ("import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.moveTo(0,0).circle(1e300).extrude(1)\n", FailureKind::Budget, 3),
+        ("import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.moveTo(0,0).threePointArc((1, 1), (2, 2)).close().extrude(1)\n", FailureKind::InvalidGeometry, 3),
+        ("import cadquery as cq\nsolid = 1e999 * 0\n", FailureKind::Runtime, 2),
+        ("", FailureKind::NoResult, 1),
+        ("\u{0}\u{1}garbage\u{7f}", FailureKind::Syntax, 1),
     ];
     for (src, kind, line) in cases {
         let e = execute(src, &limits).unwrap_err();
@@ -134,5 +134,5 @@ fn bad_programs_fail_with_position() {
     }
     // a 1 MB program is refused before parsing
     let big = "# x\n".repeat(260_000);
-    assert_eq!(execute(&big, &limits).unwrap_err().kind, ErrorKind::Budget);
+    assert_eq!(execute(&big, &limits).unwrap_err().kind, FailureKind::Budget);
 }

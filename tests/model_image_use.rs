@@ -6,13 +6,15 @@
 //! is lower with each program's own image than with another program's image.
 #![cfg(feature = "model")]
 use burn::backend::NdArray;
-use cadvlm::eval::{load_run, load_samples, patches_tensor, Sample};
+use cadvlm::data::{Sample, load_samples};
+use cadvlm::model::inputs::patches_tensor;
+use cadvlm::model::run_dir::load_run;
 use cadvlm::model::vlm::TokenBatch;
 use cadvlm::train::sft::{SftConfig, prepare_examples};
 type B = NdArray<f32>;
 /// Code NLL per target token of the first `n` examples of `data` under `m`, with their own images and
 /// with the image of the example 7 places on: `(true, shuffled, n_examples)`.
-fn nll_true_vs_shuffled(m: &cadvlm::model::vlm::Vlm<B>, c: &cadvlm::model::VlmConfig, tok: &cadvlm::tokenizer::CodeTokenizer, data: &std::path::Path, n: usize) -> (f64, f64, usize) {
+fn nll_true_vs_shuffled(m: &cadvlm::model::vlm::Vlm<B>, c: &cadvlm::model::VlmConfig, tok: &cadvlm::model::tokenizer::CodeTokenizer, data: &std::path::Path, n: usize) -> (f64, f64, usize) {
     let dev = Default::default();
     let s = load_samples(data, Some(2 * n)).unwrap();
     let cfg = SftConfig { decimals: 3, max_code_tokens: 480, ..Default::default() };

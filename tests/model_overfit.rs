@@ -4,13 +4,18 @@
 #![cfg(feature = "model")]
 
 use burn::backend::{Autodiff, NdArray};
-use cadvlm::eval::{GENCAD_PROMPT, Sample, evaluate_samples, patches_tensor, score_program};
+use cadvlm::data::{GENCAD_PROMPT, Sample};
+use cadvlm::eval::{EvalSettings, evaluate};
+use cadvlm::exec::{Backend, SandboxConfig, executor, score_program};
+use cadvlm::model::inputs::patches_tensor;
+use cadvlm::train::policy::VlmPolicy;
 use cadvlm::model::VlmConfig;
 use cadvlm::model::generate::GenerateConfig;
-use cadvlm::model::vlm::{TokenBatch, Vlm};
+use cadvlm::model::vlm::TokenBatch;
 use cadvlm::model::weights::load_module;
 use cadvlm::train::optim::OptimConfig;
-use cadvlm::train::sft::{SftConfig, prepare_examples, train_sft};
+use cadvlm::train::adapt::Adaptation;
+use cadvlm::train::sft::{SftConfig, prepare_examples, train_sft_adapted};
 
 type AB = Autodiff<NdArray<f32>>;
 
@@ -48,7 +53,7 @@ pub fn samples(size: usize) -> Vec<Sample> {
 fn tiny_model_overfits_eight_programs() {
     let s = samples(32);
     let corpus: Vec<String> = s.iter().map(|x| x.program.clone()).chain([GENCAD_PROMPT.to_string()]).collect();
-    let tok = cadvlm::tokenizer::train(&corpus, &cadvlm::tokenizer::TokenizerConfig { vocab_size: 400, min_frequency: 2 }).unwrap();
+    let tok = cadvlm::model::tokenizer::train(&corpus, &cadvlm::model::tokenizer::TokenizerConfig { vocab_size: 400, min_frequency: 2 }).unwrap();
     let c = VlmConfig::named("tiny", tok.vocab_size()).unwrap();
     let cfg = SftConfig {
         steps: 500,
@@ -67,21 +72,26 @@ fn tiny_model_overfits_eight_programs() {
         // the 8 programs differ only through the image; the shape loss (their widths and holes
         // differ) makes the image encodings separate them sooner (without it the test was flaky)
         aux_weight: 1.0,
+        ..Default::default()
     };
     let (ex, skipped) = prepare_examples(s.clone(), &tok, &c, &cfg).unwrap();
     assert_eq!((ex.len(), skipped), (8, 0));
     let run = std::env::temp_dir().join(format!("cadvlm-overfit-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run);
     let device = Default::default();
+    let native = SandboxConfig::with_backend(Backend::Native);
+    let ex_native = executor(&native).unwrap();
     // train in rounds (each resumes from the last checkpoint) until greedy decoding reproduces all 8
     let mut res = Vec::new();
     let mut model = None;
     for stop in [100, 140, 180, 220, 260, 300, 350, 400, 450, 500] {
-        let out = train_sft::<AB>(&run, &cfg, &c, &tok, &ex, &[], &device, Some(stop), false).unwrap();
+        let out = train_sft_adapted::<AB>(&run, &cfg, &c, &Adaptation::default(), &tok, &ex, &[], &device, Some(stop), false).unwrap();
         eprintln!("step {stop}: loss {:.5}", out.losses.last().unwrap().1);
         let dir = cadvlm::train::checkpoint::latest(&run).unwrap().unwrap();
-        let m = load_module(Vlm::<NdArray<f32>>::new(&c, &device), &dir.join("model.safetensors")).unwrap();
-        res = evaluate_samples(&m, &c, &tok, &s, &GenerateConfig { max_new_tokens: 300, ..Default::default() }, 1, 8, &device, |_| {}).unwrap();
+        let m = load_module(c.init::<NdArray<f32>>(&device), &dir.join("model.safetensors")).unwrap();
+        let policy = VlmPolicy::<AB>::new(load_module(c.init::<AB>(&device), &dir.join("model.safetensors")).unwrap(), c.clone(), tok.clone(), Adaptation::default(), OptimConfig::default(), &device).unwrap();
+        let settings = EvalSettings { samples: 1, generate: GenerateConfig { max_new_tokens: 300, ..Default::default() }, batch: 8, sandbox: native.clone() };
+        res = evaluate(&policy, &s, &settings, ex_native.as_ref(), &mut |_| {}).unwrap();
         model = Some(m);
         if res.iter().zip(&ex).all(|(r, e)| r.finished && r.program == e.sample.program) {
             break;
@@ -94,7 +104,7 @@ fn tiny_model_overfits_eight_programs() {
         assert!((r.score.iou_raw.unwrap() - 1.0).abs() < 1e-9, "{}: IoU {:?}", r.id, r.score.iou_raw);
     }
     // the canonical program is the original up to rounding: it scores 1.0 against the raw source too
-    assert!((score_program(&res[0].program, &s[0].program).iou_raw.unwrap() - 1.0).abs() < 1e-9);
+    assert!((score_program(ex_native.as_ref(), &res[0].program, &s[0].program).iou_raw.unwrap() - 1.0).abs() < 1e-9);
 
     // the DPO score of a memorised program (sum of its code-token log-probs) is close to 0
     let model = model.unwrap();

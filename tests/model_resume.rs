@@ -3,10 +3,11 @@
 #![cfg(feature = "model")]
 
 use burn::backend::{Autodiff, NdArray};
-use cadvlm::eval::{GENCAD_PROMPT, Sample};
+use cadvlm::data::{GENCAD_PROMPT, Sample};
 use cadvlm::model::VlmConfig;
 use cadvlm::train::optim::OptimConfig;
-use cadvlm::train::sft::{SftConfig, prepare_examples, train_sft};
+use cadvlm::train::adapt::Adaptation;
+use cadvlm::train::sft::{SftConfig, prepare_examples, train_sft_adapted};
 
 type AB = Autodiff<NdArray<f32>>;
 
@@ -27,7 +28,7 @@ fn samples() -> Vec<Sample> {
 fn resumed_run_matches_uninterrupted_run() {
     let s = samples();
     let corpus: Vec<String> = s.iter().map(|x| x.program.clone()).collect();
-    let tok = cadvlm::tokenizer::train(&corpus, &Default::default()).unwrap();
+    let tok = cadvlm::model::tokenizer::train(&corpus, &Default::default()).unwrap();
     let c = VlmConfig::named("tiny", tok.vocab_size()).unwrap();
     // batch 4 over 6 examples: steps cross epoch boundaries, so the data position must resume too
     let cfg = SftConfig {
@@ -44,15 +45,15 @@ fn resumed_run_matches_uninterrupted_run() {
     let device = Default::default();
     let base = std::env::temp_dir().join(format!("cadvlm-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
-    let full = train_sft::<AB>(&base.join("a"), &cfg, &c, &tok, &ex, &[], &device, None, false).unwrap();
+    let full = train_sft_adapted::<AB>(&base.join("a"), &cfg, &c, &Adaptation::default(), &tok, &ex, &[], &device, None, false).unwrap();
     assert_eq!(full.losses.len(), 6);
 
-    let first = train_sft::<AB>(&base.join("b"), &cfg, &c, &tok, &ex, &[], &device, Some(4), false).unwrap();
+    let first = train_sft_adapted::<AB>(&base.join("b"), &cfg, &c, &Adaptation::default(), &tok, &ex, &[], &device, Some(4), false).unwrap();
     assert_eq!(first.step, 4);
     assert!(!base.join("b/model.safetensors").exists(), "a stopped run must not write the final model");
     // the newest checkpoint is at step 4 (written at the stop); drop it to resume from the periodic one at 3
     std::fs::remove_dir_all(base.join("b/checkpoints/step-0000004")).unwrap();
-    let second = train_sft::<AB>(&base.join("b"), &cfg, &c, &tok, &ex, &[], &device, None, false).unwrap();
+    let second = train_sft_adapted::<AB>(&base.join("b"), &cfg, &c, &Adaptation::default(), &tok, &ex, &[], &device, None, false).unwrap();
     assert_eq!(second.resumed_from, Some(3));
     assert_eq!(second.losses.iter().map(|l| l.0).collect::<Vec<_>>(), vec![4, 5, 6]);
     for ((s1, l1), (s2, l2)) in full.losses[3..].iter().zip(&second.losses) {

@@ -11,16 +11,17 @@ use std::path::Path;
 use burn::backend::{Autodiff, NdArray};
 use burn::module::AutodiffModule;
 use burn::tensor::{Distribution, Tensor};
-use cadvlm::eval::{GENCAD_PROMPT, Sample, prefix_tokens};
+use cadvlm::data::{GENCAD_PROMPT, Sample};
+use cadvlm::model::inputs::prefix_tokens;
 use cadvlm::model::VlmConfig;
 use cadvlm::model::lora::{LinearLayers, LoraConfig, linear_weight_bytes, model_weight_bytes, with_adapters_disabled};
 use cadvlm::model::quant::Quantize;
 use cadvlm::model::vlm::{TokenBatch, Vlm};
 use cadvlm::model::weights;
-use cadvlm::recipe::Recipe;
-use cadvlm::tokenizer::CodeTokenizer;
+use cadvlm::pipeline::Recipe;
+use cadvlm::model::tokenizer::CodeTokenizer;
 use cadvlm::train::adapt::Adaptation;
-use cadvlm::train::dpo::{PairExample, dpo_train_step, reference_logprobs};
+use cadvlm::train::policy::{PairExample, dpo_train_step, reference_logprobs};
 use cadvlm::train::optim::{AdamW, OptimConfig};
 use cadvlm::train::sft::{Example, SftConfig, prepare_examples, train_sft_adapted};
 
@@ -54,7 +55,7 @@ fn setup(n: usize, cfg: &SftConfig) -> (CodeTokenizer, VlmConfig, Vec<Example>) 
     let s = samples(n);
     let mut corpus: Vec<String> = s.iter().map(|x| x.program.clone()).collect();
     corpus.push(GENCAD_PROMPT.to_string());
-    let tok = cadvlm::tokenizer::train(&corpus, &Default::default()).unwrap();
+    let tok = cadvlm::model::tokenizer::train(&corpus, &Default::default()).unwrap();
     let c = VlmConfig::named("tiny", tok.vocab_size()).unwrap();
     let (ex, skipped) = prepare_examples(s, &tok, &c, cfg).unwrap();
     assert_eq!(skipped, 0);
@@ -79,7 +80,7 @@ fn shipped_f32_checkpoint_loads_with_identical_keys() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sft-cpu-small");
     let c: VlmConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let file = weights::read_safetensors(&dir.join("model.safetensors")).unwrap();
-    let m = weights::load_module(Vlm::<B>::new(&c, &Default::default()), &dir.join("model.safetensors")).unwrap();
+    let m = weights::load_module(c.init::<B>(&Default::default()), &dir.join("model.safetensors")).unwrap();
     let named = weights::named_params(&m);
     // the same key set (no adapter keys, no key missing) and the very same values
     assert_eq!(named.keys().collect::<Vec<_>>(), file.keys().collect::<Vec<_>>());
@@ -101,7 +102,7 @@ fn qlora_smoke_recipe_trains_adapters_and_evaluates_the_merged_model() {
     let sets = ["data.n_train=48", "sft.steps=6", "sft.checkpoint_every=3", "eval.max_new_tokens=16", "sft.max_new_tokens=16"].map(String::from);
     let r = Recipe::load(&file, &sets).unwrap();
     let runs = tmp("recipe");
-    let rep = cadvlm::recipe::run(&r, &runs, false).unwrap();
+    let rep = cadvlm::pipeline::run(&r, &runs, false).unwrap();
     assert!(rep.stages.iter().all(|s| s.1 == "done"), "{:?}", rep.stages);
     let dir = runs.join("qlora-smoke");
     for f in ["base.safetensors", "adapters.safetensors", "model.safetensors", "config.json", "eval.json", "checkpoints/step-0000006/meta.json"] {
@@ -112,8 +113,8 @@ fn qlora_smoke_recipe_trains_adapters_and_evaluates_the_merged_model() {
     assert_eq!(meta["adapt"]["lora"]["rank"], 8);
     // eval loads model.safetensors as a plain model (what `cadvlm eval --run` does)
     let c: VlmConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    weights::load_module(Vlm::<B>::new(&c, &Default::default()), &dir.join("model.safetensors")).unwrap();
-    let rep2 = cadvlm::recipe::run(&r, &runs, false).unwrap();
+    weights::load_module(c.init::<B>(&Default::default()), &dir.join("model.safetensors")).unwrap();
+    let rep2 = cadvlm::pipeline::run(&r, &runs, false).unwrap();
     assert!(rep2.stages.iter().all(|s| s.1 == "reused"), "{:?}", rep2.stages);
     let _ = std::fs::remove_dir_all(&runs);
 }
@@ -147,7 +148,7 @@ fn qlora_sft_loss_falls_like_lora_on_the_f32_base() {
             assert!(run.join(f).exists(), "{q:?}: missing {f}");
         }
         // the exported model is a plain f32 checkpoint
-        let m = weights::load_module(Vlm::<B>::new(&c, &device), &run.join("model.safetensors")).unwrap();
+        let m = weights::load_module(c.init::<B>(&device), &run.join("model.safetensors")).unwrap();
         assert!(weights::named_params(&m).keys().all(|k| !k.contains("lora")));
         curves.push(out.losses);
         let _ = std::fs::remove_dir_all(&run);
@@ -215,7 +216,7 @@ fn exported_model_equals_the_adapted_model() {
     let device = Default::default();
     <B as burn::tensor::backend::Backend>::seed(&device, 5);
     let a = qlora(Quantize::Nf4);
-    let mut m = a.prepare(Vlm::<B>::new(&c, &device), &device).unwrap();
+    let mut m = a.prepare(c.init::<B>(&device), &device).unwrap();
     // non-zero adapters
     m.for_each_linear(&mut |_, l| {
         if let Some(a_) = l.lora_a.take() {
@@ -227,7 +228,7 @@ fn exported_model_equals_the_adapted_model() {
     let rows: Vec<(Vec<u32>, Vec<u32>)> = ex.iter().map(|e| (e.prefix.clone(), e.code.clone())).collect();
     let batch = TokenBatch::from_rows(&rows, tok.pad);
     let samples: Vec<&Sample> = ex.iter().map(|e| &e.sample).collect();
-    let loss = |m: &Vlm<B>| m.sft_loss(cadvlm::eval::patches_tensor::<B>(&samples, &c, &device), &batch).into_scalar() as f64;
+    let loss = |m: &Vlm<B>| m.sft_loss(cadvlm::model::inputs::patches_tensor::<B>(&samples, &c, &device), &batch).into_scalar() as f64;
     let adapted = loss(&m);
     let base_only = with_adapters_disabled(|| loss(&m));
     assert!((adapted - base_only).abs() > 1e-3, "the adapters change the model: {adapted} vs {base_only}");
@@ -246,7 +247,7 @@ fn exported_model_equals_the_adapted_model() {
 fn weight_bytes(size: &str, vocab: usize, adapt: &Adaptation) -> [usize; 4] {
     let c = VlmConfig::named(size, vocab).unwrap();
     let device = Default::default();
-    let mut m = adapt.prepare(Vlm::<B>::new(&c, &device), &device).unwrap();
+    let mut m = adapt.prepare(c.init::<B>(&device), &device).unwrap();
     let (l32, lq) = linear_weight_bytes(&mut m);
     let (a32, aq) = model_weight_bytes(&mut m);
     [l32, lq, a32, aq]
@@ -309,7 +310,7 @@ fn dpo_with_lora_keeps_the_reference_and_raises_the_preferred_log_ratio() {
     let device = Default::default();
     <AB as burn::tensor::backend::Backend>::seed(&device, 3);
     let a = qlora(Quantize::Nf4);
-    let mut policy = a.prepare(Vlm::<AB>::new(&c, &device), &device).unwrap();
+    let mut policy = a.prepare(c.init::<AB>(&device), &device).unwrap();
     let s = samples(2);
     let img = &s[0];
     let prefix = prefix_tokens(&tok, GENCAD_PROMPT).unwrap();
@@ -366,7 +367,7 @@ fn dpo_rounds_with_qlora_resume_exactly_and_export_a_plain_model() {
     std::fs::create_dir_all(&root).unwrap();
     <AB as burn::tensor::backend::Backend>::seed(&device, 5);
     let init = root.join("sft.safetensors");
-    weights::save_module(&Vlm::<B>::new(&c, &device), &init).unwrap();
+    weights::save_module(&c.init::<B>(&device), &init).unwrap();
     let images = vec![samples(1).remove(0)];
     let cfg = DpoConfig {
         rounds: 1,
@@ -376,7 +377,7 @@ fn dpo_rounds_with_qlora_resume_exactly_and_export_a_plain_model() {
         beta: 0.5,
         optim: OptimConfig { lr: 1e-3, warmup_steps: 0, weight_decay: 0.0, ..Default::default() },
         checkpoint_every: 2,
-        rollout: RolloutConfig { k: 4, sandbox: cadvlm::sandbox::SandboxConfig::with_backend(cadvlm::sandbox::Backend::Native), ..Default::default() },
+        rollout: RolloutConfig { k: 4, sandbox: cadvlm::exec::SandboxConfig::with_backend(cadvlm::exec::Backend::Native), ..Default::default() },
         pairs: PairConfig { strategy: PairStrategy::AllAboveMargin, margin: 0.1, max_per_image: 3, hard_threshold: None },
         ..Default::default()
     };
@@ -413,7 +414,7 @@ fn dpo_rounds_with_qlora_resume_exactly_and_export_a_plain_model() {
         let losses: Vec<f64> = o.metrics.iter().filter_map(|m| m.loss).collect();
         assert!((losses[0] - std::f64::consts::LN_2).abs() < 1e-4 || stop.is_some(), "first loss {losses:?}");
         assert!(run.join("adapters.safetensors").exists());
-        let m = weights::load_module(Vlm::<B>::new(&c, &device), &run.join("model.safetensors")).unwrap();
+        let m = weights::load_module(c.init::<B>(&device), &run.join("model.safetensors")).unwrap();
         finals.push(weights::named_params(&m));
     }
     let (x, y) = (&finals[0], &finals[1]);

@@ -288,29 +288,6 @@ fn bad_inputs_are_errors_not_panics() {
 }
 
 #[test]
-fn seed_recipe_names_missing_paths_and_how_to_get_them() {
-    use cadvlm::model::qwen2vl::recipe::{QwenRecipe, check};
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let r = QwenRecipe::load(&root.join("recipes/qwen2_5_vl_3b_qlora.toml")).unwrap();
-    assert_eq!((r.model.quant.as_str(), r.model.lora_rank, r.data.train_samples), ("nf4", 16, 1000));
-    let empty = std::env::temp_dir().join(format!("cadvlm-qwen-recipe-{}", std::process::id()));
-    std::fs::create_dir_all(&empty).unwrap();
-    let err = check(&r, &empty).unwrap_err().to_string();
-    assert!(err.contains("models/Qwen2.5-VL-3B-Instruct") && err.contains("huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct"), "{err}");
-    // with the tiny checkpoint as the model, the data folder is the next missing input
-    let mut tiny = r.clone();
-    tiny.model.path = fx().join("qwen2_5_vl");
-    let err = check(&tiny, &empty).unwrap_err().to_string();
-    assert!(err.contains("data/GenCAD-Code") && err.contains("--repo-type dataset"), "{err}");
-    std::fs::create_dir_all(empty.join("data/GenCAD-Code/train")).unwrap();
-    let err = check(&tiny, &empty).unwrap_err().to_string();
-    assert!(err.contains("train split"), "{err}");
-    std::fs::write(empty.join("data/GenCAD-Code/train/part-0.parquet"), b"").unwrap();
-    check(&tiny, &empty).unwrap();
-    let _ = std::fs::remove_dir_all(&empty);
-}
-
-#[test]
 fn qwen2_5_vl_logits_match_on_the_flex_backend() {
     type F = burn::backend::Flex;
     let dev = Default::default();
@@ -337,19 +314,6 @@ fn the_fixture_tells_window_attention_from_full_attention() {
     let got = logits.into_data().to_vec::<f32>().unwrap();
     let max = got.iter().zip(&e.logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(max > 1e-2, "full attention everywhere changes the logits by only {max}");
-}
-
-#[test]
-fn seed_recipe_run_stops_at_once_without_the_weights() {
-    // cargo runs tests in the package root, where the recipe's relative paths point
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if root.join("models/Qwen2.5-VL-3B-Instruct").exists() {
-        return; // a real checkpoint is on disk: nothing to show here
-    }
-    let t = std::time::Instant::now();
-    let err = cadvlm::model::qwen2vl::recipe::run(&root.join("recipes/qwen2_5_vl_3b_qlora.toml")).unwrap_err().to_string();
-    assert!(err.contains("Qwen2.5-VL-3B-Instruct") && err.contains("missing model directory") && err.contains("huggingface-cli download"), "{err}");
-    assert!(t.elapsed().as_secs_f64() < 1.0);
 }
 
 #[test]

@@ -1,12 +1,15 @@
-//! The Qwen recipe end to end on the tiny random Qwen2.5-VL of `fixtures/qwen` and a 3-sample GenCAD-style
-//! folder (`index.jsonl` + `ID.png` + `ID.py`) written into a temp dir: QLoRA SFT → eval (generate,
-//! execute, VSR / IoU) → one DPO round, with the report and the adapters written. A random tiny model
-//! writes no valid program (VSR 0): the test is about the wiring.
-#![cfg(all(feature = "model", feature = "sandbox"))]
+//! The Qwen family through the one pipeline, end to end on the tiny random Qwen2.5-VL of `fixtures/qwen`
+//! and a 3-sample GenCAD-style folder (`index.jsonl` + `ID.png` + `ID.py`) written into a temp dir: QLoRA
+//! SFT → eval (the one eval runner: generate, execute in the sandbox, VSR / IoU) → one DPO round (the
+//! one DPO loop) → eval, with metrics and adapters written. A random tiny model writes no valid
+//! program (VSR 0): the test is about the wiring. Also the seed recipe's checks of missing inputs.
+#![cfg(all(feature = "model", feature = "report"))]
 
 use std::path::{Path, PathBuf};
 
-use cadvlm::model::qwen2vl::recipe::{QwenRecipe, data_splits, run_stages};
+use cadvlm::pipeline::recipe::data_splits;
+use cadvlm::pipeline::{Recipe, run};
+use cadvlm::train::metrics::{DpoMetricRow, MetricRow};
 
 fn fx() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/qwen")
@@ -41,45 +44,52 @@ fn write_data(dir: &Path) {
     std::fs::write(dir.join("index.jsonl"), index).unwrap();
 }
 
-fn recipe_toml(epochs: usize, dpo_rounds: usize) -> String {
+fn recipe_toml(data: &Path, steps: usize, dpo: bool) -> String {
+    let dpo = if dpo {
+        "[dpo]\nrounds = 1\nimages_per_round = 2\nsteps_per_round = 2\nbatch_pairs = 1\nbeta = 0.1\nnll_weight = 0.0\ncheckpoint_every = 1\n\
+         [dpo.optim]\nlr = 1e-3\nwarmup_steps = 0\nweight_decay = 0.0\n\
+         [dpo.rollout]\nk = 2\ntemperature = 1.0\nmax_new_tokens = 12\nbatch = 2\ninclude_target = true\n"
+    } else {
+        ""
+    };
     format!(
         r#"name = "tiny"
 backend = "ndarray"
 [model]
 path = {model:?}
-hub_id = "tiny/qwen2_5_vl"
-quant = "nf4"
-lora_rank = 8
-lora_alpha = 16.0
-lora_targets = ["all-linear"]
-lora_dropout = 0.0
-gpu_gib = 1.0
+quantize = "nf4"
+[lora]
+rank = 8
+alpha = 16.0
+dropout = 0.0
+targets = ["all-linear"]
 [data]
-dir = "data"
-hub_id = "local"
-train_samples = 0
+source = "dir"
+dir = {data:?}
 seed = 1
 [sft]
-epochs = {epochs}
+steps = {steps}
 batch_size = 1
 grad_accum = 3
+max_code_tokens = 512
+[sft.optim]
 lr = 1e-2
-max_seq_len = 1024
-gradient_checkpointing = false
+warmup_steps = 0
+weight_decay = 0.0
 [eval]
+synth_test = true
+limit = 2
 samples = 2
+temperature = 1.0
 max_new_tokens = 12
-best_of = 2
-[dpo]
-rounds = {dpo_rounds}
-images_per_round = 2
-samples_per_image = 2
-beta = 0.1
-lr = 1e-3
-anchor_with_target = true
-"#,
-        model = fx().join("qwen2_5_vl").display().to_string()
+{dpo}"#,
+        model = fx().join("qwen2_5_vl").display().to_string(),
+        data = data.display().to_string(),
     )
+}
+
+fn jsonl<T: serde::de::DeserializeOwned>(p: &Path) -> Vec<T> {
+    std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[test]
@@ -88,45 +98,53 @@ fn sft_eval_dpo_end_to_end_on_the_tiny_checkpoint() {
     let _ = std::fs::remove_dir_all(&base);
     write_data(&base.join("data"));
     assert_eq!(data_splits(&base.join("data")), Some((base.join("data"), base.join("data"))));
-    let toml = recipe_toml(8, 1);
-    std::fs::write(base.join("tiny.toml"), toml).unwrap();
-    let r = QwenRecipe::load(&base.join("tiny.toml")).unwrap();
-    cadvlm::model::qwen2vl::recipe::check(&r, &base).unwrap();
+    let r = Recipe::parse(&recipe_toml(&base.join("data"), 8, true), Path::new("tiny.toml"), &[]).unwrap();
 
     let t = std::time::Instant::now();
-    let rep = run_stages(&r, &base).unwrap();
-    eprintln!("{} ({:.1} s)", rep.summary(), t.elapsed().as_secs_f64());
-
-    // SFT: 8 epochs × 1 step of 3 examples, the loss falls
-    assert_eq!((rep.train_examples, rep.sft_skipped, rep.sft_losses.len()), (3, 0, 8));
-    let (first, last) = (rep.sft_losses[0], rep.sft_losses[7]);
-    assert!(last < 0.8 * first, "SFT loss {first} → {last}");
-    // eval: 2 images × best_of 2, every program executed and scored
-    assert_eq!((rep.eval.n, rep.eval.samples_per_image, rep.eval_results.len()), (4, 2, 4));
-    assert!((0.0..=1.0).contains(&rep.eval.vsr));
-    for res in &rep.eval_results {
-        assert!(res.n_tokens >= 1 && res.n_tokens <= 12);
-        assert!(res.score.ok || res.score.error.is_some(), "{res:?}");
+    let rep = run(&r, &base.join("runs"), false).unwrap();
+    for (stage, what, detail) in &rep.stages {
+        eprintln!("{stage:<24} {what:<7} {detail}");
     }
-    // DPO: one round; with the target as an anchor every image gives a pair; one step per pair
-    assert_eq!(rep.dpo.len(), 1);
-    let d = &rep.dpo[0];
-    assert_eq!((d.images, d.rollouts), (2, 4));
-    assert!(d.pairs >= 1 && d.steps.len() == d.pairs, "{d:?}");
-    assert!(d.steps.iter().all(|s| s.loss.is_finite()));
+    eprintln!("({:.1} s)", t.elapsed().as_secs_f64());
+    let run_dir = base.join("runs/tiny");
+
+    // SFT: 8 steps of 3 examples, the loss falls
+    let sft: Vec<MetricRow> = jsonl(&run_dir.join("metrics.jsonl"));
+    assert_eq!(sft.len(), 8);
+    let (first, last) = (sft[0].loss.unwrap(), sft[7].loss.unwrap());
+    assert!(last < 0.8 * first, "SFT loss {first} → {last}");
+    // eval: 2 images × 2 samples, every program executed and scored, for the SFT and the DPO model
+    for dir in ["eval/synth-test", "dpo/eval/synth-test"] {
+        let s = cadvlm::eval::read_summary(&run_dir.join(dir).join("eval.json")).unwrap();
+        assert_eq!((s.n, s.samples_per_image), (4, 2), "{dir}");
+        assert!((0.0..=1.0).contains(&s.vsr));
+        assert!(run_dir.join(dir).join("samples.parquet").is_file());
+    }
+    // DPO: one round; with the target as a candidate every image gives a pair; two steps
+    let dpo: Vec<DpoMetricRow> = jsonl(&run_dir.join("dpo/metrics.jsonl"));
+    let rollout = dpo.iter().find(|m| m.rollout_pairs.is_some()).unwrap();
+    assert!(rollout.rollout_pairs.unwrap() >= 1.0, "{rollout:?}");
+    let steps: Vec<&DpoMetricRow> = dpo.iter().filter(|m| m.loss.is_some()).collect();
+    assert_eq!(steps.len(), 2);
+    assert!(steps.iter().all(|s| s.loss.unwrap().is_finite()));
     // reference = the SFT model (adapters folded in, fresh DPO adapters): the first step starts at log 2
-    assert!((d.steps[0].loss - std::f64::consts::LN_2).abs() < 1e-6, "first DPO loss {}", d.steps[0].loss);
-    // outputs
-    assert!(base.join("runs/tiny/report.json").is_file() && rep.adapters.is_file() && rep.sft_adapters.is_file());
-    let mut fresh = cadvlm::model::qwen2vl::train::prepare_qlora(
-        cadvlm::model::qwen2vl::load_dir::<burn::backend::NdArray<f32>>(&fx().join("qwen2_5_vl"), &Default::default()).unwrap().model,
-        cadvlm::model::quant::Quantize::Nf4,
-        &cadvlm::model::lora::LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, targets: vec!["all-linear".into()] },
-        &Default::default(),
-    )
-    .unwrap();
-    let cfg = cadvlm::model::lora::load_adapters(&mut fresh, &rep.adapters, &Default::default()).unwrap();
-    assert_eq!(cfg.rank, 8);
+    assert!((steps[0].loss.unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "first DPO loss {:?}", steps[0].loss);
+    assert!(run_dir.join("dpo/rollouts/round-00.parquet").is_file());
+    // outputs: the adapters of both stages load into a fresh QLoRA model
+    for f in ["adapters.safetensors", "dpo/adapters.safetensors"] {
+        let mut fresh = cadvlm::model::qwen2vl::answer::prepare_qlora(
+            cadvlm::model::qwen2vl::load_dir::<burn::backend::NdArray<f32>>(&fx().join("qwen2_5_vl"), &Default::default()).unwrap().model,
+            cadvlm::model::quant::Quantize::Nf4,
+            &cadvlm::model::lora::LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, targets: vec!["all-linear".into()] },
+            &Default::default(),
+        )
+        .unwrap();
+        let cfg = cadvlm::model::lora::load_adapters(&mut fresh, &run_dir.join(f), &Default::default()).unwrap();
+        assert_eq!(cfg.rank, 8);
+    }
+    // a second run reuses every stage
+    let again = run(&r, &base.join("runs"), false).unwrap();
+    assert!(again.stages.iter().all(|(_, what, _)| what == "reused"), "{:?}", again.stages);
     let _ = std::fs::remove_dir_all(&base);
 }
 
@@ -151,19 +169,60 @@ fn gencad_parquet_splits_feed_the_recipe() {
     }
     let d = base.join("data");
     assert_eq!(data_splits(&d), Some((d.join("train"), d.join("test"))));
-    std::fs::write(base.join("tiny.toml"), recipe_toml(2, 0)).unwrap();
-    let r = QwenRecipe::load(&base.join("tiny.toml")).unwrap();
-    cadvlm::model::qwen2vl::recipe::check(&r, &base).unwrap();
-    let rep = run_stages(&r, &base).unwrap();
-    assert_eq!((rep.train_examples, rep.sft_losses.len(), rep.dpo.len()), (2, 2, 0));
-    // eval reads the test split: one image, best_of 2
-    assert_eq!(rep.eval_results.len(), 2);
-    assert!(rep.eval_results.iter().all(|e| e.id == "00002"));
+    let r = Recipe::parse(&recipe_toml(&d, 2, false), Path::new("tiny.toml"), &[]).unwrap();
+    run(&r, &base.join("runs"), false).unwrap();
+    let sft: Vec<MetricRow> = jsonl(&base.join("runs/tiny/metrics.jsonl"));
+    assert_eq!(sft.len(), 2);
+    // eval reads the test split: one image, 2 samples
+    let s = cadvlm::eval::read_summary(&base.join("runs/tiny/eval/synth-test/eval.json")).unwrap();
+    assert_eq!(s.n, 2);
     let _ = std::fs::remove_dir_all(&base);
 }
 
-/// `cadvlm recipe` routes the seed recipe to the Qwen stages; without the 3B checkpoint on disk it stops
-/// at once, naming the missing path and how to get it.
+#[test]
+fn seed_recipe_names_missing_paths_and_how_to_get_them() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let file = root.join("recipes/qwen2_5_vl_3b_qlora.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let empty = std::env::temp_dir().join(format!("cadvlm-qwen-recipe-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let set = |k: &str, p: &Path| format!("{k}={:?}", p.display().to_string());
+    let err = Recipe::parse(&text, &file, &[set("model.path", &empty.join("models/Qwen2.5-VL-3B-Instruct"))]).unwrap_err().to_string();
+    assert!(err.contains("models/Qwen2.5-VL-3B-Instruct") && err.contains("huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct"), "{err}");
+    // with the tiny checkpoint as the model, the data folder is the next missing input
+    let tiny = set("model.path", &fx().join("qwen2_5_vl"));
+    let data = set("data.dir", &empty.join("data/GenCAD-Code"));
+    let err = Recipe::parse(&text, &file, &[tiny.clone(), data.clone()]).unwrap_err().to_string();
+    assert!(err.contains("data/GenCAD-Code") && err.contains("--repo-type dataset"), "{err}");
+    std::fs::create_dir_all(empty.join("data/GenCAD-Code/train")).unwrap();
+    let err = Recipe::parse(&text, &file, &[tiny.clone(), data.clone()]).unwrap_err().to_string();
+    assert!(err.contains("train split"), "{err}");
+    std::fs::write(empty.join("data/GenCAD-Code/train/part-0.parquet"), b"").unwrap();
+    let r = Recipe::parse(&text, &file, &[tiny, data, "backend=\"ndarray\"".into()]).unwrap();
+    assert_eq!((r.model.quantize, r.lora.as_ref().map(|l| l.rank), r.data.n_train), (cadvlm::model::quant::Quantize::Nf4, Some(16), 1000));
+    // Qwen recipes are validated like the others: a LoRA target the checkpoint lacks is named
+    let err = Recipe::parse(&text, &file, &[set("model.path", &fx().join("qwen2_5_vl")), set("data.dir", &empty.join("data/GenCAD-Code")), "backend=\"ndarray\"".into(), "lora.targets=[\"q_prj\"]".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lora.targets") && err.contains("q_prj"), "{err}");
+    let _ = std::fs::remove_dir_all(&empty);
+}
+
+#[test]
+fn seed_recipe_load_stops_at_once_without_the_weights() {
+    // cargo runs tests in the package root, where the recipe's relative paths point
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if root.join("models/Qwen2.5-VL-3B-Instruct").exists() {
+        return; // a real checkpoint is on disk: nothing to show here
+    }
+    let t = std::time::Instant::now();
+    let err = Recipe::load(&root.join("recipes/qwen2_5_vl_3b_qlora.toml"), &[]).unwrap_err().to_string();
+    assert!(err.contains("Qwen2.5-VL-3B-Instruct") && err.contains("missing model directory") && err.contains("huggingface-cli download"), "{err}");
+    assert!(t.elapsed().as_secs_f64() < 1.0);
+}
+
+/// `cadvlm recipe` runs the seed recipe through the one pipeline; without the 3B checkpoint on disk it
+/// stops at once, naming the missing path and how to get it.
 #[cfg(feature = "cli")]
 #[test]
 fn seed_recipe_without_weights_stops_naming_the_missing_path() {
@@ -174,7 +233,10 @@ fn seed_recipe_without_weights_stops_naming_the_missing_path() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cadvlm")).current_dir(&dir).arg("recipe").arg(&recipe).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("models/Qwen2.5-VL-3B-Instruct") && err.contains("huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct"), "{err}");
+    assert!(
+        err.contains("models/Qwen2.5-VL-3B-Instruct") && err.contains("missing model directory") && err.contains("huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct"),
+        "{err}"
+    );
     assert!(t0.elapsed().as_secs() < 20, "it must stop at once");
     let _ = std::fs::remove_dir_all(&dir);
 }

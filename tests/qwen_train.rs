@@ -9,7 +9,8 @@ use burn::backend::{Autodiff, NdArray};
 use cadvlm::model::lora::{LinearLayers, LoraConfig};
 use cadvlm::model::quant::Quantize;
 use cadvlm::model::qwen2vl::preprocess::load_tokenizer;
-use cadvlm::model::qwen2vl::train::{PromptInput, answer_ids, prepare_qlora, qwen_sft_loss, qwen_sft_step, seed_adapters};
+use cadvlm::model::qwen2vl::answer::{PromptInput, answer_ids, prepare_qlora, qwen_sft_loss, seed_adapters};
+use cadvlm::train::qwen::qwen_sft_step;
 use cadvlm::model::qwen2vl::{ImageInput, PreprocessConfig, load_dir};
 use cadvlm::train::optim::{AdamW, OptimConfig};
 
@@ -59,7 +60,7 @@ fn qlora_sft_loss_falls_and_only_adapters_change() {
     let pre = PreprocessConfig::from_dir(&dir).unwrap();
     let l = load_dir::<A>(&dir, &dev).unwrap();
     let c = l.config.clone();
-    let prompts: Vec<PromptInput> = (0..PROGRAMS.len()).map(|k| PromptInput::new(&tok, &pre, &image(k), cadvlm::eval::GENCAD_PROMPT).unwrap()).collect();
+    let prompts: Vec<PromptInput> = (0..PROGRAMS.len()).map(|k| PromptInput::new(&tok, &pre, &image(k), cadvlm::data::GENCAD_PROMPT).unwrap()).collect();
     assert_eq!(prompts[0].grid, [1, 4, 4]);
     let answers: Vec<Vec<u32>> = PROGRAMS.iter().map(|p| answer_ids(&tok, p).unwrap()).collect();
     let batch: Vec<(&PromptInput, &[u32])> = prompts.iter().zip(&answers).map(|(p, a)| (p, a.as_slice())).collect();
@@ -126,7 +127,7 @@ fn sft_loss_covers_the_answer_tokens_only() {
 #[cfg(feature = "sandbox")]
 #[test]
 fn qlora_dpo_raises_the_margin_and_leaves_the_reference_alone() {
-    use cadvlm::model::qwen2vl::train::{QwenPair, policy_logprobs, qwen_dpo_step, reference_logprobs};
+    use cadvlm::train::qwen::{QwenPair, policy_logprobs, qwen_dpo_step, reference_logprobs};
     let dev = Default::default();
     let dir = fx().join("qwen2_5_vl");
     let tok = load_tokenizer(&dir).unwrap();
@@ -134,7 +135,7 @@ fn qlora_dpo_raises_the_margin_and_leaves_the_reference_alone() {
     let l = load_dir::<A>(&dir, &dev).unwrap();
     let c = l.config.clone();
     let pair = QwenPair {
-        prompt: PromptInput::new(&tok, &pre, &image(2), cadvlm::eval::GENCAD_PROMPT).unwrap(),
+        prompt: PromptInput::new(&tok, &pre, &image(2), cadvlm::data::GENCAD_PROMPT).unwrap(),
         chosen: answer_ids(&tok, PROGRAMS[0]).unwrap(),
         rejected: answer_ids(&tok, PROGRAMS[2]).unwrap(),
     };
@@ -148,7 +149,7 @@ fn qlora_dpo_raises_the_margin_and_leaves_the_reference_alone() {
     let mut opt = AdamW::new(OptimConfig { lr: 5e-3, warmup_steps: 0, weight_decay: 0.0, grad_clip: 1.0, ..Default::default() });
     let mut losses = Vec::new();
     for _ in 0..6 {
-        let (p, stats, gnorm) = qwen_dpo_step(policy, &mut opt, &c, std::slice::from_ref(&pair), &[refs], 0.1, 5e-3).unwrap();
+        let (p, stats, gnorm) = qwen_dpo_step(policy, &mut opt, &c, std::slice::from_ref(&pair), &[refs], 0.1, 0.0, 5e-3).unwrap();
         assert!(stats.loss.is_finite() && gnorm.is_finite());
         losses.push(stats.loss);
         policy = p;
@@ -160,7 +161,7 @@ fn qlora_dpo_raises_the_margin_and_leaves_the_reference_alone() {
     assert!(margin(p1, refs) > margin(p0, refs) + 1.0, "the log-ratio margin did not grow: {p0:?} → {p1:?} (reference {refs:?})");
     assert!(losses.last().unwrap() < &losses[0]);
     // the step refuses mismatched inputs
-    assert!(qwen_dpo_step(policy, &mut opt, &c, std::slice::from_ref(&pair), &[], 0.1, 5e-3).is_err());
+    assert!(qwen_dpo_step(policy, &mut opt, &c, std::slice::from_ref(&pair), &[], 0.1, 0.0, 5e-3).is_err());
 }
 
 #[test]

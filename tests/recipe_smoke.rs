@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use cadvlm::recipe::{Recipe, run};
+use cadvlm::pipeline::{Recipe, run};
 
 #[test]
 fn smoke_recipe_runs_and_reuses_finished_stages() {

@@ -6,11 +6,11 @@
 
 use std::path::Path;
 
-use cadvlm::eval::{SampleResult, Scored, score_program, summarize, write_results_parquet};
+use cadvlm::eval::{SampleResult, summarize, write_results_parquet};
+use cadvlm::exec::{Backend, SandboxConfig, Scored, executor, score_program};
 use cadvlm::geom::render::{RenderOptions, render};
-use cadvlm::train::dpo::{DpoMetricRow, write_dpo_metrics};
+use cadvlm::train::metrics::{DpoMetricRow, MetricRow, write_dpo_metrics, write_metrics};
 use cadvlm::train::rollout::{Rollout, write_rollouts};
-use cadvlm::train::sft::{MetricRow, write_metrics};
 
 fn program(w: f64, h: f64, d: f64) -> String {
     format!(
@@ -45,13 +45,14 @@ fn report_of_a_run_folder() {
     }
     std::fs::write(data.join("index.jsonl"), index).unwrap();
     // SFT: 2 of 6 fail, the rest are a bit off; DPO: 1 fails, the rest closer
+    let ex = executor(&SandboxConfig::with_backend(Backend::Native)).unwrap();
     let results = |fails: usize, off: f64| -> Vec<SampleResult> {
         targets
             .iter()
             .enumerate()
             .map(|(i, t)| {
                 let p = if i < fails { "wp = cq.Workplane(".to_string() } else { program(0.5 + 0.1 * i as f64 + off, 0.3, 0.1 + 0.05 * i as f64) };
-                let score: Scored = score_program(&p, t);
+                let score: Scored = score_program(ex.as_ref(), &p, t);
                 SampleResult { id: format!("t{i}"), sample: 0, program: p, finished: true, n_tokens: 10, score }
             })
             .collect()

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cadvlm::geom::Normalize;
-use cadvlm::sandbox::wasm::WasmExecutor;
-use cadvlm::sandbox::{Backend, Executor, FailureKind, Outcome, Reward, SandboxConfig, executor};
+use cadvlm::exec::wasm::WasmExecutor;
+use cadvlm::exec::{Backend, Executor, FailureKind, Outcome, Reward, SandboxConfig, executor};
 
 const SQUARE_HOLE: &str = "import cadquery as cq
 wp_sketch0 = cq.Workplane(cq.Plane(cq.Vector(-0.75, -0.75, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))
@@ -395,7 +395,7 @@ fn reward_uses_the_cached_target() {
         let rn = Reward::new(&*native, UNION, norm).unwrap();
         let (a, b) = (rw.score(SQUARE_HOLE), rn.score(SQUARE_HOLE));
         assert!(same(&a, &b), "{norm:?}: wasm {a:?} vs native {b:?}");
-        let direct = cadvlm::exec::iou_programs(SQUARE_HOLE, UNION, norm, &Default::default()).iou.unwrap();
+        let direct = cadvlm::exec::iou_programs(SQUARE_HOLE, UNION, norm, &Default::default()).unwrap();
         assert!(close(a.iou().unwrap(), direct), "{norm:?}: {:?} vs {direct}", a.iou());
         // A shape against itself.
         let same_shape = rw.score(UNION).iou().unwrap();

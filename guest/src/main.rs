@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 
 use cadvlm::cad::Limits;
-use cadvlm::exec::{ExecReport, exec_program};
+use cadvlm::exec::{FailureKind, Ious, Report, exec_program};
 use cadvlm::geom::{self, MeasureOptions, Normalize, Solid};
 use serde::{Deserialize, Serialize};
 
@@ -33,12 +33,13 @@ struct Request {
     fault: Option<String>,
 }
 
-/// The guest's answer: the `cadvlm exec --json` report, plus the IoU and solid when asked for.
+/// The guest's answer: the `cadvlm exec --json` report (with the IoU of a reward), the three IoUs of a
+/// score, and the solid when asked for.
 #[derive(Serialize)]
 struct Answer<'a> {
     #[serde(flatten)]
-    report: &'a ExecReport,
-    iou: Option<f64>,
+    report: &'a Report,
+    ious: Option<Ious>,
     solid: Option<&'a Solid>,
 }
 
@@ -111,12 +112,16 @@ fn main() {
     if let Some(f) = &req.fault {
         fault(f);
     }
-    let (report, solid) = exec_program(&req.program, &req.limits, &MeasureOptions::default());
-    let iou = match (&solid, &req.target) {
-        (Some(s), Some(t)) => Some(geom::iou(s, t, req.normalize.unwrap_or(Normalize::UnitCube))),
-        _ => None,
-    };
-    let answer = Answer { report: &report, iou, solid: if req.return_solid { solid.as_ref() } else { None } };
+    let (mut report, solid) = exec_program(&req.program, &req.limits, &MeasureOptions::default());
+    // with a target: one IoU (a reward) under `normalize`, or all three (a score; an empty solid fails)
+    let mut ious = None;
+    match (&solid, &req.target, req.normalize) {
+        (Some(s), Some(t), Some(norm)) => report.iou = Some(geom::iou(s, t, norm)),
+        (Some(s), Some(_), None) if s.is_empty() => report = Report::failure(Some(FailureKind::NoResult), "empty solid".into()),
+        (Some(s), Some(t), None) => ious = Some(Ious::of(s, t)),
+        _ => {}
+    }
+    let answer = Answer { report: &report, ious, solid: if req.return_solid { solid.as_ref() } else { None } };
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, &answer).expect("writing the answer");
     out.flush().expect("flushing the answer");

@@ -48,10 +48,11 @@ impl Default for Limits {
     }
 }
 
-/// What kind of failure a program hit (stable names, used in JSON and rollouts).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What kind of failure a program hit (stable names, used in JSON and rollouts): the executor's own
+/// six, and the four only a sandbox (`crate::exec`) reports. The one failure type of the project.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
+pub enum FailureKind {
     /// Not valid Python of the subset's grammar.
     Syntax,
     /// Valid Python, but outside the supported CadQuery subset.
@@ -64,17 +65,29 @@ pub enum ErrorKind {
     Budget,
     /// The program ran but left no solid result.
     NoResult,
+    /// (Sandbox) the wasm guest executed more instructions than `fuel` allows.
+    OutOfFuel,
+    /// (Sandbox) the program wanted more than `memory_mb`.
+    OutOfMemory,
+    /// (Sandbox) the program ran past `timeout_ms`.
+    Timeout,
+    /// (Sandbox) the executor itself failed: a panic / trap in the guest, a killed subprocess, a malformed answer.
+    Crash,
 }
 
-impl ErrorKind {
+impl FailureKind {
     pub fn as_str(&self) -> &'static str {
         match self {
-            ErrorKind::Syntax => "syntax",
-            ErrorKind::Unsupported => "unsupported",
-            ErrorKind::Runtime => "runtime",
-            ErrorKind::InvalidGeometry => "invalid_geometry",
-            ErrorKind::Budget => "budget",
-            ErrorKind::NoResult => "no_result",
+            FailureKind::Syntax => "syntax",
+            FailureKind::Unsupported => "unsupported",
+            FailureKind::Runtime => "runtime",
+            FailureKind::InvalidGeometry => "invalid_geometry",
+            FailureKind::Budget => "budget",
+            FailureKind::NoResult => "no_result",
+            FailureKind::OutOfFuel => "out_of_fuel",
+            FailureKind::OutOfMemory => "out_of_memory",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Crash => "crash",
         }
     }
 }
@@ -83,7 +96,7 @@ impl ErrorKind {
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("line {line}, column {col}: {message}")]
 pub struct CadError {
-    pub kind: ErrorKind,
+    pub kind: FailureKind,
     pub line: usize,
     pub col: usize,
     pub message: String,

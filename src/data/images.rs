@@ -140,33 +140,11 @@ fn mode_grey(img: &RgbImage) -> Option<u8> {
 }
 
 fn extent(mask: &[bool], w: usize, h: usize) -> usize {
-    let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
-    for j in 0..h {
-        for i in 0..w {
-            if mask[j * w + i] {
-                x0 = x0.min(i);
-                x1 = x1.max(i);
-                y0 = y0.min(j);
-                y1 = y1.max(j);
-            }
-        }
-    }
-    if x0 == usize::MAX { 0 } else { (x1 - x0 + 1).max(y1 - y0 + 1) }
+    render::mask_bbox(mask, w, h).map_or(0, |[x0, y0, x1, y1]| (x1 - x0 + 1).max(y1 - y0 + 1))
 }
 
 fn bbox_centre(mask: &[bool], w: usize, h: usize) -> [f64; 2] {
-    let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
-    for j in 0..h {
-        for i in 0..w {
-            if mask[j * w + i] {
-                x0 = x0.min(i);
-                x1 = x1.max(i);
-                y0 = y0.min(j);
-                y1 = y1.max(j);
-            }
-        }
-    }
-    if x0 == usize::MAX { [0.0, 0.0] } else { [0.5 * (x0 + x1) as f64, 0.5 * (y0 + y1) as f64] }
+    render::mask_bbox(mask, w, h).map_or([0.0, 0.0], |[x0, y0, x1, y1]| [0.5 * (x0 + x1) as f64, 0.5 * (y0 + y1) as f64])
 }
 
 fn line_share(img: &RgbImage, mask: &[bool]) -> f64 {
@@ -251,3 +229,49 @@ pub fn golden(dir: &Path, opts: &RenderOptions) -> Result<Vec<(Result<GoldenRow,
         })
         .collect())
 }
+
+/// Resize to `s×s` RGB bytes (box average), e.g. to keep training images at model resolution.
+pub fn resize_rgb_u8(rgb: &[u8], w: usize, h: usize, s: usize) -> Vec<u8> {
+    if w == s && h == s {
+        return rgb.to_vec();
+    }
+    resize_rgb(rgb, w, h, s).iter().map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect()
+}
+
+/// Resize to `s×s` RGB floats in [0, 1]: each output pixel averages the source box it covers.
+pub fn resize_rgb(rgb: &[u8], w: usize, h: usize, s: usize) -> Vec<f32> {
+    if w == s && h == s {
+        return rgb.iter().map(|&v| v as f32 / 255.0).collect();
+    }
+    let mut out = vec![0f32; s * s * 3];
+    for oy in 0..s {
+        let y0 = oy as f64 * h as f64 / s as f64;
+        let y1 = (oy + 1) as f64 * h as f64 / s as f64;
+        for ox in 0..s {
+            let x0 = ox as f64 * w as f64 / s as f64;
+            let x1 = (ox + 1) as f64 * w as f64 / s as f64;
+            let mut acc = [0f64; 3];
+            let mut wsum = 0.0;
+            let mut y = y0.floor() as usize;
+            while (y as f64) < y1 && y < h {
+                let wy = (y1.min(y as f64 + 1.0) - y0.max(y as f64)).max(0.0);
+                let mut x = x0.floor() as usize;
+                while (x as f64) < x1 && x < w {
+                    let wx = (x1.min(x as f64 + 1.0) - x0.max(x as f64)).max(0.0);
+                    let wgt = wx * wy;
+                    for ch in 0..3 {
+                        acc[ch] += wgt * rgb[(y * w + x) * 3 + ch] as f64;
+                    }
+                    wsum += wgt;
+                    x += 1;
+                }
+                y += 1;
+            }
+            for ch in 0..3 {
+                out[(oy * s + ox) * 3 + ch] = (acc[ch] / wsum.max(1e-12) / 255.0) as f32;
+            }
+        }
+    }
+    out
+}
+

@@ -12,10 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use super::synth::fxhash;
 
-/// The instruction GenCAD-Code pairs with each image (CAD-Coder's prompt), spelled "CADQuery" exactly as in
-/// the real `index.jsonl`: synthetic training data must use the prompt the real evaluation uses.
-pub const DEFAULT_PROMPT: &str = "Generate the CADQuery code needed to create the CAD for the provided image. Just the code, no other words.";
-
 /// One row of a shard.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Row {
@@ -41,7 +37,7 @@ impl Row {
             image_png,
             image_path: Some(format!("{}.png", id.replace('/', "_"))),
             token_count: token_count_proxy(code),
-            prompt: DEFAULT_PROMPT.to_string(),
+            prompt: super::GENCAD_PROMPT.to_string(),
             hundred_subset: false,
         }
     }
@@ -165,7 +161,7 @@ pub fn read_shard(path: &Path) -> Result<Vec<Row>, ShardError> {
             image_png,
             image_path: paths[i].clone(),
             token_count,
-            prompt: prompt.as_ref().and_then(|p| p[i].clone()).unwrap_or_else(|| DEFAULT_PROMPT.to_string()),
+            prompt: prompt.as_ref().and_then(|p| p[i].clone()).unwrap_or_else(|| super::GENCAD_PROMPT.to_string()),
             hundred_subset: hundred.as_ref().and_then(|h| h[i]).unwrap_or(false),
             code,
         });

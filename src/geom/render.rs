@@ -555,9 +555,8 @@ pub fn foreground_mask(img: &RgbImage, threshold: u8) -> Vec<bool> {
     img.pixels.chunks_exact(3).map(|p| p[0].min(p[1]).min(p[2]) < threshold).collect()
 }
 
-/// The framing normalisation of the golden check: crop a mask to its bounding box, scale it (nearest
-/// neighbour) so its larger side is `side` pixels with the aspect kept, centred in `side`×`side`.
-pub fn normalize_mask(mask: &[bool], w: usize, h: usize, side: usize) -> Vec<bool> {
+/// The inclusive pixel box `[x0, y0, x1, y1]` of a `w`×`h` mask's set pixels (`None` when empty).
+pub fn mask_bbox(mask: &[bool], w: usize, h: usize) -> Option<[usize; 4]> {
     let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
     for j in 0..h {
         for i in 0..w {
@@ -569,10 +568,14 @@ pub fn normalize_mask(mask: &[bool], w: usize, h: usize, side: usize) -> Vec<boo
             }
         }
     }
+    (x0 != usize::MAX).then_some([x0, y0, x1, y1])
+}
+
+/// The framing normalisation of the golden check: crop a mask to its bounding box, scale it (nearest
+/// neighbour) so its larger side is `side` pixels with the aspect kept, centred in `side`×`side`.
+pub fn normalize_mask(mask: &[bool], w: usize, h: usize, side: usize) -> Vec<bool> {
     let mut out = vec![false; side * side];
-    if x0 == usize::MAX {
-        return out;
-    }
+    let Some([x0, y0, x1, y1]) = mask_bbox(mask, w, h) else { return out };
     let (bw, bh) = ((x1 - x0 + 1) as f64, (y1 - y0 + 1) as f64);
     let s = side as f64 / bw.max(bh);
     let (ow, oh) = (bw * s, bh * s);

@@ -10,6 +10,10 @@ pub enum ModelError {
     Config(String),
     #[error("weights {path}: {msg}")]
     Weights { path: String, msg: String },
+    #[error("{0}")]
+    Tokenizer(#[from] super::tokenizer::TokenizerError),
+    #[error("{path}: {msg}")]
+    Run { path: String, msg: String },
 }
 
 /// Names accepted by [`VlmConfig::named`].

@@ -7,8 +7,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::inputs::{patches_tensor, prefix_tokens};
 use super::text::KvCache;
-use super::vlm::Vlm;
+use super::tokenizer::CodeTokenizer;
+use super::vlm::{Vlm, repeat_rows};
+use super::{ModelError, VlmConfig};
+use crate::data::Sample;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -104,6 +108,56 @@ pub fn generate<B: Backend>(model: &Vlm<B>, image: Tensor<B, 3>, prefix: &[u32],
         logits = model.step(model.embed_text(ids, cond.as_ref()), &mut cache, n);
     }
     out
+}
+
+/// One program written for an image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Program {
+    pub program: String,
+    /// Whether generation ended with `<|end|>` (else the length limit cut it).
+    pub finished: bool,
+    pub n_tokens: usize,
+}
+
+/// `k` programs per sample, decoded: rows in sample order (sample `i`'s `k` programs at
+/// `[i·k, (i+1)·k)`). Samples are grouped by prompt and generated `batch / k` images at a time; chunk
+/// `c` of a prompt group samples with seed `cfg.seed + c`. `progress` gets the number of samples done.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_programs<B: Backend>(
+    model: &Vlm<B>,
+    c: &VlmConfig,
+    tok: &CodeTokenizer,
+    samples: &[&Sample],
+    k: usize,
+    cfg: &GenerateConfig,
+    batch: usize,
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Program>, ModelError> {
+    let k = k.max(1);
+    let per_batch = (batch / k).max(1);
+    let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        groups.entry(s.prompt.as_str()).or_default().push(i);
+    }
+    let mut out: Vec<Option<Program>> = vec![None; samples.len() * k];
+    let mut done = 0;
+    for (prompt, group) in groups {
+        let prefix = prefix_tokens(tok, prompt)?;
+        for (ci, chunk) in group.chunks(per_batch).enumerate() {
+            let rows: Vec<&Sample> = chunk.iter().map(|&i| samples[i]).collect();
+            let image = model.encode_image(patches_tensor::<B>(&rows, c, device)); // [chunk, n_img, hidden]
+            let image = if k > 1 { repeat_rows(image, k) } else { image }; // [chunk·k, n_img, hidden]
+            let gen_cfg = GenerateConfig { seed: cfg.seed.wrapping_add(ci as u64), ..cfg.clone() };
+            for (r, g) in generate(model, image, &prefix, tok.end, c.max_seq_len, &gen_cfg).into_iter().enumerate() {
+                let program = tok.decode(&g.tokens)?;
+                out[chunk[r / k] * k + r % k] = Some(Program { program, finished: g.finished, n_tokens: g.tokens.len() });
+            }
+            done += chunk.len();
+            progress(done);
+        }
+    }
+    Ok(out.into_iter().map(|p| p.expect("every row generated")).collect())
 }
 
 #[cfg(test)]

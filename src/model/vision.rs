@@ -10,6 +10,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
 use super::VlmConfig;
+use crate::data::images::resize_rgb;
 use super::layers::{LayerNorm, Linear, attention};
 
 #[derive(Module, Debug)]
@@ -132,51 +133,6 @@ pub fn image_to_patches(rgb: &[u8], width: usize, height: usize, c: &VlmConfig) 
                         }
                     }
                 }
-            }
-        }
-    }
-    out
-}
-
-/// Resize to `s×s` RGB bytes (box average), e.g. to keep training images at model resolution.
-pub fn resize_rgb_u8(rgb: &[u8], w: usize, h: usize, s: usize) -> Vec<u8> {
-    if w == s && h == s {
-        return rgb.to_vec();
-    }
-    resize_rgb(rgb, w, h, s).iter().map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect()
-}
-
-/// Resize to `s×s` RGB floats in [0, 1]: each output pixel averages the source box it covers.
-fn resize_rgb(rgb: &[u8], w: usize, h: usize, s: usize) -> Vec<f32> {
-    if w == s && h == s {
-        return rgb.iter().map(|&v| v as f32 / 255.0).collect();
-    }
-    let mut out = vec![0f32; s * s * 3];
-    for oy in 0..s {
-        let y0 = oy as f64 * h as f64 / s as f64;
-        let y1 = (oy + 1) as f64 * h as f64 / s as f64;
-        for ox in 0..s {
-            let x0 = ox as f64 * w as f64 / s as f64;
-            let x1 = (ox + 1) as f64 * w as f64 / s as f64;
-            let mut acc = [0f64; 3];
-            let mut wsum = 0.0;
-            let mut y = y0.floor() as usize;
-            while (y as f64) < y1 && y < h {
-                let wy = (y1.min(y as f64 + 1.0) - y0.max(y as f64)).max(0.0);
-                let mut x = x0.floor() as usize;
-                while (x as f64) < x1 && x < w {
-                    let wx = (x1.min(x as f64 + 1.0) - x0.max(x as f64)).max(0.0);
-                    let wgt = wx * wy;
-                    for ch in 0..3 {
-                        acc[ch] += wgt * rgb[(y * w + x) * 3 + ch] as f64;
-                    }
-                    wsum += wgt;
-                    x += 1;
-                }
-                y += 1;
-            }
-            for ch in 0..3 {
-                out[(oy * s + ox) * 3 + ch] = (acc[ch] / wsum.max(1e-12) / 255.0) as f32;
             }
         }
     }

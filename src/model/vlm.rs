@@ -82,8 +82,15 @@ pub fn repeat_rows<B: Backend>(x: Tensor<B, 3>, times: usize) -> Tensor<B, 3> {
     x.unsqueeze_dim::<4>(1).expand([b, times, n, h]).reshape([b * times, n, h]) // [batch·times, n, hidden]
 }
 
+impl VlmConfig {
+    /// The model this config describes, freshly initialised on `device`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Vlm<B> {
+        Vlm::new(self, device)
+    }
+}
+
 impl<B: Backend> Vlm<B> {
-    pub fn new(c: &VlmConfig, device: &B::Device) -> Self {
+    fn new(c: &VlmConfig, device: &B::Device) -> Self {
         Vlm {
             visual: VisionEncoder::new(c, device),
             model: TextModel::new(c, device),
@@ -247,7 +254,7 @@ mod tests {
     fn linear_paths_list_every_linear_layer_in_order() {
         type B = burn::backend::NdArray<f32>;
         let c = VlmConfig::named("tiny", 300).unwrap();
-        let mut m = Vlm::<B>::new(&c, &Default::default());
+        let mut m = c.init::<B>(&Default::default());
         let mut walked = Vec::new();
         m.for_each_linear(&mut |p, l| walked.push((p.to_string(), l.out_features())));
         let paths: Vec<String> = walked.iter().map(|(p, _)| p.clone()).collect();

@@ -5,7 +5,7 @@
 //! with DejaVu Sans embedded in the binary (`assets/fonts`, Bitstream Vera licence), so no system font
 //! is needed at run time.
 
-#[cfg(all(feature = "model", feature = "sandbox"))]
+#[cfg(feature = "model")]
 pub mod run;
 
 use std::path::Path;

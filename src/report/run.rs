@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::{GalleryRow, ReportError, Series, Tile, bar_figure, gallery_figure, histogram_figure, line_figure};
 use crate::eval::EvalSummary;
-use crate::train::dpo::DpoMetricRow;
-use crate::train::sft::MetricRow;
+use crate::train::metrics::{DpoMetricRow, MetricRow};
 
 fn ioerr(path: &Path, e: impl std::fmt::Display) -> ReportError {
     ReportError::Io { path: path.display().to_string(), msg: e.to_string() }
@@ -376,8 +375,8 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         ) else {
             continue;
         };
-        let Ok(samples) = crate::eval::load_samples(dir, None) else { continue };
-        let by_id: BTreeMap<&str, &crate::eval::Sample> = samples.iter().map(|x| (x.id.as_str(), x)).collect();
+        let Ok(samples) = crate::data::load_samples(dir, None) else { continue };
+        let by_id: BTreeMap<&str, &crate::data::Sample> = samples.iter().map(|x| (x.id.as_str(), x)).collect();
         let first = |rows: &[EvalRow]| -> BTreeMap<String, EvalRow> {
             let mut m = BTreeMap::new();
             for r in rows {

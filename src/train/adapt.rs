@@ -57,6 +57,11 @@ impl Adaptation {
     /// Every check that can fail before work starts, for a model of config `c`; the messages name
     /// the recipe fields and say how to fix them.
     pub fn validate(&self, c: &VlmConfig) -> Result<(), String> {
+        self.validate_for(&linear_paths(c))
+    }
+
+    /// [`Adaptation::validate`] for a model whose linear layers are `paths` (e.g. a Qwen checkpoint's).
+    pub fn validate_for(&self, paths: &[String]) -> Result<(), String> {
         if let Some(l) = &self.lora {
             l.validate().map_err(|e| match e {
                 LoraError::Config(m) => format!("lora.{m}"),
@@ -70,7 +75,6 @@ impl Adaptation {
             )),
             None => Ok(()),
             Some(l) => {
-                let paths = linear_paths(c);
                 for t in &l.targets {
                     let one = LoraConfig { targets: vec![t.clone()], ..l.clone() };
                     if !paths.iter().any(|p| one.matches(p)) {

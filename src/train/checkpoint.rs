@@ -44,9 +44,10 @@ pub fn step_dir(run: &Path, step: usize) -> PathBuf {
     run.join("checkpoints").join(format!("step-{step:07}"))
 }
 
-/// Write model, optimizer state and meta for `meta.step`; keeps the newest `keep` checkpoints.
-pub fn save<B: Backend, M: Module<B>>(run: &Path, model: &M, optim: &Named, meta: &CheckpointMeta, keep: usize) -> Result<PathBuf, CheckpointError> {
-    let dir = step_dir(run, meta.step);
+/// Write model, optimizer state and meta (the small VLM's [`CheckpointMeta`], or a policy's own)
+/// for `step`; keeps the newest `keep` checkpoints.
+pub fn save<B: Backend, M: Module<B>, T: Serialize>(run: &Path, step: usize, model: &M, optim: &Named, meta: &T, keep: usize) -> Result<PathBuf, CheckpointError> {
+    let dir = step_dir(run, step);
     let tmp = dir.with_extension("tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| cerr(&tmp, e))?;
@@ -91,8 +92,22 @@ pub fn latest(run: &Path) -> Result<Option<PathBuf>, CheckpointError> {
     Ok(list(run)?.pop().map(|x| x.1))
 }
 
-pub fn read_meta(dir: &Path) -> Result<CheckpointMeta, CheckpointError> {
+pub fn read_meta<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, CheckpointError> {
     let p = dir.join("meta.json");
     let s = std::fs::read_to_string(&p).map_err(|e| cerr(&p, e))?;
     serde_json::from_str(&s).map_err(|e| cerr(&p, e))
+}
+
+/// Load a checkpoint's weights into `model` and its moments into `opt` (resume at `step`).
+pub fn restore<B: burn::tensor::backend::AutodiffBackend, M: Module<B>>(
+    dir: &Path,
+    model: M,
+    opt: &mut super::optim::AdamW<B::InnerBackend>,
+    step: usize,
+    device: &B::Device,
+) -> Result<M, CheckpointError> {
+    let model = weights::load_module(model, &dir.join("model.safetensors"))?;
+    let st = weights::read_safetensors(&dir.join("optimizer.safetensors"))?;
+    opt.load_state(step, &st, device);
+    Ok(model)
 }

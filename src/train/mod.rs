@@ -1,14 +1,43 @@
-//! Training: SFT (`sft`), DPO on executed-IoU preferences (`dpo`, `rollout`), the optimizer and schedule (`optim`), atomic checkpoints (`checkpoint`),
-//! LoRA / QLoRA instead of full fine-tuning (`adapt`).
+//! Training algorithms: SFT (`sft`), DPO on executed-IoU preferences (`dpo`, its loss in `dpo_loss`,
+//! rollouts and pairs in `rollout`), the [`Policy`](policy::Policy) trait that lets one DPO loop and
+//! one eval runner serve both model families (`policy`: the small VLM; `qwen`: Qwen2-VL / 2.5-VL),
+//! the optimizer and schedule (`optim`), atomic checkpoints (`checkpoint`), metrics files
+//! (`metrics`), LoRA / QLoRA instead of full fine-tuning (`adapt`).
 
 pub mod adapt;
 pub mod checkpoint;
-#[cfg(feature = "cli")]
-pub mod cli;
-pub mod optim;
-pub mod sft;
-// DPO and its rollouts execute model output in the sandbox.
-#[cfg(feature = "sandbox")]
 pub mod dpo;
-#[cfg(feature = "sandbox")]
+pub mod dpo_loss;
+pub mod metrics;
+pub mod optim;
+pub mod policy;
+pub mod qwen;
 pub mod rollout;
+pub mod sft;
+
+/// Everything training can fail with; each names the file or setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("{0}")]
+    Model(#[from] crate::model::ModelError),
+    #[error("{0}")]
+    Samples(#[from] crate::data::SampleError),
+    #[error("{0}")]
+    Tokenizer(#[from] crate::model::tokenizer::TokenizerError),
+    #[error("{0}")]
+    Qwen(#[from] crate::model::qwen2vl::QwenError),
+    #[error("{0}")]
+    Sandbox(#[from] crate::exec::SandboxError),
+    #[error("{path}: {msg}")]
+    Io { path: String, msg: String },
+    #[error("training data: {0}")]
+    Data(String),
+    #[error("{0}")]
+    Lora(#[from] crate::model::lora::LoraError),
+}
+
+pub(crate) fn ioerr(path: &std::path::Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Io { path: path.display().to_string(), msg: e.to_string() }
+}

@@ -3,41 +3,23 @@
 //! (chosen = better, rejected = worse by at least a margin) chosen by a configurable strategy.
 //!
 //! Generation runs on the model's backend; execution runs in parallel (rayon) in the sandbox
-//! ([`crate::sandbox`], the wasm guest by default, since the programs are model output). Pair selection
+//! ([`crate::exec`], the wasm guest by default, since the programs are model output). Pair selection
 //! and hard-example mining are pure functions of the rewards (and a seed), tested below.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{Sample, patches_tensor, prefix_tokens};
+use super::policy::Policy;
+use super::{TrainError, ioerr};
+use crate::data::Sample;
+use crate::exec::{self, Executor, SandboxConfig};
 use crate::geom::Normalize;
-use crate::model::VlmConfig;
-use crate::model::generate::{GenerateConfig, generate};
-use crate::model::vlm::{Vlm, repeat_rows};
-use crate::sandbox::{self, SandboxConfig};
-use crate::tokenizer::CodeTokenizer;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RolloutError {
-    #[error("{0}")]
-    Sandbox(#[from] sandbox::SandboxError),
-    #[error("{0}")]
-    Tokenizer(#[from] crate::tokenizer::TokenizerError),
-    #[error("{0}")]
-    Eval(#[from] crate::eval::EvalError),
-    #[error("{path}: {msg}")]
-    Io { path: String, msg: String },
-}
-
-fn ioerr(path: &Path, e: impl std::fmt::Display) -> RolloutError {
-    RolloutError::Io { path: path.display().to_string(), msg: e.to_string() }
-}
+use crate::model::generate::GenerateConfig;
 
 /// How programs are sampled and scored (`[dpo.rollout]`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -54,7 +36,11 @@ pub struct RolloutConfig {
     pub invalid_reward: f64,
     /// Normalisation of the IoU reward (`unitcube` as in cadrille).
     pub normalize: Normalize,
-    /// The executor of the programs (wasm by default: model output is untrusted).
+    /// Also score each image's target program as a candidate (reward: its IoU with itself), so that
+    /// an image whose samples all score the same (e.g. none executes) still gives a pair.
+    pub include_target: bool,
+    /// The executor of the programs: the recipe's `[sandbox]` (wasm by default: model output is untrusted).
+    #[serde(skip)]
     pub sandbox: SandboxConfig,
 }
 
@@ -68,6 +54,7 @@ impl Default for RolloutConfig {
             batch: 32,
             invalid_reward: -0.5,
             normalize: Normalize::UnitCube,
+            include_target: false,
             sandbox: SandboxConfig::DEFAULT,
         }
     }
@@ -93,79 +80,56 @@ pub struct Rollout {
     pub policy_step: usize,
 }
 
-/// Sample `cfg.k` programs per image with `model`, execute them in the sandbox and score them.
-/// Targets that themselves fail to execute are skipped (with a note on stderr).
-#[allow(clippy::too_many_arguments)]
-pub fn sample_rollouts<B: Backend>(
-    model: &Vlm<B>,
-    c: &VlmConfig,
-    tok: &CodeTokenizer,
+/// Sample `cfg.k` programs per image with `policy`, execute them with `executor` and score them
+/// against each image's target (plus the target itself with `include_target`). Targets that
+/// themselves fail to execute are skipped (with a note on stderr).
+pub fn sample_rollouts(
+    policy: &dyn Policy,
     images: &[Sample],
     cfg: &RolloutConfig,
+    executor: &dyn Executor,
     seed: u64,
     round: usize,
     policy_step: usize,
-    device: &B::Device,
-    mut progress: impl FnMut(usize),
-) -> Result<Vec<Rollout>, RolloutError> {
-    let exec = sandbox::executor(&cfg.sandbox)?;
+) -> Result<Vec<Rollout>, TrainError> {
     let k = cfg.k.max(1);
-    let per_batch = (cfg.batch / k).max(1);
-    let mut by_prompt: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, s) in images.iter().enumerate() {
-        by_prompt.entry(s.prompt.as_str()).or_default().push(i);
-    }
-    let mut out = Vec::with_capacity(images.len() * k);
-    let mut done = 0;
-    for (prompt, idx) in by_prompt {
-        let prefix = prefix_tokens(tok, prompt)?;
-        for chunk in idx.chunks(per_batch) {
-            let samples: Vec<&Sample> = chunk.iter().map(|&i| &images[i]).collect();
-            let image = model.encode_image(patches_tensor::<B>(&samples, c, device)); // [chunk, n_img, hidden]
-            let image = repeat_rows(image, k); // [chunk·k, n_img, hidden]
-            let gen_cfg = GenerateConfig {
-                max_new_tokens: cfg.max_new_tokens,
-                temperature: cfg.temperature,
-                top_p: cfg.top_p,
-                seed: seed ^ (chunk[0] as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            };
-            let gens = generate(model, image, &prefix, tok.end, c.max_seq_len, &gen_cfg);
-            for (ci, &i) in chunk.iter().enumerate() {
-                let target = match sandbox::Reward::new(exec.as_ref(), &images[i].program, cfg.normalize) {
-                    Ok(t) => t,
-                    Err(f) => {
-                        eprintln!("rollout: target {} does not execute ({f}); image skipped", images[i].id);
-                        continue;
-                    }
-                };
-                let rows = &gens[ci * k..(ci + 1) * k];
-                let programs: Vec<String> = rows.iter().map(|g| tok.decode(&g.tokens)).collect::<Result<_, _>>()?;
-                let refs: Vec<&str> = programs.iter().map(|s| s.as_str()).collect();
-                let outcomes = target.score_batch(&refs);
-                for ((p, g), o) in programs.into_iter().zip(rows).zip(outcomes) {
-                    let iou = o.iou();
-                    out.push(Rollout {
-                        id: images[i].id.clone(),
-                        image: i,
-                        program: p,
-                        finished: g.finished,
-                        reward: iou.unwrap_or(cfg.invalid_reward),
-                        iou,
-                        failure: o.failure_kind().map(|f| f.as_str().to_string()),
-                        round,
-                        policy_step,
-                    });
-                }
+    let gen_cfg = GenerateConfig { max_new_tokens: cfg.max_new_tokens, temperature: cfg.temperature, top_p: cfg.top_p, seed };
+    let refs: Vec<&Sample> = images.iter().collect();
+    let programs = policy.generate(&refs, k, &gen_cfg, cfg.batch, &mut |_| {})?;
+    let mut out = Vec::with_capacity(images.len() * (k + 1));
+    for (i, image) in images.iter().enumerate() {
+        let target = match exec::Reward::new(executor, &image.program, cfg.normalize) {
+            Ok(t) => t,
+            Err(f) => {
+                eprintln!("rollout: target {} does not execute ({f}); image skipped", image.id);
+                continue;
             }
-            done += chunk.len();
-            progress(done);
+        };
+        let mut rows: Vec<(&str, bool)> = programs[i * k..(i + 1) * k].iter().map(|g| (g.program.as_str(), g.finished)).collect();
+        if cfg.include_target {
+            rows.push((image.program.as_str(), true));
+        }
+        let texts: Vec<&str> = rows.iter().map(|r| r.0).collect();
+        for ((program, finished), o) in rows.iter().zip(target.score_batch(&texts)) {
+            let iou = o.iou();
+            out.push(Rollout {
+                id: image.id.clone(),
+                image: i,
+                program: program.to_string(),
+                finished: *finished,
+                reward: iou.unwrap_or(cfg.invalid_reward),
+                iou,
+                failure: o.failure_kind().map(|f| f.as_str().to_string()),
+                round,
+                policy_step,
+            });
         }
     }
     Ok(out)
 }
 
 /// Write rollouts as parquet (id, image, program, finished, reward, iou, failure, round, policy_step).
-pub fn write_rollouts(path: &Path, rs: &[Rollout]) -> Result<(), RolloutError> {
+pub fn write_rollouts(path: &Path, rs: &[Rollout]) -> Result<(), TrainError> {
     use polars::prelude::*;
     let mut df = DataFrame::new(rs.len(), vec![
         Column::new("id".into(), rs.iter().map(|r| r.id.clone()).collect::<Vec<_>>()),
@@ -189,7 +153,7 @@ pub fn write_rollouts(path: &Path, rs: &[Rollout]) -> Result<(), RolloutError> {
 }
 
 /// Read rollouts written by [`write_rollouts`].
-pub fn read_rollouts(path: &Path) -> Result<Vec<Rollout>, RolloutError> {
+pub fn read_rollouts(path: &Path) -> Result<Vec<Rollout>, TrainError> {
     use polars::prelude::*;
     let f = std::fs::File::open(path).map_err(|e| ioerr(path, e))?;
     let df = ParquetReader::new(f).finish().map_err(|e| ioerr(path, e))?;

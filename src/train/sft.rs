@@ -22,13 +22,18 @@ use serde::{Deserialize, Serialize};
 
 use super::adapt::Adaptation;
 use super::checkpoint::{self, CheckpointMeta};
+use super::metrics::{MetricRow, read_metrics, write_metrics};
 use super::optim::{AdamW, OptimConfig, lr_at};
+use super::{TrainError, ioerr};
 use crate::cad::{Limits, fmt::canonicalize};
-use crate::eval::{Sample, evaluate_samples, patches_tensor, prefix_tokens, summarize};
-use crate::model::generate::GenerateConfig;
+use crate::data::Sample;
+use crate::data::images::resize_rgb_u8;
+use crate::exec::{Executor, Scored, SandboxConfig, score_program};
+use crate::model::generate::{GenerateConfig, generate_programs};
+use crate::model::inputs::{patches_tensor, prefix_tokens};
+use crate::model::tokenizer::CodeTokenizer;
 use crate::model::vlm::{TokenBatch, Vlm};
-use crate::model::{VlmConfig, weights};
-use crate::tokenizer::CodeTokenizer;
+use crate::model::{VlmConfig, run_dir, weights};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -57,6 +62,9 @@ pub struct SftConfig {
     /// it the small model learns the code text and ignores the image; see reports/model-sft-cpu.md).
     /// 0 = off; needs a model with `aux_outputs` > 0 (the named sizes have it).
     pub aux_weight: f64,
+    /// The executor of the validation programs (the recipe's `[sandbox]`; model output, so wasm by default).
+    #[serde(skip)]
+    pub sandbox: SandboxConfig,
 }
 
 impl Default for SftConfig {
@@ -76,34 +84,13 @@ impl Default for SftConfig {
             decimals: 4,
             max_new_tokens: 448,
             aux_weight: 0.0,
+            sandbox: SandboxConfig::default(),
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error("{0}")]
-    Checkpoint(#[from] checkpoint::CheckpointError),
-    #[error("{0}")]
-    Model(#[from] crate::model::ModelError),
-    #[error("{0}")]
-    Eval(#[from] crate::eval::EvalError),
-    #[error("{0}")]
-    Tokenizer(#[from] crate::tokenizer::TokenizerError),
-    #[error("{path}: {msg}")]
-    Io { path: String, msg: String },
-    #[error("training data: {0}")]
-    Data(String),
-    #[error("{0}")]
-    Lora(#[from] crate::model::lora::LoraError),
-}
-
 /// The f32 base weights of an adapted (LoRA / QLoRA) run, in its run folder.
 pub const BASE_FILE: &str = "base.safetensors";
-
-fn ioerr(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Io { path: path.display().to_string(), msg: e.to_string() }
-}
 
 /// A training example: the image at model resolution and its tokens.
 #[derive(Clone, Debug)]
@@ -181,7 +168,7 @@ pub fn prepare_examples(samples: Vec<Sample>, tok: &CodeTokenizer, c: &VlmConfig
         }
         // store at model resolution: patches are cheap to cut from it, and memory stays small
         let z = c.image_size;
-        let small = crate::model::vision::resize_rgb_u8(&s.rgb, s.width, s.height, z);
+        let small = resize_rgb_u8(&s.rgb, s.width, s.height, z);
         s.rgb = small;
         s.width = z;
         s.height = z;
@@ -222,64 +209,6 @@ pub fn batch_indices(seed: u64, lengths: &[usize], g: usize, bs: usize, cache: &
 }
 
 /// One row of `metrics.parquet`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct MetricRow {
-    pub step: usize,
-    pub loss: Option<f64>,
-    pub lr: Option<f64>,
-    pub grad_norm: Option<f64>,
-    pub tokens_per_s: Option<f64>,
-    pub tokens: u64,
-    pub seconds: f64,
-    pub val_vsr: Option<f64>,
-    pub val_iou_unitcube: Option<f64>,
-    pub val_iou_best: Option<f64>,
-    /// Mean auxiliary shape loss of the logging window (`sft.aux_weight` > 0).
-    #[serde(default)]
-    pub aux_loss: Option<f64>,
-}
-
-/// Write `metrics.jsonl` (the log) and `metrics.parquet` (the same rows).
-pub fn write_metrics(run: &Path, rows: &[MetricRow]) -> Result<(), TrainError> {
-    use polars::prelude::*;
-    let jl = run.join("metrics.jsonl");
-    let mut s = String::new();
-    for r in rows {
-        s.push_str(&serde_json::to_string(r).map_err(|e| ioerr(&jl, e))?);
-        s.push('\n');
-    }
-    std::fs::write(&jl, s).map_err(|e| ioerr(&jl, e))?;
-    let pq = run.join("metrics.parquet");
-    let col_f = |n: &str, f: &dyn Fn(&MetricRow) -> Option<f64>| Column::new(n.into(), rows.iter().map(f).collect::<Vec<_>>());
-    let mut df = DataFrame::new(rows.len(), vec![
-        Column::new("step".into(), rows.iter().map(|r| r.step as u64).collect::<Vec<_>>()),
-        col_f("loss", &|r| r.loss),
-        col_f("lr", &|r| r.lr),
-        col_f("grad_norm", &|r| r.grad_norm),
-        col_f("tokens_per_s", &|r| r.tokens_per_s),
-        Column::new("tokens".into(), rows.iter().map(|r| r.tokens).collect::<Vec<_>>()),
-        Column::new("seconds".into(), rows.iter().map(|r| r.seconds).collect::<Vec<_>>()),
-        col_f("val_vsr", &|r| r.val_vsr),
-        col_f("val_iou_unitcube", &|r| r.val_iou_unitcube),
-        col_f("val_iou_best", &|r| r.val_iou_best),
-        col_f("aux_loss", &|r| r.aux_loss),
-    ])
-    .map_err(|e| ioerr(&pq, e))?;
-    let tmp = pq.with_extension("parquet.tmp");
-    let f = std::fs::File::create(&tmp).map_err(|e| ioerr(&tmp, e))?;
-    ParquetWriter::new(f).finish(&mut df).map_err(|e| ioerr(&pq, e))?;
-    std::fs::rename(&tmp, &pq).map_err(|e| ioerr(&pq, e))
-}
-
-fn read_metrics(run: &Path, upto: usize) -> Vec<MetricRow> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<MetricRow>(l).ok())
-        .filter(|r| r.step <= upto)
-        .collect()
-}
-
 /// What a finished (or stopped) run did.
 #[derive(Clone, Debug)]
 pub struct SftOutcome {
@@ -289,13 +218,6 @@ pub struct SftOutcome {
     /// (step, loss) of every step this call trained.
     pub losses: Vec<(usize, f64)>,
     pub metrics: Vec<MetricRow>,
-}
-
-/// Save the final model as `model.safetensors` + `config.json` (the files `eval` loads).
-pub fn save_final<B: burn::tensor::backend::Backend>(run: &Path, model: &Vlm<B>, c: &VlmConfig) -> Result<(), TrainError> {
-    weights::save_module(model, &run.join("model.safetensors"))?;
-    let p = run.join("config.json");
-    std::fs::write(&p, serde_json::to_string_pretty(c).map_err(|e| ioerr(&p, e))?).map_err(|e| ioerr(&p, e))
 }
 
 /// A checkpoint resumes only under the LoRA / quantization settings it was trained with.
@@ -312,25 +234,8 @@ pub fn check_adaptation(dir: &Path, had: &Adaptation, want: &Adaptation) -> Resu
     )))
 }
 
-/// Train (or resume) an SFT run in `run` with full fine-tuning. `stop_at` ends early after that step
-/// (used to test resume).
-#[allow(clippy::too_many_arguments)]
-pub fn train_sft<AB: AutodiffBackend>(
-    run: &Path,
-    cfg: &SftConfig,
-    c: &VlmConfig,
-    tok: &CodeTokenizer,
-    train: &[Example],
-    val: &[Example],
-    device: &AB::Device,
-    stop_at: Option<usize>,
-    show_progress: bool,
-) -> Result<SftOutcome, TrainError> {
-    train_sft_adapted::<AB>(run, cfg, c, &Adaptation::default(), tok, train, val, device, stop_at, show_progress)
-}
-
-/// As [`train_sft`], training as `adapt` says: full fine-tuning, LoRA, or QLoRA (quantized base +
-/// adapters). With adapters, checkpoints hold the adapters and the remaining f32 parameters, and the
+/// Train (or resume) an SFT run in `run`, as `adapt` says: full fine-tuning, LoRA, or QLoRA (quantized
+/// base + adapters). `stop_at` ends early after that step (used to test resume). With adapters, checkpoints hold the adapters and the remaining f32 parameters, and the
 /// final `model.safetensors` is the merged f32 model (adapters alone: `adapters.safetensors`).
 #[allow(clippy::too_many_arguments)]
 pub fn train_sft_adapted<AB: AutodiffBackend>(
@@ -358,7 +263,7 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
     }
     std::fs::create_dir_all(run).map_err(|e| ioerr(run, e))?;
     AB::seed(device, cfg.seed);
-    let mut model = Vlm::<AB>::new(c, device);
+    let mut model = c.init::<AB>(device);
     let latest = checkpoint::latest(run)?;
     if !adapt.is_full() {
         // the f32 base the adapters train on, kept so that a resumed run quantizes the same weights
@@ -373,16 +278,15 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
         model = adapt.prepare(model, device)?;
     }
     let mut opt = AdamW::<AB::InnerBackend>::new(cfg.optim.clone());
+    let executor = if val.is_empty() || cfg.val_samples == 0 { None } else { Some(crate::exec::executor(&cfg.sandbox)?) };
     let (mut step, mut tokens, mut secs0, mut resumed_from) = (0usize, 0u64, 0.0f64, None);
     if let Some(dir) = latest {
-        let meta = checkpoint::read_meta(&dir)?;
+        let meta: CheckpointMeta = checkpoint::read_meta(&dir)?;
         if &meta.config != c {
             return Err(TrainError::Data(format!("{}: checkpoint was trained with another model config; use a new run name", dir.display())));
         }
         check_adaptation(&dir, &meta.adapt, adapt)?;
-        model = weights::load_module(model, &dir.join("model.safetensors"))?;
-        let st = weights::read_safetensors(&dir.join("optimizer.safetensors"))?;
-        opt.load_state(meta.step, &st, device);
+        model = checkpoint::restore(&dir, model, &mut opt, meta.step, device)?;
         (step, tokens, secs0, resumed_from) = (meta.step, meta.tokens, meta.seconds, Some(meta.step));
     }
     let mut metrics = read_metrics(run, step);
@@ -449,41 +353,20 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
                 tokens_per_s: Some(tps),
                 tokens,
                 seconds: secs,
-                val_vsr: None,
-                val_iou_unitcube: None,
-                val_iou_best: None,
                 aux_loss: use_aux.then(|| aux_window / window.3 as f64),
+                ..Default::default()
             });
             window = (Instant::now(), 0, 0.0, 0);
             aux_window = 0.0;
         }
         let do_val = !val.is_empty() && cfg.val_samples > 0 && ((cfg.val_every > 0 && step % cfg.val_every == 0) || step == cfg.steps);
         if do_val {
-            let inner = model.valid();
-            let vs: Vec<Sample> = val.iter().take(cfg.val_samples).map(|e| e.sample.clone()).collect();
-            let gen_cfg = GenerateConfig { max_new_tokens: cfg.max_new_tokens, ..Default::default() };
-            let res = evaluate_samples(&inner, c, tok, &vs, &gen_cfg, 1, 16, device, |_| {})?;
-            let s = summarize(&res, 1, 0.0);
-            pb.println(format!(
-                "step {step}: val VSR {:.3}  IoU_unitcube(all) {:.3}  IoU_best(all) {:.3}",
-                s.vsr, s.iou_unitcube_mean_all, s.iou_best_mean_all
-            ));
-            let r = row.get_or_insert(MetricRow {
-                step,
-                loss: None,
-                lr: None,
-                grad_norm: None,
-                tokens_per_s: None,
-                tokens,
-                seconds: secs,
-                val_vsr: None,
-                val_iou_unitcube: None,
-                val_iou_best: None,
-                aux_loss: None,
-            });
+            let s = validate(&model.valid(), c, tok, &val[..cfg.val_samples.min(val.len())], cfg, executor.as_deref(), device)?;
+            pb.println(format!("step {step}: val VSR {:.3}  IoU_unitcube(all) {:.3}  IoU_best(all) {:.3}", s.vsr, s.iou_unitcube, s.iou_best));
+            let r = row.get_or_insert(MetricRow { step, tokens, seconds: secs, ..Default::default() });
             r.val_vsr = Some(s.vsr);
-            r.val_iou_unitcube = Some(s.iou_unitcube_mean_all);
-            r.val_iou_best = Some(s.iou_best_mean_all);
+            r.val_iou_unitcube = Some(s.iou_unitcube);
+            r.val_iou_best = Some(s.iou_best);
             window.0 = Instant::now(); // validation time is not training throughput
             window.1 = 0;
         }
@@ -493,15 +376,55 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
         }
         if step % cfg.checkpoint_every.max(1) == 0 || step == end {
             let meta = CheckpointMeta { step, tokens, seconds: secs, config: c.clone(), adapt: adapt.clone() };
-            checkpoint::save(run, &model, &opt.state(), &meta, cfg.keep_checkpoints)?;
+            checkpoint::save(run, step, &model, &opt.state(), &meta, cfg.keep_checkpoints)?;
         }
     }
     pb.finish_and_clear();
     if step == cfg.steps {
-        save_final(run, &adapt.export(model.valid(), run, device)?, c)?;
+        run_dir::save_run(run, &adapt.export(model.valid(), run, device)?, c)?;
     }
     let _ = std::io::stderr().flush();
     Ok(SftOutcome { run: run.to_path_buf(), step, resumed_from, losses, metrics })
+}
+
+/// Greedy validation of SFT: the share of programs that execute and the mean IoUs over all images
+/// (failures count 0), each program executed in the sandbox and scored against its target.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ValStats {
+    pub vsr: f64,
+    pub iou_unitcube: f64,
+    pub iou_best: f64,
+}
+
+impl ValStats {
+    /// Over `scores` (pure).
+    pub fn of(scores: &[Scored]) -> ValStats {
+        let n = scores.len().max(1) as f64;
+        let valid = || scores.iter().filter(|s| s.ok && s.iou_best.is_some());
+        ValStats {
+            vsr: scores.iter().filter(|s| s.ok).count() as f64 / n,
+            // 0.0 + …: the sum of no terms is −0.0
+            iou_unitcube: (0.0 + valid().filter_map(|s| s.iou_unitcube).sum::<f64>()) / n,
+            iou_best: (0.0 + valid().filter_map(|s| s.iou_best).sum::<f64>()) / n,
+        }
+    }
+}
+
+fn validate<B: burn::tensor::backend::Backend>(
+    model: &Vlm<B>,
+    c: &VlmConfig,
+    tok: &CodeTokenizer,
+    val: &[Example],
+    cfg: &SftConfig,
+    executor: Option<&dyn Executor>,
+    device: &B::Device,
+) -> Result<ValStats, TrainError> {
+    let Some(ex) = executor else { return Ok(ValStats::default()) };
+    let samples: Vec<&Sample> = val.iter().map(|e| &e.sample).collect();
+    let gen_cfg = GenerateConfig { max_new_tokens: cfg.max_new_tokens, ..Default::default() };
+    let programs = generate_programs(model, c, tok, &samples, 1, &gen_cfg, 16, device, &mut |_| {})?;
+    let scores: Vec<Scored> = programs.iter().zip(&samples).map(|(p, s)| score_program(ex, &p.program, &s.program)).collect();
+    Ok(ValStats::of(&scores))
 }
 
 use burn::tensor::ElementConversion as _;

@@ -15,9 +15,8 @@ pub mod loader;
 pub mod memory;
 pub mod nn;
 pub mod preprocess;
-pub mod recipe;
 pub mod text;
-pub mod train;
+pub mod answer;
 pub mod vision;
 
 use burn::tensor::backend::Backend;

@@ -1,4 +1,4 @@
-//! The `cadvlm render` and `cadvlm data …` subcommands (argument structs and their drivers).
+//! `cadvlm data synth | stats | golden`: synthetic shards, program statistics, the renderer's golden check.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,22 +9,7 @@ use clap::{Args, Subcommand};
 use crate::geom::csg::RayScratch;
 use crate::geom::render::{RenderOptions, Style};
 
-use super::images;
-
-#[derive(Args)]
-pub struct RenderArgs {
-    /// The program (`.py`, GenCAD-Code CadQuery subset).
-    pub program: PathBuf,
-    /// Output PNG file.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// gencad | multiview
-    #[arg(long, default_value = "gencad")]
-    pub style: Style,
-    /// Image side in pixels (default: 448 for gencad, 256 for multiview).
-    #[arg(long)]
-    pub size: Option<u32>,
-}
+use crate::data::images;
 
 #[derive(Subcommand)]
 pub enum DataCmd {
@@ -97,18 +82,7 @@ pub struct GoldenArgs {
     pub verbose: bool,
 }
 
-pub fn render(a: RenderArgs) -> Result<()> {
-    let src = std::fs::read_to_string(&a.program).with_context(|| format!("cannot read {}", a.program.display()))?;
-    let opts = RenderOptions { size: a.size.unwrap_or(a.style.default_size()), ..RenderOptions::style(a.style) };
-    let t0 = Instant::now();
-    let img = images::render_program(&src, &a.program, &opts, &mut RayScratch::default())?;
-    let png = images::encode_png(&img)?;
-    std::fs::write(&a.out, png).with_context(|| format!("cannot write {}", a.out.display()))?;
-    eprintln!("rendered {} ({}×{}, {}) in {:.1} ms", a.out.display(), img.width, img.height, a.style.as_str(), 1e3 * t0.elapsed().as_secs_f64());
-    Ok(())
-}
-
-pub fn data(c: DataCmd) -> Result<()> {
+pub fn run(c: DataCmd) -> Result<()> {
     match c {
         DataCmd::Golden(a) => golden(a),
         DataCmd::Synth(a) => synth(a),
@@ -211,8 +185,8 @@ fn golden(a: GoldenArgs) -> Result<()> {
 }
 
 fn synth(a: SynthArgs) -> Result<()> {
-    use super::shards::{Row, Split, SplitConfig, split_of, write_shard};
-    use super::synth::{Jitter, SynthConfig, generate_with_progress, render_sample};
+    use crate::data::shards::{Row, Split, SplitConfig, split_of, write_shard};
+    use crate::data::synth::{Jitter, SynthConfig, generate_with_progress, render_sample};
     use indicatif::{ProgressBar, ProgressStyle};
     use rayon::prelude::*;
     use std::collections::HashMap;
@@ -313,7 +287,7 @@ fn synth(a: SynthArgs) -> Result<()> {
 }
 
 fn stats(a: StatsArgs) -> Result<()> {
-    use super::stats::{count, load_programs, summarize, table};
+    use crate::data::stats::{count, load_programs, summarize, table};
     let ours = load_programs(&a.inputs)?;
     let sa = summarize(&ours.iter().map(|c| count(c)).collect::<Vec<_>>());
     let label = |ps: &[PathBuf]| match ps {
@@ -328,7 +302,7 @@ fn stats(a: StatsArgs) -> Result<()> {
         let sb = summarize(&other.iter().map(|c| count(c)).collect::<Vec<_>>());
         cols.push((label(&a.vs), sb, other));
     }
-    let named: Vec<(&str, &super::stats::Summary)> = cols.iter().map(|(n, s, _)| (n.as_str(), s)).collect();
+    let named: Vec<(&str, &crate::data::stats::Summary)> = cols.iter().map(|(n, s, _)| (n.as_str(), s)).collect();
     print!("{}", table(&named));
     if a.exec {
         use rayon::prelude::*;

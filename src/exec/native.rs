@@ -10,9 +10,8 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-use super::{Executor, Failure, FailureKind, Measured, Outcome, SandboxConfig, Target};
+use super::{Executor, Failure, FailureKind, Ious, Measured, Outcome, Report, SandboxConfig, Target, exec_program};
 use crate::cad::Limits;
-use crate::exec::exec_program;
 use crate::geom::{self, MeasureOptions, Normalize, Solid};
 
 pub struct NativeExecutor {
@@ -26,19 +25,23 @@ impl NativeExecutor {
         NativeExecutor { cfg, limits: Limits::default(), opts: MeasureOptions::default() }
     }
 
-    /// Execute, measure, and (if asked) compute the IoU against `target`, all under `catch_unwind`.
-    fn run(&self, program: &str, target: Option<(&Solid, Normalize)>) -> (Outcome, Option<Solid>) {
+    /// Execute, measure, and (if asked) compute the IoU against `target` — under one normalisation,
+    /// or all three (`None`; an empty solid is then a failure) — all under `catch_unwind`.
+    fn run(&self, program: &str, target: Option<(&Solid, Option<Normalize>)>) -> (Outcome, Option<Solid>) {
         let t0 = Instant::now();
         let res = catch_unwind(AssertUnwindSafe(|| {
-            let (report, solid) = exec_program(program, &self.limits, &self.opts);
-            let iou = match (&solid, target) {
-                (Some(s), Some((t, norm))) => Some(geom::iou(s, t, norm)),
-                _ => None,
-            };
-            (report, solid, iou)
+            let (mut report, solid) = exec_program(program, &self.limits, &self.opts);
+            let mut ious = None;
+            match (&solid, target) {
+                (Some(s), Some((t, Some(norm)))) => report.iou = Some(geom::iou(s, t, norm)),
+                (Some(s), Some((_, None))) if s.is_empty() => report = Report::failure(Some(FailureKind::NoResult), "empty solid".into()),
+                (Some(s), Some((t, None))) => ious = Some(Ious::of(s, t)),
+                _ => {}
+            }
+            (report, solid, ious)
         }));
         match res {
-            Ok((report, solid, iou)) => (Outcome::from_report(&report, iou, t0.elapsed()), solid),
+            Ok((report, solid, ious)) => (Outcome::from_report(&report, ious, t0.elapsed()), solid),
             Err(payload) => {
                 let msg = payload
                     .downcast_ref::<&str>()
@@ -69,7 +72,14 @@ impl Executor for NativeExecutor {
 
     fn reward(&self, program: &str, target: &Target, normalize: Normalize) -> Outcome {
         match target.solid() {
-            Some(t) => self.run(program, Some((&t, normalize))).0,
+            Some(t) => self.run(program, Some((&t, Some(normalize)))).0,
+            None => Outcome::failed(FailureKind::Crash, "the target has no solid the native executor can read", Default::default()),
+        }
+    }
+
+    fn score(&self, program: &str, target: &Target) -> Outcome {
+        match target.solid() {
+            Some(t) => self.run(program, Some((&t, None))).0,
             None => Outcome::failed(FailureKind::Crash, "the target has no solid the native executor can read", Default::default()),
         }
     }

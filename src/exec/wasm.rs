@@ -24,9 +24,8 @@ use wasmtime::{
     ValType,
 };
 
-use super::{Executor, Failure, FailureKind, Outcome, SandboxConfig, SandboxError, Target};
+use super::{Executor, Failure, FailureKind, Ious, Outcome, Report, SandboxConfig, SandboxError, Target};
 use crate::cad::Limits;
-use crate::exec::ExecReport;
 use crate::geom::Normalize;
 
 /// The guest module, built from `guest/` by `build.rs`.
@@ -284,6 +283,7 @@ fn define_wasi(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
 }
 
 /// The request the guest reads from stdin (see `guest/src/main.rs`); `target` is appended as raw JSON.
+/// With a target, `normalize` asks for one IoU (a reward), none for all three (a score).
 #[derive(Serialize)]
 struct Request<'a> {
     program: &'a str,
@@ -297,9 +297,9 @@ struct Request<'a> {
 #[derive(Deserialize)]
 struct Answer {
     #[serde(flatten)]
-    report: ExecReport,
+    report: Report,
     #[serde(default)]
-    iou: Option<f64>,
+    ious: Option<Ious>,
     #[serde(default)]
     solid: Option<serde_json::Value>,
 }
@@ -394,7 +394,7 @@ fn parse_answer(ctx: &Ctx, elapsed: Duration) -> (Outcome, Option<String>) {
     match serde_json::from_slice::<Answer>(&ctx.stdout) {
         Ok(a) => {
             let solid = a.solid.map(|v| v.to_string());
-            (Outcome::from_report(&a.report, a.iou, elapsed), solid)
+            (Outcome::from_report(&a.report, a.ious, elapsed), solid)
         }
         Err(e) => {
             let msg = format!("the guest's answer is not valid JSON ({e}){}", stderr_tail(ctx));
@@ -422,6 +422,13 @@ impl Executor for WasmExecutor {
     fn reward(&self, program: &str, target: &Target, normalize: Normalize) -> Outcome {
         match target.solid_json() {
             Some(t) => self.run_request(program, Some(&t), Some(normalize), false, None).0,
+            None => Outcome::failed(FailureKind::Crash, "the target has no solid the wasm executor can read", Duration::ZERO),
+        }
+    }
+
+    fn score(&self, program: &str, target: &Target) -> Outcome {
+        match target.solid_json() {
+            Some(t) => self.run_request(program, Some(&t), None, false, None).0,
             None => Outcome::failed(FailureKind::Crash, "the target has no solid the wasm executor can read", Duration::ZERO),
         }
     }

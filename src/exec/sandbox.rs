@@ -14,12 +14,6 @@
 //! holds the target's solid computed once, so a reward costs one execution ([`Reward`]).
 //! [`SandboxConfig`] is the recipes' `[sandbox]` table.
 
-pub mod cadquery;
-#[cfg(feature = "cli")]
-pub mod cli;
-pub mod native;
-pub mod wasm;
-
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
@@ -28,8 +22,7 @@ use std::time::Duration;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::cad::ErrorKind;
-use crate::exec::ExecReport;
+use super::{FailureKind, Ious, Report, Scored};
 use crate::geom::{Normalize, Solid};
 
 /// Which executor runs the programs.
@@ -107,7 +100,7 @@ impl SandboxConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), SandboxError> {
+    pub fn validate(&self) -> Result<(), SandboxError> {
         if self.timeout_ms == 0 || self.timeout_ms > 3_600_000 {
             return Err(SandboxError::Config(format!("timeout_ms must be in 1..=3600000, got {}", self.timeout_ms)));
         }
@@ -138,56 +131,6 @@ pub enum SandboxError {
     Unavailable(String),
 }
 
-/// How a program failed. The first six are the executor's own [`ErrorKind`]s (same JSON names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureKind {
-    Syntax,
-    Unsupported,
-    Runtime,
-    InvalidGeometry,
-    Budget,
-    NoResult,
-    /// The wasm guest executed more instructions than `fuel` allows.
-    OutOfFuel,
-    /// The program wanted more than `memory_mb`.
-    OutOfMemory,
-    /// The program ran past `timeout_ms`.
-    Timeout,
-    /// The executor itself failed: a panic / trap in the guest, a killed subprocess, a malformed answer.
-    Crash,
-}
-
-impl FailureKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            FailureKind::Syntax => "syntax",
-            FailureKind::Unsupported => "unsupported",
-            FailureKind::Runtime => "runtime",
-            FailureKind::InvalidGeometry => "invalid_geometry",
-            FailureKind::Budget => "budget",
-            FailureKind::NoResult => "no_result",
-            FailureKind::OutOfFuel => "out_of_fuel",
-            FailureKind::OutOfMemory => "out_of_memory",
-            FailureKind::Timeout => "timeout",
-            FailureKind::Crash => "crash",
-        }
-    }
-}
-
-impl From<ErrorKind> for FailureKind {
-    fn from(k: ErrorKind) -> Self {
-        match k {
-            ErrorKind::Syntax => FailureKind::Syntax,
-            ErrorKind::Unsupported => FailureKind::Unsupported,
-            ErrorKind::Runtime => FailureKind::Runtime,
-            ErrorKind::InvalidGeometry => FailureKind::InvalidGeometry,
-            ErrorKind::Budget => FailureKind::Budget,
-            ErrorKind::NoResult => FailureKind::NoResult,
-        }
-    }
-}
-
 /// A failed program: what kind of failure, and a message (with line and column where the executor knows them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Failure {
@@ -214,7 +157,10 @@ pub struct Measured {
     pub bbox: [f64; 6],
     pub n_solids: usize,
     pub valid: bool,
+    /// IoU against the target under the requested normalisation ([`Executor::reward`]).
     pub iou: Option<f64>,
+    /// IoU against the target under all three normalisations ([`Executor::score`]).
+    pub ious: Option<Ious>,
 }
 
 /// What running one program gave, with how long it took (and the fuel it used, for `wasm`).
@@ -242,26 +188,26 @@ impl Outcome {
         self.result.as_ref().ok().and_then(|m| m.iou)
     }
 
-    /// From the executor core's report (`iou` added for rewards).
-    pub fn from_report(r: &ExecReport, iou: Option<f64>, elapsed: Duration) -> Outcome {
+    /// From the executor core's report (its `iou`, for rewards; `ious`, for scores).
+    pub fn from_report(r: &Report, ious: Option<Ious>, elapsed: Duration) -> Outcome {
         let result = match (r.ok, r.volume, r.bbox) {
             (true, Some(volume), Some(bbox)) => {
-                Ok(Measured { volume, bbox, n_solids: r.n_solids.unwrap_or(0), valid: r.valid.unwrap_or(false), iou })
+                Ok(Measured { volume, bbox, n_solids: r.n_solids.unwrap_or(0), valid: r.valid.unwrap_or(false), iou: r.iou, ious })
             }
             (true, _, _) => Err(Failure::new(FailureKind::Crash, "executor reported success without measurements")),
             (false, _, _) => Err(Failure::new(
-                r.error_kind.map(FailureKind::from).unwrap_or(FailureKind::Runtime),
+                r.error_kind.unwrap_or(FailureKind::Runtime),
                 r.error.clone().unwrap_or_else(|| "unknown error".to_string()),
             )),
         };
         Outcome { result, elapsed, fuel_used: None }
     }
 
-    /// The flat JSON form (a superset of `cadvlm exec --json`'s fields).
-    pub fn report(&self) -> OutcomeReport {
+    /// The flat JSON form (the `cadvlm exec --json` line, minus `file` and `sandbox`).
+    pub fn report(&self) -> Report {
         let ms = self.elapsed.as_secs_f64() * 1e3;
         match &self.result {
-            Ok(m) => OutcomeReport {
+            Ok(m) => Report {
                 ok: true,
                 error: None,
                 error_kind: None,
@@ -273,7 +219,7 @@ impl Outcome {
                 elapsed_ms: ms,
                 fuel_used: self.fuel_used,
             },
-            Err(f) => OutcomeReport {
+            Err(f) => Report {
                 ok: false,
                 error: Some(f.message.clone()),
                 error_kind: Some(f.kind),
@@ -289,23 +235,6 @@ impl Outcome {
     }
 }
 
-/// [`Outcome`] as one flat JSON object.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OutcomeReport {
-    pub ok: bool,
-    pub error: Option<String>,
-    pub error_kind: Option<FailureKind>,
-    pub volume: Option<f64>,
-    pub bbox: Option<[f64; 6]>,
-    pub n_solids: Option<usize>,
-    pub valid: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub iou: Option<f64>,
-    pub elapsed_ms: f64,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub fuel_used: Option<u64>,
-}
-
 /// A target program executed once: its measurements and its solid, kept in the forms the
 /// backends need (a native [`Solid`], or its JSON for the wasm guest), each made at most once.
 #[derive(Debug)]
@@ -317,19 +246,19 @@ pub struct Target {
 }
 
 impl Target {
-    fn from_solid(program: &str, measured: Measured, solid: Solid) -> Target {
+    pub(super) fn from_solid(program: &str, measured: Measured, solid: Solid) -> Target {
         let t = Target { program: program.into(), measured, solid: OnceLock::new(), json: OnceLock::new() };
         let _ = t.solid.set(Some(Arc::new(solid)));
         t
     }
 
-    fn from_json(program: &str, measured: Measured, json: String) -> Target {
+    pub(super) fn from_json(program: &str, measured: Measured, json: String) -> Target {
         let t = Target { program: program.into(), measured, solid: OnceLock::new(), json: OnceLock::new() };
         let _ = t.json.set(json.into());
         t
     }
 
-    fn from_program(program: &str, measured: Measured) -> Target {
+    pub(super) fn from_program(program: &str, measured: Measured) -> Target {
         Target { program: program.into(), measured, solid: OnceLock::new(), json: OnceLock::new() }
     }
 
@@ -370,6 +299,10 @@ pub trait Executor: Send + Sync {
     /// Execute `program` and measure its IoU against the cached `target` (one execution).
     fn reward(&self, program: &str, target: &Target, normalize: Normalize) -> Outcome;
 
+    /// Execute `program` and measure its IoU against `target` under all three normalisations (the
+    /// evaluation's numbers). A program whose solid is empty is a failure here (`no_result`).
+    fn score(&self, program: &str, target: &Target) -> Outcome;
+
     /// [`Executor::execute`] over many programs on all cores (rayon), answers in input order.
     fn execute_batch(&self, programs: &[&str]) -> Vec<Outcome> {
         programs.par_iter().map(|p| self.execute(p)).collect()
@@ -385,9 +318,9 @@ pub trait Executor: Send + Sync {
 pub fn executor(cfg: &SandboxConfig) -> Result<Box<dyn Executor>, SandboxError> {
     cfg.validate()?;
     Ok(match cfg.backend {
-        Backend::Wasm => Box::new(wasm::WasmExecutor::new(cfg.clone())?),
-        Backend::Native => Box::new(native::NativeExecutor::new(cfg.clone())),
-        Backend::Cadquery => Box::new(cadquery::CadqueryExecutor::new(cfg.clone())?),
+        Backend::Wasm => Box::new(super::wasm::WasmExecutor::new(cfg.clone())?),
+        Backend::Native => Box::new(super::native::NativeExecutor::new(cfg.clone())),
+        Backend::Cadquery => Box::new(super::cadquery::CadqueryExecutor::new(cfg.clone())?),
     })
 }
 
@@ -410,6 +343,27 @@ impl<'a> Reward<'a> {
 
     pub fn score_batch(&self, programs: &[&str]) -> Vec<Outcome> {
         self.executor.reward_batch(programs, &self.target, self.normalize)
+    }
+}
+
+impl From<&Outcome> for Scored {
+    fn from(o: &Outcome) -> Scored {
+        match &o.result {
+            Ok(m) => Scored { ok: true, error: None, iou_raw: m.ious.map(|i| i.raw), iou_unitcube: m.ious.map(|i| i.unitcube), iou_best: m.ious.map(|i| i.best) },
+            Err(f) => Scored { ok: false, error: Some(f.message.clone()), iou_raw: None, iou_unitcube: None, iou_best: None },
+        }
+    }
+}
+
+/// Execute `prediction` and score it against `target` (executed once here): the evaluation's
+/// [`Scored`]. A target that fails leaves the prediction's own validity with no IoU.
+pub fn score_program(executor: &dyn Executor, prediction: &str, target: &str) -> Scored {
+    match executor.target(target) {
+        Ok(t) => Scored::from(&executor.score(prediction, &t)),
+        Err(f) => {
+            let own = Scored::from(&executor.execute(prediction));
+            if own.ok { Scored { error: Some(format!("target program fails: {}", f.message)), ..own } } else { own }
+        }
     }
 }
 

@@ -1,22 +1,37 @@
-//! The `--sandbox/--timeout-ms/--memory-mb/--fuel` options and the sandboxed `cadvlm exec` / `cadvlm iou`.
+//! `cadvlm exec`: execute program files through one executor (sandboxed by default), and the
+//! `--sandbox/--timeout-ms/--memory-mb/--fuel` options it shares with `cadvlm iou`.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use super::{Backend, Failure, FailureKind, Outcome, OutcomeReport, SandboxConfig, decode_program, executor};
-use crate::cli::{ExecArgs, IouArgs};
+use crate::exec::{Backend, Failure, FailureKind, Outcome, Report, SandboxConfig, decode_program, executor};
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// Program files (`.py`).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the total and per-program time to stderr.
+    #[arg(long)]
+    pub timing: bool,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
 
 /// Which executor runs the programs, and its limits (the recipes' `[sandbox]` table).
 #[derive(Args, Clone, Debug)]
 pub struct SandboxArgs {
     /// Executor: wasm (sandboxed; for model output), native (in-process; trusted programs only),
     /// cadquery (real CadQuery via python3; needs `import cadquery` to work).
-    #[arg(long = "sandbox", default_value = "wasm", value_name = "BACKEND")]
+    #[arg(long = "sandbox", id = "sandbox", default_value = "wasm", value_name = "BACKEND")]
     pub backend: Backend,
     /// Wall-clock limit per program, in ms (wasm, cadquery).
     #[arg(long, default_value_t = SandboxConfig::DEFAULT.timeout_ms)]
@@ -40,11 +55,11 @@ struct ExecLine<'a> {
     file: String,
     sandbox: &'a SandboxConfig,
     #[serde(flatten)]
-    report: OutcomeReport,
+    report: Report,
 }
 
 /// A program file's text, or the failure that reading it is (missing file, not UTF-8).
-fn read(path: &Path) -> Result<String, Failure> {
+pub(super) fn read(path: &Path) -> Result<String, Failure> {
     let bytes = std::fs::read(path).map_err(|e| Failure::new(FailureKind::Runtime, format!("cannot read {}: {e}", path.display())))?;
     decode_program(&bytes).map(str::to_string)
 }
@@ -57,7 +72,7 @@ pub fn peak_rss_mib() -> Option<f64> {
 }
 
 /// `cadvlm exec`: all files through one executor, in parallel; answers in input order.
-pub(crate) fn exec(a: ExecArgs) -> Result<()> {
+pub fn run(a: ExecArgs) -> Result<()> {
     let cfg = a.sandbox.config();
     let ex = executor(&cfg)?;
     if !a.json {
@@ -114,42 +129,3 @@ pub(crate) fn exec(a: ExecArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct IouLine<'a> {
-    iou: Option<f64>,
-    error: Option<String>,
-    error_kind: Option<FailureKind>,
-    sandbox: &'a SandboxConfig,
-}
-
-/// `cadvlm iou A B`: B executed once as the target, A scored against it (the reward path).
-pub(crate) fn iou(a: IouArgs) -> Result<()> {
-    let cfg = a.sandbox.config();
-    let ex = executor(&cfg)?;
-    if !a.json {
-        eprintln!("{}", cfg.describe());
-    }
-    let res: Result<f64, Failure> = (|| {
-        let pa = read(&a.a).map_err(|f| Failure::new(f.kind, format!("first program: {}", f.message)))?;
-        let pb = read(&a.b).map_err(|f| Failure::new(f.kind, format!("second program: {}", f.message)))?;
-        let target = ex.target(&pb).map_err(|f| Failure::new(f.kind, format!("second program: {}", f.message)))?;
-        let out = ex.reward(&pa, &target, a.normalize);
-        match out.result {
-            Ok(m) => m.iou.ok_or_else(|| Failure::new(FailureKind::Crash, "the executor returned no IoU")),
-            Err(f) => Err(Failure::new(f.kind, format!("first program: {}", f.message))),
-        }
-    })();
-    if a.json {
-        let line = match &res {
-            Ok(v) => IouLine { iou: Some(*v), error: None, error_kind: None, sandbox: &cfg },
-            Err(f) => IouLine { iou: None, error: Some(f.message.clone()), error_kind: Some(f.kind), sandbox: &cfg },
-        };
-        println!("{}", serde_json::to_string(&line)?);
-    } else {
-        match res {
-            Ok(v) => println!("IoU ({:?}) = {v:.6}", a.normalize),
-            Err(f) => println!("IoU: FAILED ({})  {}", f.kind.as_str(), f.message),
-        }
-    }
-    Ok(())
-}

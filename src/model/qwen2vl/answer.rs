@@ -1,8 +1,7 @@
-//! Fine-tuning Qwen2-VL / Qwen2.5-VL with QLoRA: the chat-formatted training example (user turn = the
-//! image + the prompt, assistant turn = the CadQuery program), the teacher-forced loss on the assistant
-//! answer tokens only ([`qwen_sft_loss`]), summed answer log-probs ([`answer_logprobs`]) and one DPO step
-//! ([`qwen_dpo_step`]) whose reference is the same model with its adapters switched off
-//! ([`with_adapters_disabled`]), with the project's pure DPO loss (`train::dpo`).
+//! Qwen2-VL / Qwen2.5-VL on programs: the chat-formatted example (user turn = the image + the prompt,
+//! assistant turn = the CadQuery program), the teacher-forced loss on the assistant answer tokens only
+//! ([`qwen_sft_loss`]), summed answer log-probs ([`answer_logprobs`]), and QLoRA preparation
+//! ([`prepare_qlora`], [`seed_adapters`]). The training steps on top are in `train::qwen`.
 //!
 //! Tokens: the prompt is [`chat_prompt`] (system, user turn with `<|vision_start|>` + image pads +
 //! `<|vision_end|>` + prompt, then `<|im_start|>assistant\n`) tokenized alone, and the answer is the program
@@ -10,7 +9,6 @@
 //! produces, so training and decoding see the same token boundaries.
 
 use burn::module::{AutodiffModule, Module};
-use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -19,7 +17,6 @@ use super::preprocess::{PreprocessConfig, chat_prompt, encode};
 use super::{ImageInput, QwenConfig, QwenError, QwenVl};
 use crate::model::lora::{LinearLayers, LoraConfig, apply_lora, quantize_linears};
 use crate::model::quant::Quantize;
-use crate::train::optim::AdamW;
 
 /// Linear layers whose base stays f32 under quantization (QLoRA keeps the output head in 16 bits).
 pub const KEEP_F32: &[&str] = &["lm_head"];
@@ -142,113 +139,7 @@ pub fn seed_adapters<B: Backend>(model: &mut QwenVl<B>, seed: u64, device: &B::D
     });
 }
 
-/// One AdamW step of [`qwen_sft_loss`] on `batch`; returns the model, the loss before the step and the
-/// gradient norm before clipping.
-pub fn qwen_sft_step<AB: AutodiffBackend>(
-    model: QwenVl<AB>,
-    opt: &mut AdamW<AB::InnerBackend>,
-    c: &QwenConfig,
-    batch: &[(&PromptInput, &[u32])],
-    lr: f64,
-) -> Result<(QwenVl<AB>, f64, f64), QwenError> {
-    let loss = qwen_sft_loss(&model, c, batch)?; // [1]
-    let value = scalar(loss.clone().inner());
-    if !value.is_finite() {
-        return Err(QwenError::Input(format!("SFT loss is {value}")));
-    }
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let (model, gnorm) = opt.step(model, grads, lr);
-    Ok((model, value, gnorm))
-}
-
 /// The inference copy of an autodiff model (no graph), e.g. for generation between training stages.
 pub fn inference_copy<AB: AutodiffBackend>(model: &QwenVl<AB>) -> QwenVl<AB::InnerBackend> {
     model.valid()
-}
-
-#[cfg_attr(not(feature = "sandbox"), allow(dead_code))]
-fn to_vec<B: Backend>(t: Tensor<B, 1>) -> Vec<f64> {
-    t.into_data().convert::<f64>().to_vec::<f64>().unwrap_or_default()
-}
-
-fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
-    to_vec(t).first().copied().unwrap_or(f64::NAN)
-}
-
-#[cfg(feature = "sandbox")]
-pub use dpo::*;
-
-/// DPO on Qwen (needs `train::dpo`, built with the `sandbox` feature).
-#[cfg(feature = "sandbox")]
-mod dpo {
-    use super::*;
-    use crate::model::lora::with_adapters_disabled;
-    use crate::train::dpo::{DpoStats, dpo_loss, dpo_loss_tensor};
-
-    /// One preference pair for one image: answer ids (each ending with `<|im_end|>`).
-    #[derive(Clone, Debug, PartialEq)]
-    pub struct QwenPair {
-        pub prompt: PromptInput,
-        pub chosen: Vec<u32>,
-        pub rejected: Vec<u32>,
-    }
-
-    /// The reference log-probs `(chosen, rejected)` of `pair`: the model with its adapters switched off
-    /// (the frozen, possibly quantized base), no gradient.
-    pub fn reference_logprobs<B: Backend>(model: &QwenVl<B>, c: &QwenConfig, pair: &QwenPair) -> Result<(f64, f64), QwenError> {
-        let lp = with_adapters_disabled(|| answer_logprobs(model, c, &pair.prompt, &[&pair.chosen, &pair.rejected]))?; // [2]
-        let v = to_vec(lp);
-        Ok((v[0], v[1]))
-    }
-
-    /// The policy's log-probs `(chosen, rejected)` of `pair` (adapters on), no gradient.
-    pub fn policy_logprobs<B: Backend>(model: &QwenVl<B>, c: &QwenConfig, pair: &QwenPair) -> Result<(f64, f64), QwenError> {
-        let v = to_vec(answer_logprobs(model, c, &pair.prompt, &[&pair.chosen, &pair.rejected])?); // [2]
-        Ok((v[0], v[1]))
-    }
-
-    /// One DPO step of `policy` (a base with LoRA adapters) on `pairs`, whose reference log-probs `refs`
-    /// come from [`reference_logprobs`] (the same model, adapters off). Returns the updated policy, the
-    /// batch statistics of the pure [`dpo_loss`] and the gradient norm before clipping.
-    pub fn qwen_dpo_step<AB: AutodiffBackend>(
-        policy: QwenVl<AB>,
-        opt: &mut AdamW<AB::InnerBackend>,
-        c: &QwenConfig,
-        pairs: &[QwenPair],
-        refs: &[(f64, f64)],
-        beta: f64,
-        lr: f64,
-    ) -> Result<(QwenVl<AB>, DpoStats, f64), QwenError> {
-        if pairs.is_empty() || refs.len() != pairs.len() {
-            return Err(QwenError::Input(format!("{} pairs but {} reference log-prob pairs", pairs.len(), refs.len())));
-        }
-        if beta.is_nan() || beta <= 0.0 {
-            return Err(QwenError::Input(format!("DPO beta must be positive, got {beta}")));
-        }
-        let device = policy.model.embed_tokens.weight.device();
-        let mut pc = Vec::with_capacity(pairs.len());
-        let mut pr = Vec::with_capacity(pairs.len());
-        for p in pairs {
-            let lp = answer_logprobs(&policy, c, &p.prompt, &[&p.chosen, &p.rejected])?; // [2]
-            pc.push(lp.clone().narrow(0, 0, 1));
-            pr.push(lp.narrow(0, 1, 1));
-        }
-        let (pc, pr) = (Tensor::cat(pc, 0), Tensor::cat(pr, 0)); // [pairs] each
-        let rc: Vec<f32> = refs.iter().map(|r| r.0 as f32).collect();
-        let rr: Vec<f32> = refs.iter().map(|r| r.1 as f32).collect();
-        let rc_t = Tensor::<AB, 1>::from_floats(rc.as_slice(), &device); // [pairs]
-        let rr_t = Tensor::<AB, 1>::from_floats(rr.as_slice(), &device); // [pairs]
-        let stats = dpo_loss(
-            &to_vec(pc.clone().inner()),
-            &to_vec(pr.clone().inner()),
-            &refs.iter().map(|r| r.0).collect::<Vec<_>>(),
-            &refs.iter().map(|r| r.1).collect::<Vec<_>>(),
-            beta,
-            0.0,
-        );
-        let loss = dpo_loss_tensor(pc, pr, rc_t, rr_t, beta, 0.0); // [1]
-        let grads = GradientsParams::from_grads(loss.backward(), &policy);
-        let (policy, gnorm) = opt.step(policy, grads, lr);
-        Ok((policy, stats, gnorm))
-    }
 }

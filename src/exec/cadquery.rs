@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Executor, Failure, FailureKind, Outcome, SandboxConfig, SandboxError, Target};
-use crate::exec::ExecReport;
+use super::{Executor, Failure, FailureKind, Ious, Outcome, Report, SandboxConfig, SandboxError, Target};
 use crate::geom::Normalize;
 
 const RUNNER: &str = include_str!("cadquery_runner.py");
@@ -66,11 +65,7 @@ struct Request<'a> {
 #[derive(serde::Deserialize)]
 struct Answer {
     #[serde(flatten)]
-    report: ExecReport,
-    #[serde(default)]
-    iou: Option<f64>,
-    #[serde(default)]
-    error_kind: Option<String>,
+    report: Report,
 }
 
 /// Runs programs with real CadQuery; see the module documentation for what it protects against.
@@ -153,18 +148,8 @@ impl CadqueryExecutor {
             return Outcome::failed(FailureKind::Timeout, format!("the program ran past {} ms", self.cfg.timeout_ms), elapsed);
         };
         match serde_json::from_slice::<Answer>(&answer) {
-            Ok(a) => {
-                let mut out = Outcome::from_report(&a.report, a.iou, elapsed);
-                // The runner's own kinds beyond the executor's (out_of_memory, crash).
-                if let (Err(f), Some(k)) = (&mut out.result, a.error_kind.as_deref()) {
-                    f.kind = match k {
-                        "out_of_memory" => FailureKind::OutOfMemory,
-                        "crash" => FailureKind::Crash,
-                        _ => f.kind,
-                    };
-                }
-                out
-            }
+            // the runner's kinds include out_of_memory and crash, which `FailureKind` names too
+            Ok(a) => Outcome::from_report(&a.report, None, elapsed),
             Err(_) => {
                 use std::os::unix::process::ExitStatusExt;
                 let (kind, why) = match status.signal() {
@@ -195,5 +180,17 @@ impl Executor for CadqueryExecutor {
 
     fn reward(&self, program: &str, target: &Target, normalize: Normalize) -> Outcome {
         self.run(program, Some(target.program()), Some(normalize))
+    }
+
+    /// Three CadQuery runs, one per normalisation (a cross-check backend, not a fast one).
+    fn score(&self, program: &str, target: &Target) -> Outcome {
+        let mut out = self.reward(program, target, Normalize::Raw);
+        let unitcube = self.reward(program, target, Normalize::UnitCube);
+        let best = self.reward(program, target, Normalize::Best);
+        let raw = out.iou();
+        if let (Ok(m), Some(raw), Some(unitcube), Some(best)) = (&mut out.result, raw, unitcube.iou(), best.iou()) {
+            m.ious = Some(Ious { raw, unitcube, best });
+        }
+        out
     }
 }

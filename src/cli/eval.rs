@@ -1,0 +1,94 @@
+//! `cadvlm eval --run RUN --data DIR`: a trained small-VLM run on a data folder through the one eval
+//! runner (programs executed in the sandbox); `eval.json` + `samples.parquet`.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+
+use super::bench_train::backend_kind;
+use crate::data::load_samples;
+use crate::eval::{EvalSettings, run_set};
+use crate::model::generate::GenerateConfig;
+use crate::pipeline::BackendKind;
+use crate::train::policy::VlmPolicy;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Trained run folder (config.json, tokenizer.json, model.safetensors), e.g. models/sft-cpu.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Data folder: index.jsonl + ID.png + ID.py, or GenCAD-Code parquet shards.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Programs per image (sampled when > 1; set --temperature).
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 448)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// ndarray | flex | cuda
+    #[arg(long, default_value = "ndarray")]
+    pub backend: String,
+    /// Output folder for eval.json and samples.parquet (default RUN/eval/<data folder name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print eval.json on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sandbox: super::exec::SandboxArgs,
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    if a.samples > 1 && a.temperature <= 0.0 {
+        bail!("--samples {} with --temperature 0 gives identical programs; add --temperature 0.8", a.samples);
+    }
+    match backend_kind(&a.backend)? {
+        BackendKind::Ndarray => eval_on::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&a, &Default::default()),
+        BackendKind::Flex => eval_on::<burn::backend::Autodiff<burn::backend::Flex>>(&a, &Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => eval_on::<burn::backend::Autodiff<burn::backend::Cuda>>(&a, &Default::default()),
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => bail!("--backend cuda needs a build with --features cuda"),
+    }
+}
+
+fn eval_on<AB: AutodiffBackend>(a: &EvalArgs, device: &AB::Device) -> Result<()> {
+    let policy = VlmPolicy::<AB>::load_run(&a.run, device)?;
+    let samples = load_samples(&a.data, a.limit)?;
+    if samples.is_empty() {
+        bail!("{}: no samples", a.data.display());
+    }
+    let settings = EvalSettings {
+        samples: a.samples,
+        generate: GenerateConfig { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed },
+        batch: a.batch,
+        sandbox: a.sandbox.config(),
+    };
+    let name = a.data.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "data".into());
+    let out = a.out.clone().unwrap_or_else(|| a.run.join("eval").join(name));
+    let pb = if a.json { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(samples.len() as u64) };
+    let s = run_set(&policy, &samples, &settings, &out, &mut |d| pb.set_position(d as u64))?;
+    pb.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!(
+            "n {}  VSR {:.3}  IoU_unitcube valid {:.3} all {:.3}  IoU_best valid {:.3} all {:.3}  ({:.1} s) -> {}",
+            s.n, s.vsr, s.iou_unitcube_mean_valid, s.iou_unitcube_mean_all, s.iou_best_mean_valid, s.iou_best_mean_all, s.seconds,
+            out.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Execution: program text → solid → measurements, in-process or sandboxed; the one way a model's
+//! program is run and scored.
+//!
+//! The core ([`exec_program`], [`Report`]) has no heavy dependencies and also builds into the wasm
+//! guest (`guest/`). With the `sandbox` feature, [`Executor`] runs programs through one of three
+//! backends — [`wasm`] (the default for model output), [`native`] (trusted programs), [`cadquery`]
+//! (real CadQuery, for cross-checks) — and every failure is a typed [`Outcome`] with one
+//! [`FailureKind`] (the executor's own six and the sandbox's four).
+
+#[cfg(feature = "sandbox")]
+pub mod cadquery;
+#[cfg(feature = "sandbox")]
+pub mod native;
+#[cfg(feature = "sandbox")]
+mod sandbox;
+#[cfg(feature = "sandbox")]
+pub mod wasm;
+
+#[cfg(feature = "sandbox")]
+pub use sandbox::*;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::cad::FailureKind;
+use crate::cad::{self, Limits};
+use crate::geom::{self, MeasureOptions, Normalize, Solid};
+
+/// The outcome of executing and measuring one program as one flat JSON object: the `cadvlm exec
+/// --json` line (minus `file` and `sandbox`), the wasm guest's and the CadQuery runner's answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub ok: bool,
+    pub error: Option<String>,
+    pub error_kind: Option<FailureKind>,
+    pub volume: Option<f64>,
+    pub bbox: Option<[f64; 6]>,
+    pub n_solids: Option<usize>,
+    pub valid: Option<bool>,
+    /// IoU against a target (rewards only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub iou: Option<f64>,
+    /// Wall time of the execution (set by the host).
+    #[serde(default)]
+    pub elapsed_ms: f64,
+    /// WebAssembly fuel used (the wasm sandbox only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fuel_used: Option<u64>,
+}
+
+impl Report {
+    pub fn failure(kind: Option<FailureKind>, msg: String) -> Report {
+        Report { ok: false, error: Some(msg), error_kind: kind, ..Default::default() }
+    }
+}
+
+/// IoU of a program against a target under the three normalisations ([`Normalize`]).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Ious {
+    pub raw: f64,
+    pub unitcube: f64,
+    pub best: f64,
+}
+
+impl Ious {
+    /// The three IoUs of `pred` against `target` (exact ray-interval CSG).
+    pub fn of(pred: &Solid, target: &Solid) -> Ious {
+        Ious {
+            raw: geom::iou(pred, target, Normalize::Raw),
+            unitcube: geom::iou(pred, target, Normalize::UnitCube),
+            best: geom::iou(pred, target, Normalize::Best),
+        }
+    }
+}
+
+/// One generated program scored against its target (a row of an evaluation's `samples.parquet`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Scored {
+    pub ok: bool,
+    pub error: Option<String>,
+    pub iou_raw: Option<f64>,
+    pub iou_unitcube: Option<f64>,
+    pub iou_best: Option<f64>,
+}
+
+/// Execute `src` and measure the result.
+pub fn exec_program(src: &str, limits: &Limits, opts: &MeasureOptions) -> (Report, Option<Solid>) {
+    match cad::execute(src, limits) {
+        Ok(solid) => {
+            let m = geom::measure(&solid, opts);
+            let r = Report { ok: true, volume: Some(m.volume), bbox: Some(m.bbox), n_solids: Some(m.n_solids), valid: Some(m.valid), ..Default::default() };
+            (r, Some(solid))
+        }
+        Err(e) => (Report::failure(Some(e.kind), e.to_string()), None),
+    }
+}
+
+/// IoU of two programs' solids, in-process (benchmarks and tests; model output goes through an [`Executor`]).
+pub fn iou_programs(a: &str, b: &str, norm: Normalize, limits: &Limits) -> Result<f64, String> {
+    let sa = cad::execute(a, limits).map_err(|e| format!("first program: {e}"))?;
+    let sb = cad::execute(b, limits).map_err(|e| format!("second program: {e}"))?;
+    Ok(geom::iou(&sa, &sb, norm))
+}
