@@ -255,8 +255,10 @@ impl<AB: AutodiffBackend> Policy for VlmPolicy<AB> {
         Ok(Some(Progress { step: meta.step, tokens: meta.tokens, seconds: meta.seconds }))
     }
 
+    /// A complete run folder: `model.safetensors` (adapters merged), `config.json`, `tokenizer.json`.
     fn save_final(&self, dir: &Path) -> Result<(), TrainError> {
         run_dir::save_run(dir, &self.adapt.export(self.model().valid(), dir, &self.device)?, &self.config)?;
+        self.tok.save(&dir.join("tokenizer.json"))?;
         Ok(())
     }
 }
