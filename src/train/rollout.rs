@@ -93,9 +93,20 @@ pub fn sample_rollouts(
     policy_step: usize,
 ) -> Result<Vec<Rollout>, TrainError> {
     let k = cfg.k.max(1);
-    let gen_cfg = GenerateConfig { max_new_tokens: cfg.max_new_tokens, temperature: cfg.temperature, top_p: cfg.top_p, seed };
-    let refs: Vec<&Sample> = images.iter().collect();
-    let programs = policy.generate(&refs, k, &gen_cfg, cfg.batch, &mut |_| {})?;
+    // one generation call per batch of images, seeded by the batch's first image
+    let per_batch = (cfg.batch / k).max(1);
+    let mut programs = Vec::with_capacity(images.len() * k);
+    for (c, chunk) in images.chunks(per_batch).enumerate() {
+        let first = (c * per_batch) as u64;
+        let gen_cfg = GenerateConfig {
+            max_new_tokens: cfg.max_new_tokens,
+            temperature: cfg.temperature,
+            top_p: cfg.top_p,
+            seed: seed ^ first.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        };
+        let refs: Vec<&Sample> = chunk.iter().collect();
+        programs.extend(policy.generate(&refs, k, &gen_cfg, cfg.batch, &mut |_| {})?);
+    }
     let mut out = Vec::with_capacity(images.len() * (k + 1));
     for (i, image) in images.iter().enumerate() {
         let target = match exec::Reward::new(executor, &image.program, cfg.normalize) {
