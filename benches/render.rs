@@ -6,7 +6,8 @@ use std::path::Path;
 
 use cadvlm::cad::{Limits, execute};
 use cadvlm::data::images::encode_png;
-use cadvlm::data::synth::{Jitter, SynthConfig, generate, render_samples};
+use cadvlm::data::images::{Jitter, render_samples};
+use cadvlm::data::synth::{SynthConfig, generate};
 use cadvlm::geom::csg::RayScratch;
 use cadvlm::geom::render::{RenderOptions, Style, render_with};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -10,7 +10,8 @@ use cadvlm::cad::{Limits, execute};
 use cadvlm::data::images::decode_png;
 use cadvlm::data::shards::{Row, Split, SplitConfig, read_shard, split_of, write_shard};
 use cadvlm::data::stats::{count, summarize};
-use cadvlm::data::synth::{Jitter, SynthConfig, generate, is_valid_program, render_samples, samples};
+use cadvlm::data::images::{Jitter, render_samples, synth_samples as samples};
+use cadvlm::data::synth::{SynthConfig, generate, is_valid_program};
 use cadvlm::geom::render::{RenderOptions, Style};
 
 #[test]

@@ -186,7 +186,8 @@ fn golden(a: GoldenArgs) -> Result<()> {
 
 fn synth(a: SynthArgs) -> Result<()> {
     use crate::data::shards::{Row, Split, SplitConfig, split_of, write_shard};
-    use crate::data::synth::{Jitter, SynthConfig, generate_with_progress, render_sample};
+    use crate::data::images::{Jitter, render_sample};
+    use crate::data::synth::{SynthConfig, generate_with_progress};
     use indicatif::{ProgressBar, ProgressStyle};
     use rayon::prelude::*;
     use std::collections::HashMap;

@@ -7,7 +7,7 @@
 //! extrusions one- or two-sided, positive or negative; later sketches union onto or cut into the part.
 //! Every emitted program executes to a non-empty solid (others are redrawn); programs are deduplicated;
 //! the output depends only on the config and the seed (each candidate has its own RNG stream, so the
-//! parallel generation is deterministic).
+//! parallel generation is deterministic). Rendering them as training samples: `data::images`.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -16,11 +16,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::cad::{self, Limits};
-use crate::geom::csg::RayScratch;
-use crate::geom::render::{RenderOptions, render_with};
 use crate::geom::{MeasureOptions, measure};
-
-use super::images::encode_png;
 
 /// Settings of the generator (the defaults match the statistics of real GenCAD-Code programs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,14 +86,6 @@ impl SynthConfig {
 pub struct SynthProgram {
     pub id: String,
     pub code: String,
-}
-
-/// A rendered training sample.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sample {
-    pub id: String,
-    pub program: String,
-    pub image_png: Vec<u8>,
 }
 
 /// SplitMix64: small, fast, and good enough for drawing shapes; one stream per candidate.
@@ -747,57 +735,6 @@ pub fn fxhash(s: &str) -> u64 {
     h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     h ^ (h >> 31)
-}
-
-/// Framing jitter for training renders: the fitted size is scaled by a factor drawn from `zoom`
-/// and the part shifted by up to ±`shift` of the side (deterministic per sample id).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Jitter {
-    pub zoom: [f64; 2],
-    pub shift: f64,
-}
-
-impl Default for Jitter {
-    /// Zoom 0.9–1.05 and shift ±2.5 %: the real framing (400×300 box in 448) then never clips.
-    fn default() -> Self {
-        Jitter { zoom: [0.9, 1.05], shift: 0.025 }
-    }
-}
-
-impl Jitter {
-    pub const NONE: Jitter = Jitter { zoom: [1.0, 1.0], shift: 0.0 };
-    /// The render options for the sample `id`.
-    pub fn apply(&self, base: &RenderOptions, id: &str) -> RenderOptions {
-        let mut rng = Rng::new(fxhash(id), 0x4a17);
-        let zoom = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * rng.f();
-        let shift = [self.shift * (2.0 * rng.f() - 1.0), self.shift * (2.0 * rng.f() - 1.0)];
-        RenderOptions { zoom: base.zoom * zoom, shift, ..base.clone() }
-    }
-}
-
-/// Render programs to PNG samples in parallel (all cores), in order.
-pub fn render_samples(programs: &[SynthProgram], opts: &RenderOptions, jitter: Jitter) -> Result<Vec<Sample>, SynthError> {
-    programs
-        .par_iter()
-        .map_init(RayScratch::default, |scratch, p| render_sample(p, opts, jitter, scratch))
-        .collect()
-}
-
-/// Render one program to a PNG sample.
-pub fn render_sample(p: &SynthProgram, opts: &RenderOptions, jitter: Jitter, scratch: &mut RayScratch) -> Result<Sample, SynthError> {
-    let err = |msg: String| SynthError::Render { id: p.id.clone(), msg };
-    let solid = cad::execute(&p.code, &Limits::default()).map_err(|e| err(e.to_string()))?;
-    let o = jitter.apply(opts, &p.id);
-    let img = render_with(&solid, &o, scratch).map_err(|e| err(e.to_string()))?;
-    let png = encode_png(&img).map_err(|e| err(e.to_string()))?;
-    Ok(Sample { id: p.id.clone(), program: p.code.clone(), image_png: png })
-}
-
-/// Generate and render `count` samples (see [`generate`] and [`render_samples`]).
-pub fn samples(cfg: &SynthConfig, seed: u64, count: usize, opts: &RenderOptions, jitter: Jitter) -> Result<Vec<Sample>, SynthError> {
-    let progs = generate(cfg, seed, count)?;
-    render_samples(&progs, opts, jitter)
 }
 
 #[cfg(test)]

@@ -62,7 +62,8 @@ pub fn load_train_val(r: &Recipe, run_dir: &Path) -> Result<(Vec<Sample>, Vec<Sa
 /// written with `data::shards` under the real GenCAD-Code prompt (the one in gencad-test100-dev).
 fn make_synth_data(d: &DataStage, out: &Path, show_progress: bool) -> Result<(), String> {
     use crate::data::shards::{Row, write_shard};
-    use crate::data::synth::{self, Jitter, SynthConfig};
+    use crate::data::images::{Jitter, render_samples};
+    use crate::data::synth::{self, SynthConfig};
     let total = d.n_train + d.n_val + d.n_test;
     let t = std::time::Instant::now();
     let progs = synth::generate(&SynthConfig::default(), d.seed, total).map_err(|e| e.to_string())?;
@@ -75,7 +76,7 @@ fn make_synth_data(d: &DataStage, out: &Path, show_progress: bool) -> Result<(),
         let dir = out.join(split);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for (k, chunk) in progs[start..start + n].chunks(4096).enumerate() {
-            let samples = synth::render_samples(chunk, &opts, Jitter::default()).map_err(|e| e.to_string())?;
+            let samples = render_samples(chunk, &opts, Jitter::default()).map_err(|e| e.to_string())?;
             let rows: Vec<Row> = samples
                 .into_iter()
                 .map(|s| Row { prompt: GENCAD_PROMPT.to_string(), ..Row::new(&s.id, &s.program, s.image_png) })
