@@ -171,6 +171,7 @@ fn rounds_write_trl_metrics_checkpoints_and_resume() {
     // resuming from step 2 gives the same weights as running straight through
     let (a, b) = (&finals[0], &finals[1]);
     let max_diff = a.iter().map(|(k, (_, v))| v.iter().zip(&b[k].1).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)).fold(0.0f32, f32::max);
+    eprintln!("resume: max weight difference {max_diff}");
     assert!(max_diff < 1e-5, "resumed weights differ by {max_diff}");
     // and DPO did train: the weights left the SFT initialisation
     let init_w = weights::named_params(&weights::load_module(c.init::<B>(&device), &init).unwrap());

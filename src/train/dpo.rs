@@ -247,21 +247,19 @@ pub fn train_dpo_policy(
             policy.save_checkpoint(run, Progress { step, tokens, seconds: secs0 + t0.elapsed().as_secs_f64() }, cfg.keep_checkpoints)?;
             continue;
         }
-        // 3. DPO steps; reference log-probs computed once per pair per round
-        let mut ref_cache: Vec<Option<(f64, f64)>> = vec![None; examples.len()];
+        // 3. DPO steps. The reference log-probs of every pair are computed once per round, in
+        // batches of `batch_pairs` in pair order: the same numbers whatever step a run resumes at.
+        let mut ref_lp: Vec<(f64, f64)> = Vec::with_capacity(examples.len());
+        for chunk in examples.chunks(cfg.batch_pairs) {
+            let ms: Vec<&PairExample> = chunk.iter().collect();
+            ref_lp.extend(policy.reference_logprobs(&ms)?);
+        }
         let mut perm = None;
         while step < round_end {
             let local = step - round_start;
             let idx = sample_indices(cfg.seed ^ (round as u64 + 1), examples.len(), local * cfg.batch_pairs, cfg.batch_pairs, &mut perm);
-            let missing: Vec<usize> = idx.iter().copied().filter(|&i| ref_cache[i].is_none()).collect();
-            if !missing.is_empty() {
-                let ms: Vec<&PairExample> = missing.iter().map(|&i| &examples[i]).collect();
-                for (i, v) in missing.iter().zip(policy.reference_logprobs(&ms)?) {
-                    ref_cache[*i] = Some(v);
-                }
-            }
             let batch: Vec<&PairExample> = idx.iter().map(|&i| &examples[i]).collect();
-            let refs: Vec<(f64, f64)> = idx.iter().map(|&i| ref_cache[i].expect("reference log-probs computed above")).collect();
+            let refs: Vec<(f64, f64)> = idx.iter().map(|&i| ref_lp[i]).collect();
             let lr = lr_at(&cfg.optim, step, total);
             let hp = DpoStep { beta: cfg.beta, label_smoothing: cfg.label_smoothing, nll_weight: cfg.nll_weight, lr };
             let (s, gnorm) = policy.dpo_step(&batch, &refs, &hp)?;
