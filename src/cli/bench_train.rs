@@ -16,7 +16,7 @@ pub struct BenchTrainArgs {
     pub size: String,
     /// ndarray | flex | cuda
     #[arg(long, default_value = "ndarray")]
-    pub backend: String,
+    pub backend: BackendKind,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Text tokens per row (all counted as targets).
@@ -30,7 +30,7 @@ pub struct BenchTrainArgs {
 }
 
 pub fn run(a: BenchTrainArgs) -> Result<()> {
-    match backend_kind(&a.backend)? {
+    match a.backend {
         BackendKind::Ndarray => bench_on::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&a, &Default::default()),
         BackendKind::Flex => bench_on::<burn::backend::Autodiff<burn::backend::Flex>>(&a, &Default::default()),
         #[cfg(feature = "cuda")]
@@ -72,14 +72,5 @@ fn bench_on<AB: AutodiffBackend>(a: &BenchTrainArgs, device: &AB::Device) -> Res
         a.size, params as f64 / 1e6, a.backend, a.batch, a.seq, toks / timed, timed / a.steps as f64
     );
     Ok(())
-}
-
-pub(super) fn backend_kind(s: &str) -> Result<BackendKind> {
-    Ok(match s {
-        "ndarray" => BackendKind::Ndarray,
-        "flex" => BackendKind::Flex,
-        "cuda" => BackendKind::Cuda,
-        _ => bail!("--backend {s:?}: use ndarray, flex or cuda"),
-    })
 }
 

@@ -7,7 +7,6 @@ use anyhow::{Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 
-use super::bench_train::backend_kind;
 use crate::data::load_samples;
 use crate::eval::{EvalSettings, run_set};
 use crate::model::generate::GenerateConfig;
@@ -39,7 +38,7 @@ pub struct EvalArgs {
     pub seed: u64,
     /// ndarray | flex | cuda
     #[arg(long, default_value = "ndarray")]
-    pub backend: String,
+    pub backend: BackendKind,
     /// Output folder for eval.json and samples.parquet (default RUN/eval/<data folder name>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -54,7 +53,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.samples > 1 && a.temperature <= 0.0 {
         bail!("--samples {} with --temperature 0 gives identical programs; add --temperature 0.8", a.samples);
     }
-    match backend_kind(&a.backend)? {
+    match a.backend {
         BackendKind::Ndarray => eval_on::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&a, &Default::default()),
         BackendKind::Flex => eval_on::<burn::backend::Autodiff<burn::backend::Flex>>(&a, &Default::default()),
         #[cfg(feature = "cuda")]

@@ -14,6 +14,13 @@ fn rerr(path: &Path, msg: impl std::fmt::Display) -> ModelError {
 
 /// Load a trained run folder for inference.
 pub fn load_run<B: Backend>(run: &Path, device: &B::Device) -> Result<(Vlm<B>, VlmConfig, CodeTokenizer), ModelError> {
+    let (c, tok) = read_run_config(run)?;
+    let model = weights::load_module(c.init::<B>(device), &run.join("model.safetensors"))?;
+    Ok((model, c, tok))
+}
+
+/// A run folder's model config and tokenizer (checked against each other), without the weights.
+pub fn read_run_config(run: &Path) -> Result<(VlmConfig, CodeTokenizer), ModelError> {
     let cp = run.join("config.json");
     let text = std::fs::read_to_string(&cp).map_err(|e| rerr(&cp, format!("{e} (is {} a trained run folder?)", run.display())))?;
     let c: VlmConfig = serde_json::from_str(&text).map_err(|e| rerr(&cp, e))?;
@@ -22,8 +29,7 @@ pub fn load_run<B: Backend>(run: &Path, device: &B::Device) -> Result<(Vlm<B>, V
     if tok.vocab_size() != c.vocab_size {
         return Err(rerr(&cp, format!("vocab_size {} but tokenizer.json has {}", c.vocab_size, tok.vocab_size())));
     }
-    let model = weights::load_module(c.init::<B>(device), &run.join("model.safetensors"))?;
-    Ok((model, c, tok))
+    Ok((c, tok))
 }
 
 /// Save a final model as `model.safetensors` + `config.json` (what [`load_run`] reads).

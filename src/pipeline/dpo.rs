@@ -12,7 +12,7 @@ use super::policy::{Stage, finished, qwen_policy};
 use super::recipe::{Family, Recipe, RecipeError};
 use super::{RunReport, stage_err};
 use crate::data::load_samples;
-use crate::model::run_dir::load_run;
+use crate::model::run_dir::read_run_config;
 use crate::train::dpo::{DpoConfig, train_dpo_adapted, train_dpo_policy};
 use crate::train::{TrainError, ioerr};
 
@@ -32,7 +32,7 @@ pub fn stage<AB: AutodiffBackend>(r: &Recipe, run_dir: &Path, device: &AB::Devic
     let t = Instant::now();
     let out = match r.family() {
         Family::Vlm(_) => {
-            let (_, c, tok) = load_run::<AB::InnerBackend>(run_dir, device).map_err(|e| stage_err("dpo", e))?;
+            let (c, tok) = read_run_config(run_dir).map_err(|e| stage_err("dpo", e))?;
             train_dpo_adapted::<AB>(&dir, &cfg, &c, &r.adaptation(), &tok, &run_dir.join("model.safetensors"), &images, device, None, show_progress)
         }
         Family::Qwen(_) => (|| {

@@ -38,6 +38,34 @@ pub enum BackendKind {
     Cuda,
 }
 
+impl BackendKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendKind::Ndarray => "ndarray",
+            BackendKind::Flex => "flex",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ndarray" => Ok(BackendKind::Ndarray),
+            "flex" => Ok(BackendKind::Flex),
+            "cuda" => Ok(BackendKind::Cuda),
+            _ => Err(format!("unknown backend `{s}` (expected ndarray, flex or cuda)")),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
