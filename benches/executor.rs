@@ -13,7 +13,10 @@ fn programs() -> Vec<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cadquery");
     let mut out = Vec::new();
     for folder in ["gencad-programs", "gencad-test100-dev"] {
-        let mut files: Vec<_> = std::fs::read_dir(root.join(folder)).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(root.join(folder))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.retain(|p| p.extension().is_some_and(|e| e == "py"));
         files.sort();
         out.extend(files.iter().map(|f| std::fs::read_to_string(f).unwrap()));
@@ -26,15 +29,39 @@ fn bench(c: &mut Criterion) {
     let (limits, opts) = (Limits::default(), MeasureOptions::default());
     let mut g = c.benchmark_group("executor");
     g.throughput(Throughput::Elements(srcs.len() as u64));
-    g.bench_function("parse_execute", |b| b.iter(|| srcs.iter().filter(|s| execute(black_box(s), &limits).is_ok()).count()));
-    g.bench_function("parse_execute_measure", |b| {
-        b.iter(|| srcs.iter().map(|s| exec_program(black_box(s), &limits, &opts).0.ok as usize).sum::<usize>())
+    g.bench_function("parse_execute", |b| {
+        b.iter(|| {
+            srcs.iter()
+                .filter(|s| execute(black_box(s), &limits).is_ok())
+                .count()
+        })
     });
-    let solids: Vec<_> = srcs.iter().filter_map(|s| execute(s, &limits).ok()).collect();
+    g.bench_function("parse_execute_measure", |b| {
+        b.iter(|| {
+            srcs.iter()
+                .map(|s| exec_program(black_box(s), &limits, &opts).0.ok as usize)
+                .sum::<usize>()
+        })
+    });
+    let solids: Vec<_> = srcs
+        .iter()
+        .filter_map(|s| execute(s, &limits).ok())
+        .collect();
     let pairs = solids.len() - 1;
     g.throughput(Throughput::Elements(pairs as u64));
-    for (name, norm) in [("iou_raw", Normalize::Raw), ("iou_unitcube", Normalize::UnitCube), ("iou_best", Normalize::Best)] {
-        g.bench_function(name, |b| b.iter(|| solids.windows(2).map(|w| iou(&w[0], &w[1], norm)).sum::<f64>()));
+    for (name, norm) in [
+        ("iou_raw", Normalize::Raw),
+        ("iou_unitcube", Normalize::UnitCube),
+        ("iou_best", Normalize::Best),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                solids
+                    .windows(2)
+                    .map(|w| iou(&w[0], &w[1], norm))
+                    .sum::<f64>()
+            })
+        });
     }
     g.finish();
 }

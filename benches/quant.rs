@@ -12,7 +12,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use cadvlm::model::quant::{GaussRng, Isa, QTensor, QuantFormat, Quantize};
-use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use rayon::prelude::*;
 
 const N: usize = 4096;
@@ -40,12 +42,16 @@ fn bench_membw(c: &mut Criterion) {
     let threads = rayon::current_num_threads();
     let chunk = n.div_ceil(threads * 8);
     let mut g = c.benchmark_group("membw");
-    g.sample_size(20).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(6));
+    g.sample_size(20)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(6));
     // STREAM convention: a copy moves 2 bytes per byte copied (read + write).
     g.throughput(Throughput::Bytes(2 * MEMBW_BYTES as u64));
     g.bench_function("copy", |b| {
         b.iter(|| {
-            dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+            dst.par_chunks_mut(chunk)
+                .zip(src.par_chunks(chunk))
+                .for_each(|(d, s)| d.copy_from_slice(s));
             black_box(&dst);
         })
     });
@@ -82,14 +88,23 @@ fn bench_matvec(c: &mut Criterion) {
     let mut y = vec![0f32; N];
     for (hot, group) in [(false, "quant_matvec"), (true, "quant_matvec_l3")] {
         let mut g = c.benchmark_group(group);
-        g.sample_size(30).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(6));
+        g.sample_size(30)
+            .warm_up_time(Duration::from_secs(2))
+            .measurement_time(Duration::from_secs(6));
         for (name, f) in formats() {
             let q = QTensor::quantize(&w, N, N, f).unwrap();
             let bytes = q.storage_bytes();
-            let copies = if hot { 1 } else { COLD_WORKING_SET.div_ceil(bytes).max(2) };
+            let copies = if hot {
+                1
+            } else {
+                COLD_WORKING_SET.div_ceil(bytes).max(2)
+            };
             let qs: Vec<QTensor> = (0..copies).map(|_| q.clone()).collect();
             drop(q);
-            eprintln!("{group}/{name}: {bytes} bytes of weights, {copies} copies, {:.3} bits/weight", qs[0].bits_per_weight());
+            eprintln!(
+                "{group}/{name}: {bytes} bytes of weights, {copies} copies, {:.3} bits/weight",
+                qs[0].bits_per_weight()
+            );
             g.throughput(Throughput::Bytes(bytes as u64));
             let mut i = 0;
             g.bench_function(BenchmarkId::from_parameter(name), |b| {
@@ -115,7 +130,10 @@ fn bench_matmul(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(8));
     for (name, f) in formats() {
         let q = QTensor::quantize(&w, N, N, f).unwrap();
-        eprintln!("quant_matmul/{name}: {:.2} GFLOP per call", 2.0 * (N * N * M) as f64 / 1e9);
+        eprintln!(
+            "quant_matmul/{name}: {:.2} GFLOP per call",
+            2.0 * (N * N * M) as f64 / 1e9
+        );
         g.throughput(Throughput::Bytes(q.storage_bytes() as u64));
         g.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter(|| {

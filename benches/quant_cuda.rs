@@ -33,13 +33,17 @@ fn bench_quant_cuda(c: &mut Criterion) {
         ("nf4", Quantize::Nf4.format().unwrap()),
     ];
     let mut g = c.benchmark_group("quant_cuda");
-    g.sample_size(30).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    g.sample_size(30)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
     for (name, f) in formats {
         let q = QTensor::quantize(&w, N, N, f).unwrap();
         let dq = CudaQTensor::upload(&q, &client).unwrap();
         g.throughput(Throughput::Bytes(q.storage_bytes() as u64));
         let x = gauss_matrix(N, 2); // [N]
-        g.bench_function(BenchmarkId::new("matvec", name), |b| b.iter(|| black_box(dq.matvec(black_box(&x)).unwrap())));
+        g.bench_function(BenchmarkId::new("matvec", name), |b| {
+            b.iter(|| black_box(dq.matvec(black_box(&x)).unwrap()))
+        });
         let x8 = gauss_matrix(8 * N, 3); // [8, N]
         g.bench_function(BenchmarkId::new("matmul8", name), |b| {
             b.iter(|| black_box(dq.matmul(black_box(&x8), 8).unwrap()))

@@ -13,7 +13,12 @@ use cadvlm::geom::render::{RenderOptions, Style, render_with};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn fixture(id: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/render").join(format!("{id}.py"))).unwrap()
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/render")
+            .join(format!("{id}.py")),
+    )
+    .unwrap()
 }
 
 fn bench_render(c: &mut Criterion) {
@@ -22,12 +27,32 @@ fn bench_render(c: &mut Criterion) {
         let solid = execute(&fixture(id), &Limits::default()).unwrap();
         let mut scratch = RayScratch::default();
         let mut g = c.benchmark_group(format!("render/{id}"));
-        for (style, size) in [(Style::Gencad, 448), (Style::Gencad, 224), (Style::Gencad, 128), (Style::Multiview, 256)] {
-            let opts = RenderOptions { size, ..RenderOptions::style(style) };
-            g.bench_function(format!("{}-{size}", style.as_str()), |b| b.iter(|| render_with(black_box(&solid), &opts, &mut scratch).unwrap()));
+        for (style, size) in [
+            (Style::Gencad, 448),
+            (Style::Gencad, 224),
+            (Style::Gencad, 128),
+            (Style::Multiview, 256),
+        ] {
+            let opts = RenderOptions {
+                size,
+                ..RenderOptions::style(style)
+            };
+            g.bench_function(format!("{}-{size}", style.as_str()), |b| {
+                b.iter(|| render_with(black_box(&solid), &opts, &mut scratch).unwrap())
+            });
         }
-        let img = render_with(&solid, &RenderOptions { size: 224, ..Default::default() }, &mut scratch).unwrap();
-        g.bench_function("png-encode-224", |b| b.iter(|| encode_png(black_box(&img)).unwrap()));
+        let img = render_with(
+            &solid,
+            &RenderOptions {
+                size: 224,
+                ..Default::default()
+            },
+            &mut scratch,
+        )
+        .unwrap();
+        g.bench_function("png-encode-224", |b| {
+            b.iter(|| encode_png(black_box(&img)).unwrap())
+        });
         g.finish();
     }
 }
@@ -47,8 +72,13 @@ fn bench_synth(c: &mut Criterion) {
     });
     let progs = generate(&cfg, 12345, n).unwrap();
     for size in [224u32, 128] {
-        let opts = RenderOptions { size, ..Default::default() };
-        g.bench_function(format!("render-samples-{size}"), |b| b.iter(|| render_samples(black_box(&progs), &opts, Jitter::default()).unwrap()));
+        let opts = RenderOptions {
+            size,
+            ..Default::default()
+        };
+        g.bench_function(format!("render-samples-{size}"), |b| {
+            b.iter(|| render_samples(black_box(&progs), &opts, Jitter::default()).unwrap())
+        });
     }
     g.finish();
 }

@@ -8,9 +8,9 @@ use std::path::Path;
 
 use cadvlm::cad::{Limits, execute};
 use cadvlm::data::images::decode_png;
+use cadvlm::data::images::{Jitter, render_samples, synth_samples as samples};
 use cadvlm::data::shards::{Row, Split, SplitConfig, read_shard, split_of, write_shard};
 use cadvlm::data::stats::{count, summarize};
-use cadvlm::data::images::{Jitter, render_samples, synth_samples as samples};
 use cadvlm::data::synth::{SynthConfig, generate, is_valid_program};
 use cadvlm::geom::render::{RenderOptions, Style};
 
@@ -23,13 +23,21 @@ fn generated_programs_are_valid_distinct_and_gencad_styled() {
     let ids: HashSet<&str> = progs.iter().map(|p| p.id.as_str()).collect();
     assert_eq!(ids.len(), 300);
     for p in &progs {
-        let solid = execute(&p.code, &Limits::default()).unwrap_or_else(|e| panic!("{}: {e}\n{}", p.id, p.code));
+        let solid = execute(&p.code, &Limits::default())
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", p.id, p.code));
         assert!(!solid.is_empty());
         assert!(is_valid_program(&p.code));
         assert!(p.code.starts_with("import cadquery as cq\n# Generating a workplane for sketch 0\nwp_sketch0 = cq.Workplane(cq.Plane(cq.Vector("), "{}", p.code);
-        assert!(p.code.contains("\nsolid0=wp_sketch0.add(loop0)"), "{}", p.code);
+        assert!(
+            p.code.contains("\nsolid0=wp_sketch0.add(loop0)"),
+            "{}",
+            p.code
+        );
         assert!(p.code.contains("\nsolid=solid0"), "{}", p.code);
-        assert!(!p.code.ends_with('\n'), "GenCAD programs end without a newline");
+        assert!(
+            !p.code.ends_with('\n'),
+            "GenCAD programs end without a newline"
+        );
         for line in p.code.lines() {
             assert!(
                 line == "import cadquery as cq"
@@ -56,7 +64,10 @@ fn generation_is_deterministic_for_a_seed() {
     let d = generate(&cfg, 5, 60).unwrap();
     assert_eq!(&a[..60], &d[..]);
     // renders too (jitter is a function of the id)
-    let opts = RenderOptions { size: 64, ..Default::default() };
+    let opts = RenderOptions {
+        size: 64,
+        ..Default::default()
+    };
     let ra = render_samples(&a[..8], &opts, Jitter::default()).unwrap();
     let rb = render_samples(&b[..8], &opts, Jitter::default()).unwrap();
     assert_eq!(ra, rb);
@@ -64,9 +75,20 @@ fn generation_is_deterministic_for_a_seed() {
 
 #[test]
 fn bad_configs_are_errors() {
-    let cfg = SynthConfig { p_cut: 1.5, ..Default::default() };
-    assert!(generate(&cfg, 0, 3).unwrap_err().to_string().contains("p_cut"));
-    let cfg = SynthConfig { sketch_weights: vec![], ..Default::default() };
+    let cfg = SynthConfig {
+        p_cut: 1.5,
+        ..Default::default()
+    };
+    assert!(
+        generate(&cfg, 0, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("p_cut")
+    );
+    let cfg = SynthConfig {
+        sketch_weights: vec![],
+        ..Default::default()
+    };
     assert!(generate(&cfg, 0, 3).is_err());
     let e = serde_json::from_str::<SynthConfig>(r#"{"p_cutt": 0.1}"#).unwrap_err();
     assert!(e.to_string().contains("unknown field"));
@@ -82,15 +104,28 @@ fn statistics_resemble_the_real_programs() {
     assert_eq!(med, 1.0);
     assert!((6.0..=8.0).contains(&max), "max sketches {max}");
     assert_eq!(get("loops").1, 2.0);
-    for (name, lo, hi) in [("circles", 0.30, 0.55), ("arcs", 0.12, 0.32), ("union", 0.2, 0.4), ("cut", 0.05, 0.2), ("negative extrude", 0.08, 0.25), ("both=True", 0.05, 0.18)] {
+    for (name, lo, hi) in [
+        ("circles", 0.30, 0.55),
+        ("arcs", 0.12, 0.32),
+        ("union", 0.2, 0.4),
+        ("cut", 0.05, 0.2),
+        ("negative extrude", 0.08, 0.25),
+        ("both=True", 0.05, 0.18),
+    ] {
         let share = get(name).4;
-        assert!((lo..=hi).contains(&share), "{name}: share {share} not in [{lo}, {hi}]");
+        assert!(
+            (lo..=hi).contains(&share),
+            "{name}: share {share} not in [{lo}, {hi}]"
+        );
     }
 }
 
 #[test]
 fn samples_render_at_the_requested_size_and_style() {
-    let opts = RenderOptions { size: 96, ..RenderOptions::style(Style::Multiview) };
+    let opts = RenderOptions {
+        size: 96,
+        ..RenderOptions::style(Style::Multiview)
+    };
     let s = samples(&SynthConfig::default(), 3, 6, &opts, Jitter::NONE).unwrap();
     assert_eq!(s.len(), 6);
     for x in &s {
@@ -104,8 +139,19 @@ fn shard_round_trip() {
     let dir = std::env::temp_dir().join(format!("cadvlm-shard-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let progs = generate(&SynthConfig::default(), 2, 5).unwrap();
-    let samples = render_samples(&progs, &RenderOptions { size: 48, ..Default::default() }, Jitter::default()).unwrap();
-    let mut rows: Vec<Row> = samples.iter().map(|s| Row::new(&s.id, &s.program, s.image_png.clone())).collect();
+    let samples = render_samples(
+        &progs,
+        &RenderOptions {
+            size: 48,
+            ..Default::default()
+        },
+        Jitter::default(),
+    )
+    .unwrap();
+    let mut rows: Vec<Row> = samples
+        .iter()
+        .map(|s| Row::new(&s.id, &s.program, s.image_png.clone()))
+        .collect();
     rows[1].image_path = None;
     rows[2].hundred_subset = true;
     let path = dir.join("x.parquet");
@@ -138,8 +184,13 @@ fn reading_a_bad_shard_is_a_clear_error() {
     std::fs::write(&p, b"not parquet").unwrap();
     let e = read_shard(&p).unwrap_err().to_string();
     assert!(e.contains("junk.parquet"), "{e}");
-    let e = read_shard(&dir.join("missing.parquet")).unwrap_err().to_string();
-    assert!(e.contains("missing.parquet") && e.contains("cannot open"), "{e}");
+    let e = read_shard(&dir.join("missing.parquet"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("missing.parquet") && e.contains("cannot open"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -159,5 +210,8 @@ fn split_by_id_is_stable_and_proportional() {
         }
     }
     let (v, t) = (val as f64 / n as f64, test as f64 / n as f64);
-    assert!((v - 0.05).abs() < 0.006 && (t - 0.045).abs() < 0.006, "val {v} test {t}");
+    assert!(
+        (v - 0.05).abs() < 0.006 && (t - 0.045).abs() < 0.006,
+        "val {v} test {t}"
+    );
 }

@@ -24,16 +24,54 @@ impl Rng {
 
 fn programs() -> Vec<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cadquery/gencad-programs");
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.retain(|p| p.extension().is_some_and(|e| e == "py"));
     files.sort();
-    files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect()
+    files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect()
 }
 
 const SNIPPETS: &[&str] = &[
-    "(", ")", ",", ".", "=", "-", "*", "/", "1e308", "-0.0", "0", "nan", "inf", "1e-300", "solid", "cq", "circle(0)",
-    ".union(solid)", ".cut(solid)", ".intersect(solid)", "close()", "\n", "    ", "#", "'", "\"x\"", "[", "]", ".extrude(",
-    "both=True", "moveTo(", "lineTo(0, 0)", "threePointArc((0, 0), (0, 0))", "\u{0}", "é",
+    "(",
+    ")",
+    ",",
+    ".",
+    "=",
+    "-",
+    "*",
+    "/",
+    "1e308",
+    "-0.0",
+    "0",
+    "nan",
+    "inf",
+    "1e-300",
+    "solid",
+    "cq",
+    "circle(0)",
+    ".union(solid)",
+    ".cut(solid)",
+    ".intersect(solid)",
+    "close()",
+    "\n",
+    "    ",
+    "#",
+    "'",
+    "\"x\"",
+    "[",
+    "]",
+    ".extrude(",
+    "both=True",
+    "moveTo(",
+    "lineTo(0, 0)",
+    "threePointArc((0, 0), (0, 0))",
+    "\u{0}",
+    "é",
 ];
 
 fn mutate(src: &str, rng: &mut Rng) -> String {
@@ -55,7 +93,13 @@ fn mutate(src: &str, rng: &mut Rng) -> String {
                 let l = lines[rng.below(lines.len())];
                 let line: Vec<char> = format!("{l}\n").chars().collect();
                 let pos = s.iter().take(at).filter(|c| **c == '\n').count();
-                let byte = s.iter().enumerate().filter(|(_, c)| **c == '\n').nth(pos).map(|(i, _)| i + 1).unwrap_or(s.len());
+                let byte = s
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| **c == '\n')
+                    .nth(pos)
+                    .map(|(i, _)| i + 1)
+                    .unwrap_or(s.len());
                 s.splice(byte..byte, line);
             }
             3 => {
@@ -104,7 +148,18 @@ fn mutated_programs_never_panic_or_hang() {
             assert!(msg.starts_with("line "), "error without a position: {msg}");
         }
     }
-    eprintln!("{ok} executed, {failed} failed cleanly; slowest {:?}", slowest.0);
-    assert!(ok > 300 && failed > 300, "mutations too mild or too harsh: {ok} ok, {failed} failed");
-    assert!(slowest.0 < Duration::from_secs(2), "slowest program took {:?}:\n{}", slowest.0, slowest.1);
+    eprintln!(
+        "{ok} executed, {failed} failed cleanly; slowest {:?}",
+        slowest.0
+    );
+    assert!(
+        ok > 300 && failed > 300,
+        "mutations too mild or too harsh: {ok} ok, {failed} failed"
+    );
+    assert!(
+        slowest.0 < Duration::from_secs(2),
+        "slowest program took {:?}:\n{}",
+        slowest.0,
+        slowest.1
+    );
 }

@@ -25,7 +25,11 @@ fn run(src: &str) -> cadvlm::geom::Solid {
 }
 
 /// The same program with every plane origin mapped by `f` and direction vectors by `g`.
-fn replace_planes(src: &str, f: impl Fn([f64; 3]) -> [f64; 3], g: impl Fn([f64; 3]) -> [f64; 3]) -> String {
+fn replace_planes(
+    src: &str,
+    f: impl Fn([f64; 3]) -> [f64; 3],
+    g: impl Fn([f64; 3]) -> [f64; 3],
+) -> String {
     let mut out = String::new();
     for line in src.lines() {
         if let Some(start) = line.find("cq.Plane(") {
@@ -34,13 +38,23 @@ fn replace_planes(src: &str, f: impl Fn([f64; 3]) -> [f64; 3], g: impl Fn([f64; 
                 .split("cq.Vector(")
                 .skip(1)
                 .map(|v| {
-                    let nums: Vec<f64> = v.trim_end_matches([')', ',', ' ']).split(',').map(|x| x.trim().trim_end_matches(')').parse().unwrap()).collect();
+                    let nums: Vec<f64> = v
+                        .trim_end_matches([')', ',', ' '])
+                        .split(',')
+                        .map(|x| x.trim().trim_end_matches(')').parse().unwrap())
+                        .collect();
                     [nums[0], nums[1], nums[2]]
                 })
                 .collect();
             let (o, x, n) = (f(vecs[0]), g(vecs[1]), g(vecs[2]));
             let v = |a: [f64; 3]| format!("cq.Vector({}, {}, {})", a[0], a[1], a[2]);
-            out.push_str(&format!("{}cq.Plane({}, {}, {}))\n", &line[..start], v(o), v(x), v(n)));
+            out.push_str(&format!(
+                "{}cq.Plane({}, {}, {}))\n",
+                &line[..start],
+                v(o),
+                v(x),
+                v(n)
+            ));
         } else {
             out.push_str(line);
             out.push('\n');
@@ -84,7 +98,11 @@ fn unitcube_iou_is_invariant_to_uniform_scaling() {
     let b = run(&PLATE.replace("circle(0.3)", "circle(0.25)"));
     let base = iou(&a, &b, Normalize::UnitCube);
     // scale b by 2.5 about the origin: scale plane origins and every number in the sketch
-    let scaled = b.transformed(&[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], 2.5, [0.0; 3]);
+    let scaled = b.transformed(
+        &[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+        2.5,
+        [0.0; 3],
+    );
     let got = iou(&a, &scaled, Normalize::UnitCube);
     assert!((got - base).abs() < 1e-6, "{got} vs {base}");
     assert!(iou(&a, &scaled, Normalize::Raw) < base);
@@ -96,7 +114,9 @@ fn exponential_dag_stays_linear() {
         "import cadquery as cq\nwp = cq.Workplane(cq.Plane(cq.Vector(0, 0, 0), cq.Vector(1, 0, 0), cq.Vector(0, 0, 1)))\nsolid = wp.moveTo(0.5, 0.5).circle(0.5).extrude(1)\nother = cq.Workplane(cq.Plane(cq.Vector(0.5, 0, 0), cq.Vector(1, 0, 0), cq.Vector(0, 0, 1))).moveTo(0.5, 0.5).circle(0.5).extrude(1)\n",
     );
     for _ in 0..80 {
-        src.push_str("solid = solid.union(solid)\nother = other.union(solid)\nsolid = solid.union(other)\n");
+        src.push_str(
+            "solid = solid.union(solid)\nother = other.union(solid)\nsolid = solid.union(other)\n",
+        );
     }
     let (r, _) = exec_program(&src, &Limits::default(), &MeasureOptions::default());
     assert!(r.ok, "{r:?}");
@@ -114,16 +134,56 @@ fn bad_programs_fail_with_position() {
     let limits = Limits::default();
     let cases: &[(&str, FailureKind, usize)] = &[
         ("import os\n", FailureKind::Unsupported, 1),
-        ("import cadquery as cq\nx = open('f', 'w')\n", FailureKind::Unsupported, 2),
-        ("import cadquery as cq\nx = __import__('os')\n", FailureKind::Unsupported, 2),
-        ("import cadquery as cq\nexec('1')\n", FailureKind::Unsupported, 2),
-        ("import cadquery as cq\nx = getattr(cq, 'Workplane')\n", FailureKind::Unsupported, 2),
-        ("import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.box(1, 1, 1)\n", FailureKind::Unsupported, 3),
-        ("import cadquery as cq\nfor i in range(3):\n    pass\n", FailureKind::Unsupported, 2),
-        ("import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.moveTo(0,0).lineTo(1,0).lineTo(1,1).extrude(1)\n", FailureKind::Runtime, 3),
-        ("import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.moveTo(0,0).circle(1e300).extrude(1)\n", FailureKind::Budget, 3),
-        ("import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.moveTo(0,0).threePointArc((1, 1), (2, 2)).close().extrude(1)\n", FailureKind::InvalidGeometry, 3),
-        ("import cadquery as cq\nsolid = 1e999 * 0\n", FailureKind::Runtime, 2),
+        (
+            "import cadquery as cq\nx = open('f', 'w')\n",
+            FailureKind::Unsupported,
+            2,
+        ),
+        (
+            "import cadquery as cq\nx = __import__('os')\n",
+            FailureKind::Unsupported,
+            2,
+        ),
+        (
+            "import cadquery as cq\nexec('1')\n",
+            FailureKind::Unsupported,
+            2,
+        ),
+        (
+            "import cadquery as cq\nx = getattr(cq, 'Workplane')\n",
+            FailureKind::Unsupported,
+            2,
+        ),
+        (
+            "import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.box(1, 1, 1)\n",
+            FailureKind::Unsupported,
+            3,
+        ),
+        (
+            "import cadquery as cq\nfor i in range(3):\n    pass\n",
+            FailureKind::Unsupported,
+            2,
+        ),
+        (
+            "import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.moveTo(0,0).lineTo(1,0).lineTo(1,1).extrude(1)\n",
+            FailureKind::Runtime,
+            3,
+        ),
+        (
+            "import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.moveTo(0,0).circle(1e300).extrude(1)\n",
+            FailureKind::Budget,
+            3,
+        ),
+        (
+            "import cadquery as cq\nw = cq.Workplane(cq.Plane(cq.Vector(0,0,0), cq.Vector(1,0,0), cq.Vector(0,0,1)))\nsolid = w.moveTo(0,0).threePointArc((1, 1), (2, 2)).close().extrude(1)\n",
+            FailureKind::InvalidGeometry,
+            3,
+        ),
+        (
+            "import cadquery as cq\nsolid = 1e999 * 0\n",
+            FailureKind::Runtime,
+            2,
+        ),
         ("", FailureKind::NoResult, 1),
         ("\u{0}\u{1}garbage\u{7f}", FailureKind::Syntax, 1),
     ];
@@ -134,5 +194,8 @@ fn bad_programs_fail_with_position() {
     }
     // a 1 MB program is refused before parsing
     let big = "# x\n".repeat(260_000);
-    assert_eq!(execute(&big, &limits).unwrap_err().kind, FailureKind::Budget);
+    assert_eq!(
+        execute(&big, &limits).unwrap_err().kind,
+        FailureKind::Budget
+    );
 }

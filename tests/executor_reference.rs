@@ -47,7 +47,10 @@ fn volumes_bboxes_and_failures_match_cadquery() {
                 // known gap: OCC flags the result of this cut invalid (tiny circle on a face); we accept it
                 continue;
             }
-            assert!(!ours.ok || ours.valid == Some(false), "{file}: CadQuery fails or is invalid, we accept it: {ours:?}");
+            assert!(
+                !ours.ok || ours.valid == Some(false),
+                "{file}: CadQuery fails or is invalid, we accept it: {ours:?}"
+            );
             continue;
         }
         n_valid += 1;
@@ -62,36 +65,62 @@ fn volumes_bboxes_and_failures_match_cadquery() {
         } else {
             report.push(format!("{file}: volume off by {:.3}%", 100.0 * rel));
         }
-        let bb_ref: Vec<f64> = r["bbox"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let bb_ref: Vec<f64> = r["bbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
         let bb = ours.bbox.unwrap();
-        let scale = (0..3).map(|i| bb_ref[i + 3] - bb_ref[i]).fold(0.0, f64::max);
+        let scale = (0..3)
+            .map(|i| bb_ref[i + 3] - bb_ref[i])
+            .fold(0.0, f64::max);
         if (0..6).all(|i| (bb[i] - bb_ref[i]).abs() <= 0.01 * scale) {
             bbox_ok += 1;
         } else {
             report.push(format!("{file}: bbox {bb:?} vs {bb_ref:?}"));
         }
     }
-    eprintln!("{n_valid} valid programs: volume within 0.5% for {vol_ok}, bbox within 1% for {bbox_ok}");
+    eprintln!(
+        "{n_valid} valid programs: volume within 0.5% for {vol_ok}, bbox within 1% for {bbox_ok}"
+    );
     for l in &report {
         eprintln!("  {l}");
     }
     assert!(n_valid >= 180, "fixtures incomplete: {n_valid}");
-    assert!(vol_ok as f64 >= 0.99 * n_valid as f64, "volume within 0.5% for only {vol_ok}/{n_valid}");
-    assert!(bbox_ok as f64 >= 0.99 * n_valid as f64, "bbox within 1% for only {bbox_ok}/{n_valid}");
+    assert!(
+        vol_ok as f64 >= 0.99 * n_valid as f64,
+        "volume within 0.5% for only {vol_ok}/{n_valid}"
+    );
+    assert!(
+        bbox_ok as f64 >= 0.99 * n_valid as f64,
+        "bbox within 1% for only {bbox_ok}/{n_valid}"
+    );
 }
 
 #[test]
 fn semantic_probes_match_exactly() {
     // the probes are simple: polygonal parts agree to rounding, curved ones to the quadrature (< 1e-4)
     let (limits, opts) = (Limits::default(), MeasureOptions::default());
-    for (dir, r) in references().into_iter().filter(|(d, _)| d.ends_with("semantics")) {
+    for (dir, r) in references()
+        .into_iter()
+        .filter(|(d, _)| d.ends_with("semantics"))
+    {
         let file = r["file"].as_str().unwrap();
         let (ours, _) = exec_program(&program(&dir, file), &limits, &opts);
         if occ_valid(&r) {
             let v_ref = r["volume"].as_f64().unwrap();
             assert!(ours.ok, "{file}: {:?}", ours.error);
-            assert!((ours.volume.unwrap() - v_ref).abs() <= 1e-4 * v_ref, "{file}: {:?} vs {v_ref}", ours.volume);
-            assert_eq!(ours.n_solids, r["n_solids"].as_u64().map(|x| x as usize), "{file}");
+            assert!(
+                (ours.volume.unwrap() - v_ref).abs() <= 1e-4 * v_ref,
+                "{file}: {:?} vs {v_ref}",
+                ours.volume
+            );
+            assert_eq!(
+                ours.n_solids,
+                r["n_solids"].as_u64().map(|x| x as usize),
+                "{file}"
+            );
         }
     }
 }
@@ -108,9 +137,13 @@ fn pairwise_iou_matches_occ() {
         let (mut n, mut good) = (0, 0);
         let all = references();
         for (dir, r) in &all {
-            let (Some(pair), Some(want)) = (r["pair"].as_str(), r[key].as_f64()) else { continue };
+            let (Some(pair), Some(want)) = (r["pair"].as_str(), r[key].as_f64()) else {
+                continue;
+            };
             let file = r["file"].as_str().unwrap();
-            let Some((_, rb)) = all.iter().find(|(d, x)| d == dir && x["file"].as_str().unwrap().ends_with(&format!("/{pair}"))) else {
+            let Some((_, rb)) = all.iter().find(|(d, x)| {
+                d == dir && x["file"].as_str().unwrap().ends_with(&format!("/{pair}"))
+            }) else {
                 continue;
             };
             if !occ_valid(r) || !occ_valid(rb) {
@@ -128,6 +161,9 @@ fn pairwise_iou_matches_occ() {
         }
         eprintln!("{norm:?}: {good}/{n} pairs within {tol}");
         assert!(n >= 140, "{norm:?}: too few pairs ({n})");
-        assert!(good as f64 >= share * n as f64, "{norm:?}: only {good}/{n} within {tol}");
+        assert!(
+            good as f64 >= share * n as f64,
+            "{norm:?}: only {good}/{n} within {tol}"
+        );
     }
 }

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Bottom to top. `geom` and `cad` are one layer (the CadQuery subset builds on the geometry).
-const LAYERS: &[&str] = &["geom", "cad", "exec", "data", "model", "train", "eval", "report", "pipeline", "cli"];
+const LAYERS: &[&str] = &[
+    "geom", "cad", "exec", "data", "model", "train", "search", "eval", "report", "pipeline", "cli",
+];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -22,7 +24,10 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The text without `//` comments and without the items that follow a `#[cfg(test)]` attribute.
 fn strip(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().map(|l| l.split("//").next().unwrap_or("")).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect();
     let mut out = String::new();
     let mut i = 0;
     while i < lines.len() {
@@ -64,7 +69,10 @@ fn targets(text: &str) -> BTreeSet<String> {
                     '}' => depth -= 1,
                     ',' if depth == 0 => at_item = true,
                     c if at_item && depth == 0 && (c.is_alphanumeric() || c == '_') => {
-                        let name: String = group[i..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                        let name: String = group[i..]
+                            .chars()
+                            .take_while(|c| c.is_alphanumeric() || *c == '_')
+                            .collect();
                         for _ in 1..name.chars().count() {
                             chars.next();
                         }
@@ -75,7 +83,10 @@ fn targets(text: &str) -> BTreeSet<String> {
                 }
             }
         } else {
-            let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
             out.insert(name);
         }
     }
@@ -90,10 +101,20 @@ fn import_graph() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
     let mut graph: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
     for f in files {
         let rel = f.strip_prefix(&src).unwrap().to_string_lossy().to_string();
-        let top = rel.split('/').next().unwrap().trim_end_matches(".rs").to_string();
+        let top = rel
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".rs")
+            .to_string();
         for t in targets(&strip(&std::fs::read_to_string(&f).unwrap())) {
             if t != top && t != "self" {
-                graph.entry(top.clone()).or_default().entry(t).or_default().insert(rel.clone());
+                graph
+                    .entry(top.clone())
+                    .or_default()
+                    .entry(t)
+                    .or_default()
+                    .insert(rel.clone());
             }
         }
     }
@@ -104,7 +125,10 @@ fn import_graph() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
 fn the_parser_sees_groups_paths_and_skips_tests_and_comments() {
     let text = "use crate::{geom::V3, cad::{self, Limits}};\nfn f() { crate::exec::run(); } // crate::cli\n#[cfg(test)]\nmod tests {\n    use crate::pipeline;\n}\n";
     let t = targets(&strip(text));
-    assert_eq!(t, BTreeSet::from(["cad".to_string(), "exec".to_string(), "geom".to_string()]));
+    assert_eq!(
+        t,
+        BTreeSet::from(["cad".to_string(), "exec".to_string(), "geom".to_string()])
+    );
 }
 
 #[test]
@@ -115,19 +139,38 @@ fn every_import_points_down_the_layers() {
     for (from, tos) in &graph {
         let Some(lf) = level(from) else {
             // `lib.rs` and `main.rs` sit outside the layers
-            assert!(from == "lib" || from == "main", "src/{from}: a top-level module missing from LAYERS");
+            assert!(
+                from == "lib" || from == "main",
+                "src/{from}: a top-level module missing from LAYERS"
+            );
             continue;
         };
         for (to, files) in tos {
-            let lt = level(to).unwrap_or_else(|| panic!("{from} imports crate::{to}, which is not a layer"));
+            let lt = level(to)
+                .unwrap_or_else(|| panic!("{from} imports crate::{to}, which is not a layer"));
             // geom and cad are one layer: cad builds on geom, never the reverse
             if lt > lf {
-                upward.push(format!("{from} -> {to} ({})", files.iter().cloned().collect::<Vec<_>>().join(", ")));
+                upward.push(format!(
+                    "{from} -> {to} ({})",
+                    files.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
             }
         }
     }
-    assert!(upward.is_empty(), "imports that point up the layers {LAYERS:?}:\n{}", upward.join("\n"));
+    assert!(
+        upward.is_empty(),
+        "imports that point up the layers {LAYERS:?}:\n{}",
+        upward.join("\n")
+    );
     // in particular the model layer knows nothing of training, evaluation, pipeline, report or CLI
-    let model: Vec<&String> = graph.get("model").map(|m| m.keys().collect()).unwrap_or_default();
-    assert!(model.iter().all(|m| ["geom", "cad", "exec", "data"].contains(&m.as_str())), "model imports {model:?}");
+    let model: Vec<&String> = graph
+        .get("model")
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    assert!(
+        model
+            .iter()
+            .all(|m| ["geom", "cad", "exec", "data"].contains(&m.as_str())),
+        "model imports {model:?}"
+    );
 }

@@ -8,8 +8,9 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use cadvlm::model::lora::{
-    LinearLayers, LoraConfig, LoraError, LoraLinear, apply_lora, linear_weight_bytes, load_adapters, merge_adapters,
-    quantize_linears, save_adapters, unmerge_adapters, with_adapters_disabled,
+    LinearLayers, LoraConfig, LoraError, LoraLinear, apply_lora, linear_weight_bytes,
+    load_adapters, merge_adapters, quantize_linears, save_adapters, unmerge_adapters,
+    with_adapters_disabled,
 };
 use cadvlm::model::quant::Quantize;
 
@@ -59,11 +60,20 @@ fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 }
 
 fn max_abs_diff<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
-    values(a).iter().zip(values(b)).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    values(a)
+        .iter()
+        .zip(values(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn cfg(rank: usize) -> LoraConfig {
-    LoraConfig { rank, alpha: 2.0 * rank as f64, dropout: 0.0, ..LoraConfig::default() }
+    LoraConfig {
+        rank,
+        alpha: 2.0 * rank as f64,
+        dropout: 0.0,
+        ..LoraConfig::default()
+    }
 }
 
 /// Gives every adapter a non-zero B (fresh adapters start at B = 0, an identity update).
@@ -71,7 +81,11 @@ fn randomize_b<B: Backend>(m: &mut Toy<B>, device: &B::Device) {
     m.for_each_linear(&mut |_, l| {
         if let Some(a) = l.lora_a.take() {
             let r = a.shape().dims::<2>()[0];
-            let b = Tensor::random([l.out_features(), r], Distribution::Normal(0.0, 0.1), device);
+            let b = Tensor::random(
+                [l.out_features(), r],
+                Distribution::Normal(0.0, 0.1),
+                device,
+            );
             l.set_adapter(a.val(), b, l.lora_alpha, l.lora_dropout);
         }
     });
@@ -80,7 +94,10 @@ fn randomize_b<B: Backend>(m: &mut Toy<B>, device: &B::Device) {
 #[test]
 fn targets_match_by_name() {
     let _rng = rng_lock();
-    let c = LoraConfig { targets: vec!["q_proj".into(), "mlp.down_proj".into()], ..cfg(4) };
+    let c = LoraConfig {
+        targets: vec!["q_proj".into(), "mlp.down_proj".into()],
+        ..cfg(4)
+    };
     assert!(c.matches("model.layers.3.self_attn.q_proj"));
     assert!(c.matches("model.layers.3.mlp.down_proj"));
     assert!(!c.matches("model.layers.3.mlp.up_proj"));
@@ -89,9 +106,16 @@ fn targets_match_by_name() {
     let mut m = Toy::<Nd>::new(8, &dev);
     assert_eq!(apply_lora(&mut m, &c, &dev).unwrap(), 2);
     assert!(m.q_proj.has_adapter() && m.down_proj.has_adapter() && !m.up_proj.has_adapter());
-    let none = LoraConfig { targets: vec!["k_proj".into()], ..cfg(4) };
-    assert!(matches!(apply_lora(&mut Toy::<Nd>::new(8, &dev), &none, &dev), Err(LoraError::NoTargets(_))));
-    let bad: Result<LoraConfig, _> = toml_like(r#"{"rank": 4, "alpha": 8, "targets": ["q_proj"], "dropuot": 0.1}"#);
+    let none = LoraConfig {
+        targets: vec!["k_proj".into()],
+        ..cfg(4)
+    };
+    assert!(matches!(
+        apply_lora(&mut Toy::<Nd>::new(8, &dev), &none, &dev),
+        Err(LoraError::NoTargets(_))
+    ));
+    let bad: Result<LoraConfig, _> =
+        toml_like(r#"{"rank": 4, "alpha": 8, "targets": ["q_proj"], "dropuot": 0.1}"#);
     assert!(bad.is_err(), "unknown fields are rejected");
 }
 
@@ -107,13 +131,29 @@ fn new_adapter_is_identity_and_merge_unmerge_round_trips() {
     let x = Tensor::<Nd, 2>::random([5, 16], Distribution::Normal(0.0, 1.0), &dev);
     let y0 = m.forward(x.clone());
     let w0 = m.up_proj.weight.as_ref().unwrap().val();
-    apply_lora(&mut m, &LoraConfig { targets: vec!["all-linear".into()], ..cfg(4) }, &dev).unwrap();
-    assert!(max_abs_diff(m.forward(x.clone()), y0.clone()) == 0.0, "B = 0 at start");
+    apply_lora(
+        &mut m,
+        &LoraConfig {
+            targets: vec!["all-linear".into()],
+            ..cfg(4)
+        },
+        &dev,
+    )
+    .unwrap();
+    assert!(
+        max_abs_diff(m.forward(x.clone()), y0.clone()) == 0.0,
+        "B = 0 at start"
+    );
     randomize_b(&mut m, &dev);
     let y_adapted = m.forward(x.clone());
-    assert!(max_abs_diff(y_adapted.clone(), y0.clone()) > 1e-2, "the adapter changes the output");
+    assert!(
+        max_abs_diff(y_adapted.clone(), y0.clone()) > 1e-2,
+        "the adapter changes the output"
+    );
     assert_eq!(merge_adapters(&mut m).unwrap(), 3);
-    assert!(matches!(merge_adapters(&mut m), Err(LoraError::AlreadyMerged(p)) if p.contains("q_proj")));
+    assert!(
+        matches!(merge_adapters(&mut m), Err(LoraError::AlreadyMerged(p)) if p.contains("q_proj"))
+    );
     let y_merged = m.forward(x.clone());
     assert!(max_abs_diff(y_merged, y_adapted.clone()) < 1e-5);
     // Adapters off while merged: the base alone.
@@ -142,8 +182,14 @@ fn adapters_save_and_load_alone() {
     let st = safetensors::SafeTensors::deserialize(&st_bytes).unwrap();
     let mut keys: Vec<String> = st.names().into_iter().map(String::from).collect();
     keys.sort();
-    assert!(keys.contains(&"model.layers.0.self_attn.q_proj.lora_A.weight".to_string()), "{keys:?}");
-    assert!(keys.iter().all(|k| k.contains("lora_")), "only adapters are saved: {keys:?}");
+    assert!(
+        keys.contains(&"model.layers.0.self_attn.q_proj.lora_A.weight".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter().all(|k| k.contains("lora_")),
+        "only adapters are saved: {keys:?}"
+    );
 
     let mut fresh = base.clone();
     let loaded = load_adapters(&mut fresh, &path, &dev).unwrap();
@@ -166,7 +212,10 @@ fn quantized_base_forward_equals_dequantized_linear_and_saves_memory() {
     let x = Tensor::<Nd, 2>::random([3, d], Distribution::Normal(0.0, 1.0), &dev);
     let (f32_before, stored_before) = linear_weight_bytes(&mut m);
     assert_eq!(f32_before, stored_before);
-    assert_eq!(quantize_linears(&mut m, Quantize::Nf4, |_| true).unwrap(), 3);
+    assert_eq!(
+        quantize_linears(&mut m, Quantize::Nf4, |_| true).unwrap(),
+        3
+    );
     assert!(m.q_proj.is_quantized() && m.q_proj.weight.is_none());
     // The forward uses exactly the dequantized weight.
     let q = m.up_proj.qweight.clone().unwrap();
@@ -180,7 +229,10 @@ fn quantized_base_forward_equals_dequantized_linear_and_saves_memory() {
     assert!(ratio >= 3.5, "{ratio}");
     // Merging into a quantized base is refused (it would need re-quantizing).
     apply_lora(&mut m, &cfg(4), &dev).unwrap();
-    assert!(matches!(merge_adapters(&mut m), Err(LoraError::QuantizedBase(_))));
+    assert!(matches!(
+        merge_adapters(&mut m),
+        Err(LoraError::QuantizedBase(_))
+    ));
 }
 
 #[test]
@@ -225,24 +277,45 @@ fn fit(quantize: Quantize, steps: usize) -> Vec<f64> {
         let u = Tensor::<Ad, 2>::random([o, 2], Distribution::Normal(0.0, 0.3), &dev);
         let v = Tensor::<Ad, 2>::random([2, i], Distribution::Normal(0.0, 0.3), &dev);
         let wb = Tensor::<Ad, 2>::from_data(TensorData::new(w, [o, i]), &dev).sub(u.matmul(v));
-        let bias = tl.bias.as_ref().map(|b| Tensor::<Ad, 1>::from_data(b.val().into_data(), &dev));
+        let bias = tl
+            .bias
+            .as_ref()
+            .map(|b| Tensor::<Ad, 1>::from_data(b.val().into_data(), &dev));
         *l = LoraLinear::from_tensors(wb, bias);
     });
     let mut student = student.no_grad();
     quantize_linears(&mut student, quantize, |_| true).unwrap();
-    apply_lora(&mut student, &LoraConfig { targets: vec!["all-linear".into()], ..cfg(4) }, &dev).unwrap();
+    apply_lora(
+        &mut student,
+        &LoraConfig {
+            targets: vec!["all-linear".into()],
+            ..cfg(4)
+        },
+        &dev,
+    )
+    .unwrap();
     let xs = Tensor::<Nd, 2>::random([128, d], Distribution::Normal(0.0, 1.0), &dev);
     let target = teacher.forward(xs.clone());
-    let (xs, target) = (Tensor::<Ad, 2>::from_inner(xs), Tensor::<Ad, 2>::from_inner(target));
+    let (xs, target) = (
+        Tensor::<Ad, 2>::from_inner(xs),
+        Tensor::<Ad, 2>::from_inner(target),
+    );
     let lr = 0.05;
     let mut losses = Vec::new();
     for _ in 0..steps {
-        let loss = student.forward(xs.clone()).sub(target.clone()).powf_scalar(2.0).mean();
+        let loss = student
+            .forward(xs.clone())
+            .sub(target.clone())
+            .powf_scalar(2.0)
+            .mean();
         losses.push(values(loss.clone())[0] as f64);
         let grads = loss.backward();
         // Plain SGD on the adapters.
         student.for_each_linear(&mut |_, l| {
-            let (a, b) = (l.lora_a.take().unwrap().val(), l.lora_b.take().unwrap().val());
+            let (a, b) = (
+                l.lora_a.take().unwrap().val(),
+                l.lora_b.take().unwrap().val(),
+            );
             let (ga, gb) = (a.grad(&grads).unwrap(), b.grad(&grads).unwrap());
             let a = Tensor::from_inner(a.inner().sub(ga.mul_scalar(lr)));
             let b = Tensor::from_inner(b.inner().sub(gb.mul_scalar(lr)));

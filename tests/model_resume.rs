@@ -5,8 +5,8 @@
 use burn::backend::{Autodiff, NdArray};
 use cadvlm::data::{GENCAD_PROMPT, Sample};
 use cadvlm::model::VlmConfig;
-use cadvlm::train::optim::OptimConfig;
 use cadvlm::train::adapt::Adaptation;
+use cadvlm::train::optim::OptimConfig;
 use cadvlm::train::sft::{SftConfig, prepare_examples, train_sft_adapted};
 
 type AB = Autodiff<NdArray<f32>>;
@@ -35,7 +35,11 @@ fn resumed_run_matches_uninterrupted_run() {
         steps: 6,
         batch_size: 4,
         grad_accum: 2,
-        optim: OptimConfig { lr: 2e-3, warmup_steps: 2, ..Default::default() },
+        optim: OptimConfig {
+            lr: 2e-3,
+            warmup_steps: 2,
+            ..Default::default()
+        },
         log_every: 1,
         checkpoint_every: 3,
         val_samples: 0,
@@ -45,20 +49,65 @@ fn resumed_run_matches_uninterrupted_run() {
     let device = Default::default();
     let base = std::env::temp_dir().join(format!("cadvlm-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
-    let full = train_sft_adapted::<AB>(&base.join("a"), &cfg, &c, &Adaptation::default(), &tok, &ex, &[], &device, None, false).unwrap();
+    let full = train_sft_adapted::<AB>(
+        &base.join("a"),
+        &cfg,
+        &c,
+        &Adaptation::default(),
+        &tok,
+        &ex,
+        &[],
+        &device,
+        None,
+        false,
+    )
+    .unwrap();
     assert_eq!(full.losses.len(), 6);
 
-    let first = train_sft_adapted::<AB>(&base.join("b"), &cfg, &c, &Adaptation::default(), &tok, &ex, &[], &device, Some(4), false).unwrap();
+    let first = train_sft_adapted::<AB>(
+        &base.join("b"),
+        &cfg,
+        &c,
+        &Adaptation::default(),
+        &tok,
+        &ex,
+        &[],
+        &device,
+        Some(4),
+        false,
+    )
+    .unwrap();
     assert_eq!(first.step, 4);
-    assert!(!base.join("b/model.safetensors").exists(), "a stopped run must not write the final model");
+    assert!(
+        !base.join("b/model.safetensors").exists(),
+        "a stopped run must not write the final model"
+    );
     // the newest checkpoint is at step 4 (written at the stop); drop it to resume from the periodic one at 3
     std::fs::remove_dir_all(base.join("b/checkpoints/step-0000004")).unwrap();
-    let second = train_sft_adapted::<AB>(&base.join("b"), &cfg, &c, &Adaptation::default(), &tok, &ex, &[], &device, None, false).unwrap();
+    let second = train_sft_adapted::<AB>(
+        &base.join("b"),
+        &cfg,
+        &c,
+        &Adaptation::default(),
+        &tok,
+        &ex,
+        &[],
+        &device,
+        None,
+        false,
+    )
+    .unwrap();
     assert_eq!(second.resumed_from, Some(3));
-    assert_eq!(second.losses.iter().map(|l| l.0).collect::<Vec<_>>(), vec![4, 5, 6]);
+    assert_eq!(
+        second.losses.iter().map(|l| l.0).collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
     for ((s1, l1), (s2, l2)) in full.losses[3..].iter().zip(&second.losses) {
         assert_eq!(s1, s2);
-        assert!((l1 - l2).abs() <= 1e-6 * l1.abs().max(1.0), "step {s1}: uninterrupted {l1} vs resumed {l2}");
+        assert!(
+            (l1 - l2).abs() <= 1e-6 * l1.abs().max(1.0),
+            "step {s1}: uninterrupted {l1} vs resumed {l2}"
+        );
     }
     // metrics.parquet / jsonl hold one row per step, without duplicates from the interruption
     let rows = std::fs::read_to_string(base.join("b/metrics.jsonl")).unwrap();

@@ -3,12 +3,19 @@
 #![cfg(feature = "parallel")]
 
 use cadvlm::model::quant::{
-    GaussRng as Rng, Isa, NF4_CODE, QTensor, QuantError, QuantFormat, Quantize, pack_nibbles, relative_frobenius_error, unpack_nibbles,
+    GaussRng as Rng, Isa, NF4_CODE, QTensor, QuantError, QuantFormat, Quantize, pack_nibbles,
+    relative_frobenius_error, unpack_nibbles,
 };
 
 const INT4_64: QuantFormat = QuantFormat::Int4 { group_size: 64 };
-const NF4_64: QuantFormat = QuantFormat::Nf4 { block_size: 64, double_quant: false };
-const NF4_64_DQ: QuantFormat = QuantFormat::Nf4 { block_size: 64, double_quant: true };
+const NF4_64: QuantFormat = QuantFormat::Nf4 {
+    block_size: 64,
+    double_quant: false,
+};
+const NF4_64_DQ: QuantFormat = QuantFormat::Nf4 {
+    block_size: 64,
+    double_quant: true,
+};
 
 fn all_formats() -> Vec<QuantFormat> {
     vec![
@@ -17,10 +24,16 @@ fn all_formats() -> Vec<QuantFormat> {
         QuantFormat::Int4 { group_size: 32 },
         INT4_64,
         QuantFormat::Int4 { group_size: 128 },
-        QuantFormat::Nf4 { block_size: 32, double_quant: false },
+        QuantFormat::Nf4 {
+            block_size: 32,
+            double_quant: false,
+        },
         NF4_64,
         NF4_64_DQ,
-        QuantFormat::Nf4 { block_size: 128, double_quant: true },
+        QuantFormat::Nf4 {
+            block_size: 128,
+            double_quant: true,
+        },
     ]
 }
 
@@ -60,7 +73,12 @@ fn gaussian_errors() -> Vec<(QuantFormat, f64)> {
     let w = Rng(42).gauss_vec(rows * cols, 0.02);
     all_formats()
         .into_iter()
-        .map(|f| (f, relative_frobenius_error(&w, &QTensor::quantize(&w, rows, cols, f).unwrap())))
+        .map(|f| {
+            (
+                f,
+                relative_frobenius_error(&w, &QTensor::quantize(&w, rows, cols, f).unwrap()),
+            )
+        })
         .collect()
 }
 
@@ -80,7 +98,10 @@ fn quantization_error_on_gaussian_weights_is_bounded() {
             QuantFormat::Nf4 { block_size: 64, .. } => (0.06, 0.105),
             QuantFormat::Nf4 { .. } => (0.07, 0.11),
         };
-        assert!((lo..=hi).contains(&e), "{f:?}: error {e} outside [{lo}, {hi}]");
+        assert!(
+            (lo..=hi).contains(&e),
+            "{f:?}: error {e} outside [{lo}, {hi}]"
+        );
     }
 }
 
@@ -109,22 +130,48 @@ fn nf4_beats_int4_on_gaussian_weights() {
         None => relative_frobenius_error(&w, &QTensor::quantize(&w, 256, 1024, f).unwrap()),
     };
     for g in [32, 64, 128] {
-        let nf = get(QuantFormat::Nf4 { block_size: g, double_quant: false });
+        let nf = get(QuantFormat::Nf4 {
+            block_size: g,
+            double_quant: false,
+        });
         let plain = symmetric_int4_error(&w, g);
-        eprintln!("group {g}: nf4 {nf:.5}, symmetric int4 {plain:.5}, int4 with zero point {:.5}", get(QuantFormat::Int4 { group_size: g }));
+        eprintln!(
+            "group {g}: nf4 {nf:.5}, symmetric int4 {plain:.5}, int4 with zero point {:.5}",
+            get(QuantFormat::Int4 { group_size: g })
+        );
         // Same group size, same storage (4 bits + one f32 per group): NF4 wins clearly.
-        assert!(nf < 0.95 * plain, "group {g}: nf4 {nf} vs plain int4 {plain}");
+        assert!(
+            nf < 0.95 * plain,
+            "group {g}: nf4 {nf} vs plain int4 {plain}"
+        );
     }
     // Against our int4 with zero points (8 more bits per group): NF4 wins at the same group size
     // 128, and wins at half the group size with double-quantized scales while using less memory.
-    assert!(get(QuantFormat::Nf4 { block_size: 128, double_quant: true }) < get(QuantFormat::Int4 { group_size: 128 }));
+    assert!(
+        get(QuantFormat::Nf4 {
+            block_size: 128,
+            double_quant: true
+        }) < get(QuantFormat::Int4 { group_size: 128 })
+    );
     for g in [32, 64] {
-        let nf = QuantFormat::Nf4 { block_size: g, double_quant: true };
+        let nf = QuantFormat::Nf4 {
+            block_size: g,
+            double_quant: true,
+        };
         let i4 = QuantFormat::Int4 { group_size: 2 * g };
-        let bits = |f| QTensor::quantize(&w[..1024], 1, 1024, f).unwrap().bits_per_weight();
+        let bits = |f| {
+            QTensor::quantize(&w[..1024], 1, 1024, f)
+                .unwrap()
+                .bits_per_weight()
+        };
         assert!(bits(nf) < bits(i4));
         let nf_err = get(nf);
-        assert!(nf_err < get(i4), "nf4 dq g{g} {nf_err} vs int4 g{} {}", 2 * g, get(i4));
+        assert!(
+            nf_err < get(i4),
+            "nf4 dq g{g} {nf_err} vs int4 g{} {}",
+            2 * g,
+            get(i4)
+        );
     }
     // Double quantization of the scales costs almost nothing.
     let (plain, dq) = (get(NF4_64), get(NF4_64_DQ));
@@ -135,7 +182,11 @@ fn nf4_beats_int4_on_gaussian_weights() {
 fn storage_sizes() {
     let (rows, cols) = (256, 1024);
     let w = Rng(1).gauss_vec(rows * cols, 1.0);
-    let bits = |f| QTensor::quantize(&w, rows, cols, f).unwrap().bits_per_weight();
+    let bits = |f| {
+        QTensor::quantize(&w, rows, cols, f)
+            .unwrap()
+            .bits_per_weight()
+    };
     assert_eq!(bits(QuantFormat::F32), 32.0);
     assert!((bits(QuantFormat::Int8) - (8.0 + 32.0 / 1024.0)).abs() < 1e-9);
     assert!((bits(INT4_64) - (4.0 + 40.0 / 64.0)).abs() < 1e-9);
@@ -148,13 +199,23 @@ fn storage_sizes() {
 
 fn reference_matvec(w: &[f32], rows: usize, cols: usize, x: &[f32]) -> Vec<f64> {
     (0..rows)
-        .map(|r| w[r * cols..(r + 1) * cols].iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum())
+        .map(|r| {
+            w[r * cols..(r + 1) * cols]
+                .iter()
+                .zip(x)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum()
+        })
         .collect()
 }
 
 /// `‖y − ref‖ / ‖ref‖`.
 fn rel_err(y: &[f32], reference: &[f64]) -> f64 {
-    let num: f64 = y.iter().zip(reference).map(|(&a, &b)| (a as f64 - b).powi(2)).sum();
+    let num: f64 = y
+        .iter()
+        .zip(reference)
+        .map(|(&a, &b)| (a as f64 - b).powi(2))
+        .sum();
     let den: f64 = reference.iter().map(|b| b * b).sum();
     (num / den).sqrt()
 }
@@ -162,7 +223,10 @@ fn rel_err(y: &[f32], reference: &[f64]) -> f64 {
 #[test]
 fn matvec_matches_dequantize_then_f32_for_every_format_and_isa() {
     let isas = Isa::all_available();
-    eprintln!("instruction sets: {isas:?} (detected best: {:?})", Isa::detect());
+    eprintln!(
+        "instruction sets: {isas:?} (detected best: {:?})",
+        Isa::detect()
+    );
     let mut rng = Rng(3);
     // Odd shapes (padding, SIMD tails, sequential path) and a larger one (rayon path).
     for (rows, cols) in [(37, 200), (5, 64), (3, 7), (300, 1024)] {
@@ -202,7 +266,10 @@ fn matmul_matches_dequantize_then_f32_for_every_format_and_isa() {
                 let mut y = vec![f32::NAN; m * rows];
                 q.matmul_with(isa, &x, m, &mut y).unwrap();
                 let e = rel_err(&y, &reference);
-                assert!(e <= 1e-4, "{rows}×{cols}·{m} {f:?} {isa:?}: relative error {e}");
+                assert!(
+                    e <= 1e-4,
+                    "{rows}×{cols}·{m} {f:?} {isa:?}: relative error {e}"
+                );
                 // And the matmul agrees with one matvec per token.
                 let mut yv = vec![0f32; rows];
                 q.matvec_with(isa, &x[(m - 1) * cols..], &mut yv).unwrap();
@@ -219,17 +286,45 @@ fn errors_are_reported_not_panics() {
     let w = vec![0.5f32; 64];
     assert_eq!(
         QTensor::quantize(&w, 2, 64, QuantFormat::Int8),
-        Err(QuantError::ShapeMismatch { len: 64, rows: 2, cols: 64 })
+        Err(QuantError::ShapeMismatch {
+            len: 64,
+            rows: 2,
+            cols: 64
+        })
     );
-    assert_eq!(QTensor::quantize(&w, 1, 64, QuantFormat::Int4 { group_size: 48 }), Err(QuantError::BadGroupSize(48)));
+    assert_eq!(
+        QTensor::quantize(&w, 1, 64, QuantFormat::Int4 { group_size: 48 }),
+        Err(QuantError::BadGroupSize(48))
+    );
     let mut bad = w.clone();
     bad[5] = f32::NAN;
-    assert_eq!(QTensor::quantize(&bad, 1, 64, NF4_64), Err(QuantError::NonFinite(5)));
+    assert_eq!(
+        QTensor::quantize(&bad, 1, 64, NF4_64),
+        Err(QuantError::NonFinite(5))
+    );
     let q = QTensor::quantize(&w, 1, 64, NF4_64).unwrap();
     let mut y = vec![0f32; 1];
-    assert_eq!(q.matvec(&[0.0; 63], &mut y), Err(QuantError::InputLen { got: 63, expected: 64 }));
-    assert_eq!(q.matvec(&[0.0; 64], &mut [0.0; 2]), Err(QuantError::OutputLen { got: 2, expected: 1 }));
-    assert_eq!(q.matmul(&[0.0; 128], 2, &mut [0.0; 1]), Err(QuantError::OutputLen { got: 1, expected: 2 }));
+    assert_eq!(
+        q.matvec(&[0.0; 63], &mut y),
+        Err(QuantError::InputLen {
+            got: 63,
+            expected: 64
+        })
+    );
+    assert_eq!(
+        q.matvec(&[0.0; 64], &mut [0.0; 2]),
+        Err(QuantError::OutputLen {
+            got: 2,
+            expected: 1
+        })
+    );
+    assert_eq!(
+        q.matmul(&[0.0; 128], 2, &mut [0.0; 1]),
+        Err(QuantError::OutputLen {
+            got: 1,
+            expected: 2
+        })
+    );
 }
 
 #[test]
@@ -253,7 +348,11 @@ fn fast_dequantize_matches_the_reference() {
     for f in all_formats() {
         let q = QTensor::quantize(&w, rows, cols, f).unwrap();
         let (a, b) = (q.dequantize(), q.dequantize_fast());
-        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(worst <= 1e-6, "{f:?}: {worst}");
     }
 }

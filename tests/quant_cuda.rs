@@ -9,9 +9,18 @@ use cadvlm::model::quant::cuda::{CudaClient, CudaQTensor, QuantCudaError, open_d
 use cadvlm::model::quant::{GaussRng as Rng, QTensor, QuantFormat};
 
 const FORMATS: [QuantFormat; 6] = [
-    QuantFormat::Nf4 { block_size: 64, double_quant: false },
-    QuantFormat::Nf4 { block_size: 64, double_quant: true },
-    QuantFormat::Nf4 { block_size: 128, double_quant: true },
+    QuantFormat::Nf4 {
+        block_size: 64,
+        double_quant: false,
+    },
+    QuantFormat::Nf4 {
+        block_size: 64,
+        double_quant: true,
+    },
+    QuantFormat::Nf4 {
+        block_size: 128,
+        double_quant: true,
+    },
     QuantFormat::Int4 { group_size: 64 },
     QuantFormat::Int4 { group_size: 32 },
     QuantFormat::Int8,
@@ -30,9 +39,17 @@ fn client() -> Option<CudaClient> {
 
 /// `‖y − ref‖ / ‖ref‖`.
 fn rel_err(y: &[f32], reference: &[f32]) -> f64 {
-    let num: f64 = y.iter().zip(reference).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
+    let num: f64 = y
+        .iter()
+        .zip(reference)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
     let den: f64 = reference.iter().map(|&b| (b as f64).powi(2)).sum();
-    if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
 }
 
 fn check_matvec(rows: usize, cols: usize, seed: u64) {
@@ -61,7 +78,10 @@ fn matvec_4096_matches_cpu() {
 
 #[test]
 fn matvec_odd_shapes_match_cpu() {
-    for (i, (rows, cols)) in [(1, 1), (3, 7), (37, 200), (5, 64), (129, 1000), (2, 4097)].into_iter().enumerate() {
+    for (i, (rows, cols)) in [(1, 1), (3, 7), (37, 200), (5, 64), (129, 1000), (2, 4097)]
+        .into_iter()
+        .enumerate()
+    {
         check_matvec(rows, cols, 10 + i as u64);
     }
 }
@@ -77,7 +97,10 @@ fn matmul_matches_cpu() {
             let q = QTensor::quantize(&w, rows, cols, f).unwrap();
             let mut reference = vec![0f32; m * rows]; // [m, rows]
             q.matmul(&x, m, &mut reference).unwrap();
-            let y = CudaQTensor::upload(&q, &client).unwrap().matmul(&x, m).unwrap(); // [m, rows]
+            let y = CudaQTensor::upload(&q, &client)
+                .unwrap()
+                .matmul(&x, m)
+                .unwrap(); // [m, rows]
             let e = rel_err(&y, &reference);
             assert!(e <= 1e-4, "{rows}×{cols}·{m} {f:?}: relative error {e}");
         }
@@ -89,10 +112,28 @@ fn bad_input_is_an_error_not_a_panic() {
     let Some(client) = client() else { return };
     let w = vec![0.5f32; 64 * 3];
     let f32_weight = QTensor::quantize(&w, 3, 64, QuantFormat::F32).unwrap();
-    assert!(matches!(CudaQTensor::upload(&f32_weight, &client), Err(QuantCudaError::Unsupported(_))));
-    let q = QTensor::quantize(&w, 3, 64, QuantFormat::Nf4 { block_size: 64, double_quant: true }).unwrap();
+    assert!(matches!(
+        CudaQTensor::upload(&f32_weight, &client),
+        Err(QuantCudaError::Unsupported(_))
+    ));
+    let q = QTensor::quantize(
+        &w,
+        3,
+        64,
+        QuantFormat::Nf4 {
+            block_size: 64,
+            double_quant: true,
+        },
+    )
+    .unwrap();
     let dq = CudaQTensor::upload(&q, &client).unwrap();
-    assert!(matches!(dq.matvec(&[1.0; 63]), Err(QuantCudaError::Quant(_))));
-    assert!(matches!(dq.matmul(&[1.0; 64], 2), Err(QuantCudaError::Quant(_))));
+    assert!(matches!(
+        dq.matvec(&[1.0; 63]),
+        Err(QuantCudaError::Quant(_))
+    ));
+    assert!(matches!(
+        dq.matmul(&[1.0; 64], 2),
+        Err(QuantCudaError::Quant(_))
+    ));
     assert_eq!(dq.matmul(&[], 0).unwrap(), Vec::<f32>::new());
 }

@@ -27,7 +27,11 @@ const SIZES: [(f64, f64, f64); 3] = [(1.0, 1.0, 1.0), (2.0, 1.0, 0.5), (1.0, 3.0
 fn picture(k: usize, x: f64, y: f64) -> image::RgbImage {
     image::RgbImage::from_fn(56, 56, |px, py| {
         let inside = (px as f64) < 10.0 + 12.0 * x && (py as f64) < 10.0 + 12.0 * y;
-        if inside { image::Rgb([200, 60 + 50 * k as u8, 40]) } else { image::Rgb([128, 128, 128]) }
+        if inside {
+            image::Rgb([200, 60 + 50 * k as u8, 40])
+        } else {
+            image::Rgb([128, 128, 128])
+        }
     })
 }
 
@@ -37,9 +41,13 @@ fn write_data(dir: &Path) {
     let mut index = String::new();
     for (k, (x, y, z)) in SIZES.into_iter().enumerate() {
         let id = format!("0000{k}");
-        picture(k, x, y).save(dir.join(format!("{id}.png"))).unwrap();
+        picture(k, x, y)
+            .save(dir.join(format!("{id}.png")))
+            .unwrap();
         std::fs::write(dir.join(format!("{id}.py")), cube(x, y, z)).unwrap();
-        index.push_str(&format!("{{\"deepcad_id\": \"{id}\", \"image\": \"{id}.png\", \"cadquery\": \"{id}.py\"}}\n"));
+        index.push_str(&format!(
+            "{{\"deepcad_id\": \"{id}\", \"image\": \"{id}.png\", \"cadquery\": \"{id}.py\"}}\n"
+        ));
     }
     std::fs::write(dir.join("index.jsonl"), index).unwrap();
 }
@@ -89,7 +97,11 @@ max_new_tokens = 12
 }
 
 fn jsonl<T: serde::de::DeserializeOwned>(p: &Path) -> Vec<T> {
-    std::fs::read_to_string(p).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -97,8 +109,16 @@ fn sft_eval_dpo_end_to_end_on_the_tiny_checkpoint() {
     let base = std::env::temp_dir().join(format!("cadvlm-qwen-recipe-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     write_data(&base.join("data"));
-    assert_eq!(data_splits(&base.join("data")), Some((base.join("data"), base.join("data"))));
-    let r = Recipe::parse(&recipe_toml(&base.join("data"), 8, true), Path::new("tiny.toml"), &[]).unwrap();
+    assert_eq!(
+        data_splits(&base.join("data")),
+        Some((base.join("data"), base.join("data")))
+    );
+    let r = Recipe::parse(
+        &recipe_toml(&base.join("data"), 8, true),
+        Path::new("tiny.toml"),
+        &[],
+    )
+    .unwrap();
 
     let t = std::time::Instant::now();
     let rep = run(&r, &base.join("runs"), false).unwrap();
@@ -128,23 +148,43 @@ fn sft_eval_dpo_end_to_end_on_the_tiny_checkpoint() {
     assert_eq!(steps.len(), 2);
     assert!(steps.iter().all(|s| s.loss.unwrap().is_finite()));
     // reference = the SFT model (adapters folded in, fresh DPO adapters): the first step starts at log 2
-    assert!((steps[0].loss.unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "first DPO loss {:?}", steps[0].loss);
+    assert!(
+        (steps[0].loss.unwrap() - std::f64::consts::LN_2).abs() < 1e-6,
+        "first DPO loss {:?}",
+        steps[0].loss
+    );
     assert!(run_dir.join("dpo/rollouts/round-00.parquet").is_file());
     // outputs: the adapters of both stages load into a fresh QLoRA model
     for f in ["adapters.safetensors", "dpo/adapters.safetensors"] {
         let mut fresh = cadvlm::model::qwen2vl::answer::prepare_qlora(
-            cadvlm::model::qwen2vl::load_dir::<burn::backend::NdArray<f32>>(&fx().join("qwen2_5_vl"), &Default::default()).unwrap().model,
+            cadvlm::model::qwen2vl::load_dir::<burn::backend::NdArray<f32>>(
+                &fx().join("qwen2_5_vl"),
+                &Default::default(),
+            )
+            .unwrap()
+            .model,
             cadvlm::model::quant::Quantize::Nf4,
-            &cadvlm::model::lora::LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, targets: vec!["all-linear".into()] },
+            &cadvlm::model::lora::LoraConfig {
+                rank: 8,
+                alpha: 16.0,
+                dropout: 0.0,
+                targets: vec!["all-linear".into()],
+            },
             &Default::default(),
         )
         .unwrap();
-        let cfg = cadvlm::model::lora::load_adapters(&mut fresh, &run_dir.join(f), &Default::default()).unwrap();
+        let cfg =
+            cadvlm::model::lora::load_adapters(&mut fresh, &run_dir.join(f), &Default::default())
+                .unwrap();
         assert_eq!(cfg.rank, 8);
     }
     // a second run reuses every stage
     let again = run(&r, &base.join("runs"), false).unwrap();
-    assert!(again.stages.iter().all(|(_, what, _)| what == "reused"), "{:?}", again.stages);
+    assert!(
+        again.stages.iter().all(|(_, what, _)| what == "reused"),
+        "{:?}",
+        again.stages
+    );
     let _ = std::fs::remove_dir_all(&base);
 }
 
@@ -152,14 +192,17 @@ fn sft_eval_dpo_end_to_end_on_the_tiny_checkpoint() {
 fn gencad_parquet_splits_feed_the_recipe() {
     // the real GenCAD-Code layout: train/ and test/ parquet shards (deepcad_id, cadquery, image.bytes, …)
     use cadvlm::data::shards::{Row, write_shard};
-    let base = std::env::temp_dir().join(format!("cadvlm-qwen-recipe-parquet-{}", std::process::id()));
+    let base =
+        std::env::temp_dir().join(format!("cadvlm-qwen-recipe-parquet-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let rows: Vec<Row> = SIZES
         .into_iter()
         .enumerate()
         .map(|(k, (x, y, z))| {
             let mut png = Vec::new();
-            picture(k, x, y).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+            picture(k, x, y)
+                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .unwrap();
             Row::new(&format!("0000{k}"), &cube(x, y, z), png)
         })
         .collect();
@@ -187,24 +230,63 @@ fn seed_recipe_names_missing_paths_and_how_to_get_them() {
     let empty = std::env::temp_dir().join(format!("cadvlm-qwen-recipe-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
     let set = |k: &str, p: &Path| format!("{k}={:?}", p.display().to_string());
-    let err = Recipe::parse(&text, &file, &[set("model.path", &empty.join("models/Qwen2.5-VL-3B-Instruct"))]).unwrap_err().to_string();
-    assert!(err.contains("models/Qwen2.5-VL-3B-Instruct") && err.contains("huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct"), "{err}");
+    let err = Recipe::parse(
+        &text,
+        &file,
+        &[set(
+            "model.path",
+            &empty.join("models/Qwen2.5-VL-3B-Instruct"),
+        )],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("models/Qwen2.5-VL-3B-Instruct")
+            && err.contains("huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct"),
+        "{err}"
+    );
     // with the tiny checkpoint as the model, the data folder is the next missing input
     let tiny = set("model.path", &fx().join("qwen2_5_vl"));
     let data = set("data.dir", &empty.join("data/GenCAD-Code"));
-    let err = Recipe::parse(&text, &file, &[tiny.clone(), data.clone()]).unwrap_err().to_string();
-    assert!(err.contains("data/GenCAD-Code") && err.contains("--repo-type dataset"), "{err}");
+    let err = Recipe::parse(&text, &file, &[tiny.clone(), data.clone()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("data/GenCAD-Code") && err.contains("--repo-type dataset"),
+        "{err}"
+    );
     std::fs::create_dir_all(empty.join("data/GenCAD-Code/train")).unwrap();
-    let err = Recipe::parse(&text, &file, &[tiny.clone(), data.clone()]).unwrap_err().to_string();
+    let err = Recipe::parse(&text, &file, &[tiny.clone(), data.clone()])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("train split"), "{err}");
     std::fs::write(empty.join("data/GenCAD-Code/train/part-0.parquet"), b"").unwrap();
     let r = Recipe::parse(&text, &file, &[tiny, data, "backend=\"ndarray\"".into()]).unwrap();
-    assert_eq!((r.model.quantize, r.lora.as_ref().map(|l| l.rank), r.data.n_train), (cadvlm::model::quant::Quantize::Nf4, Some(16), 1000));
+    assert_eq!(
+        (
+            r.model.quantize,
+            r.lora.as_ref().map(|l| l.rank),
+            r.data.n_train
+        ),
+        (cadvlm::model::quant::Quantize::Nf4, Some(16), 1000)
+    );
     // Qwen recipes are validated like the others: a LoRA target the checkpoint lacks is named
-    let err = Recipe::parse(&text, &file, &[set("model.path", &fx().join("qwen2_5_vl")), set("data.dir", &empty.join("data/GenCAD-Code")), "backend=\"ndarray\"".into(), "lora.targets=[\"q_prj\"]".into()])
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("lora.targets") && err.contains("q_prj"), "{err}");
+    let err = Recipe::parse(
+        &text,
+        &file,
+        &[
+            set("model.path", &fx().join("qwen2_5_vl")),
+            set("data.dir", &empty.join("data/GenCAD-Code")),
+            "backend=\"ndarray\"".into(),
+            "lora.targets=[\"q_prj\"]".into(),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("lora.targets") && err.contains("q_prj"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&empty);
 }
 
@@ -216,8 +298,15 @@ fn seed_recipe_load_stops_at_once_without_the_weights() {
         return; // a real checkpoint is on disk: nothing to show here
     }
     let t = std::time::Instant::now();
-    let err = Recipe::load(&root.join("recipes/qwen2_5_vl_3b_qlora.toml"), &[]).unwrap_err().to_string();
-    assert!(err.contains("Qwen2.5-VL-3B-Instruct") && err.contains("missing model directory") && err.contains("huggingface-cli download"), "{err}");
+    let err = Recipe::load(&root.join("recipes/qwen2_5_vl_3b_qlora.toml"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Qwen2.5-VL-3B-Instruct")
+            && err.contains("missing model directory")
+            && err.contains("huggingface-cli download"),
+        "{err}"
+    );
     assert!(t.elapsed().as_secs_f64() < 1.0);
 }
 
@@ -230,11 +319,18 @@ fn seed_recipe_without_weights_stops_naming_the_missing_path() {
     std::fs::create_dir_all(&dir).unwrap();
     let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/qwen2_5_vl_3b_qlora.toml");
     let t0 = std::time::Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cadvlm")).current_dir(&dir).arg("recipe").arg(&recipe).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cadvlm"))
+        .current_dir(&dir)
+        .arg("recipe")
+        .arg(&recipe)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("models/Qwen2.5-VL-3B-Instruct") && err.contains("missing model directory") && err.contains("huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct"),
+        err.contains("models/Qwen2.5-VL-3B-Instruct")
+            && err.contains("missing model directory")
+            && err.contains("huggingface-cli download Qwen/Qwen2.5-VL-3B-Instruct"),
         "{err}"
     );
     assert!(t0.elapsed().as_secs() < 20, "it must stop at once");

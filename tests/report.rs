@@ -34,14 +34,29 @@ fn report_of_a_run_folder() {
     let data = root.join("set");
     std::fs::create_dir_all(&data).unwrap();
     // an evaluation set: 6 targets rendered by our renderer
-    let targets: Vec<String> = (0..6).map(|i| program(0.5 + 0.1 * i as f64, 0.3, 0.1 + 0.05 * i as f64)).collect();
+    let targets: Vec<String> = (0..6)
+        .map(|i| program(0.5 + 0.1 * i as f64, 0.3, 0.1 + 0.05 * i as f64))
+        .collect();
     let mut index = String::new();
     for (i, t) in targets.iter().enumerate() {
         let solid = cadvlm::cad::execute(t, &cadvlm::cad::Limits::default()).unwrap();
-        let img = render(&solid, &RenderOptions { size: 128, ..Default::default() }).unwrap();
-        std::fs::write(data.join(format!("t{i}.png")), cadvlm::data::images::encode_png(&img).unwrap()).unwrap();
+        let img = render(
+            &solid,
+            &RenderOptions {
+                size: 128,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        std::fs::write(
+            data.join(format!("t{i}.png")),
+            cadvlm::data::images::encode_png(&img).unwrap(),
+        )
+        .unwrap();
         std::fs::write(data.join(format!("t{i}.py")), t).unwrap();
-        index.push_str(&format!("{{\"deepcad_id\": \"t{i}\", \"image\": \"t{i}.png\", \"cadquery\": \"t{i}.py\"}}\n"));
+        index.push_str(&format!(
+            "{{\"deepcad_id\": \"t{i}\", \"image\": \"t{i}.png\", \"cadquery\": \"t{i}.py\"}}\n"
+        ));
     }
     std::fs::write(data.join("index.jsonl"), index).unwrap();
     // SFT: 2 of 6 fail, the rest are a bit off; DPO: 1 fails, the rest closer
@@ -51,21 +66,39 @@ fn report_of_a_run_folder() {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                let p = if i < fails { "wp = cq.Workplane(".to_string() } else { program(0.5 + 0.1 * i as f64 + off, 0.3, 0.1 + 0.05 * i as f64) };
+                let p = if i < fails {
+                    "wp = cq.Workplane(".to_string()
+                } else {
+                    program(0.5 + 0.1 * i as f64 + off, 0.3, 0.1 + 0.05 * i as f64)
+                };
                 let score: Scored = score_program(ex.as_ref(), &p, t);
-                SampleResult { id: format!("t{i}"), sample: 0, program: p, finished: true, n_tokens: 10, score }
+                SampleResult {
+                    id: format!("t{i}"),
+                    sample: 0,
+                    program: p,
+                    finished: true,
+                    n_tokens: 10,
+                    score,
+                }
             })
             .collect()
     };
     let (sft, dpo) = (results(2, 0.2), results(1, 0.05));
     let (s_sft, s_dpo) = (summarize(&sft, 1, 1.0), summarize(&dpo, 1, 1.0));
     assert!(s_dpo.iou_unitcube_mean_all > s_sft.iou_unitcube_mean_all);
-    for (dir, res, s) in [(run.join("eval/set"), &sft, &s_sft), (run.join("dpo/eval/set"), &dpo, &s_dpo)] {
+    for (dir, res, s) in [
+        (run.join("eval/set"), &sft, &s_sft),
+        (run.join("dpo/eval/set"), &dpo, &s_dpo),
+    ] {
         std::fs::create_dir_all(&dir).unwrap();
         write_results_parquet(&dir.join("samples.parquet"), res).unwrap();
         std::fs::write(dir.join("eval.json"), serde_json::to_string(s).unwrap()).unwrap();
     }
-    std::fs::write(run.join("dpo/eval/sets.json"), format!("{{\"set\": {:?}}}", data.display().to_string())).unwrap();
+    std::fs::write(
+        run.join("dpo/eval/sets.json"),
+        format!("{{\"set\": {:?}}}", data.display().to_string()),
+    )
+    .unwrap();
     // SFT and DPO metrics, rollouts of two rounds
     let sft_rows: Vec<MetricRow> = (1..=20)
         .map(|s| MetricRow {
@@ -112,7 +145,11 @@ fn report_of_a_run_folder() {
         }
         let rs: Vec<Rollout> = (0..40)
             .map(|k| {
-                let r = if k % 5 == 0 { -0.5 } else { (k as f64 / 40.0 + 0.1 * round as f64).min(1.0) };
+                let r = if k % 5 == 0 {
+                    -0.5
+                } else {
+                    (k as f64 / 40.0 + 0.1 * round as f64).min(1.0)
+                };
                 Rollout {
                     id: format!("img{}", k / 8),
                     image: k / 8,
@@ -126,14 +163,29 @@ fn report_of_a_run_folder() {
                 }
             })
             .collect();
-        write_rollouts(&run.join(format!("dpo/rollouts/round-{round:02}.parquet")), &rs).unwrap();
+        write_rollouts(
+            &run.join(format!("dpo/rollouts/round-{round:02}.parquet")),
+            &rs,
+        )
+        .unwrap();
     }
     write_dpo_metrics(&run.join("dpo"), &dpo_rows).unwrap();
 
     let out = cadvlm::report::run::write_report(&run).unwrap();
     assert!(out.notes.is_empty(), "{:?}", out.notes);
-    let names: Vec<String> = out.figures.iter().map(|p| p.file_name().unwrap().to_string_lossy().to_string()).collect();
-    for f in ["vsr_iou.png", "iou_hist_set.png", "sft_loss.png", "dpo_training.png", "rollout_rewards.png", "gallery.png"] {
+    let names: Vec<String> = out
+        .figures
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    for f in [
+        "vsr_iou.png",
+        "iou_hist_set.png",
+        "sft_loss.png",
+        "dpo_training.png",
+        "rollout_rewards.png",
+        "gallery.png",
+    ] {
         assert!(names.contains(&f.to_string()), "{f} missing from {names:?}");
         let (w, h, colours) = png_size(&out.dir.join(f));
         assert!(w >= 400 && h >= 300, "{f}: {w}×{h}");
@@ -141,8 +193,14 @@ fn report_of_a_run_folder() {
     }
     let md = std::fs::read_to_string(out.dir.join("README.md")).unwrap();
     let delta = s_dpo.iou_unitcube_mean_all - s_sft.iou_unitcube_mean_all;
-    assert!(delta > 5e-4 && md.contains(&format!("{delta:+.3}")), "README lacks the IoU delta {delta:+.3}:\n{md}");
-    assert!(md.contains("![gallery](gallery.png)") && md.contains("| set | model |"), "{md}");
+    assert!(
+        delta > 5e-4 && md.contains(&format!("{delta:+.3}")),
+        "README lacks the IoU delta {delta:+.3}:\n{md}"
+    );
+    assert!(
+        md.contains("![gallery](gallery.png)") && md.contains("| set | model |"),
+        "{md}"
+    );
     println!("report written to {}", out.dir.display());
     if std::env::var_os("CADVLM_KEEP_REPORT").is_none() {
         let _ = std::fs::remove_dir_all(&root);

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cadvlm::geom::Normalize;
 use cadvlm::exec::wasm::WasmExecutor;
 use cadvlm::exec::{Backend, Executor, FailureKind, Outcome, Reward, SandboxConfig, executor};
+use cadvlm::geom::Normalize;
 
 const SQUARE_HOLE: &str = "import cadquery as cq
 wp_sketch0 = cq.Workplane(cq.Plane(cq.Vector(-0.75, -0.75, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))
@@ -63,8 +63,14 @@ fn shared_programs() -> Vec<(PathBuf, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
     let mut out = Vec::new();
     for d in ["semantics", "gencad-programs", "gencad-test100-dev"] {
-        let Ok(rd) = std::fs::read_dir(root.join(d)) else { continue };
-        let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "py")).collect();
+        let Ok(rd) = std::fs::read_dir(root.join(d)) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "py"))
+            .collect();
         files.sort();
         for f in files {
             let s = std::fs::read_to_string(&f).unwrap();
@@ -87,7 +93,8 @@ struct CliAnswer {
 
 /// `cadvlm exec FILE --json --timing [extra]` on one program (bytes), in a scratch dir.
 fn cli_exec(name: &str, program: &[u8], extra: &[&str]) -> CliAnswer {
-    let dir = std::env::temp_dir().join(format!("cadvlm-sandbox-test-{}-{name}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("cadvlm-sandbox-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join(format!("{name}.py"));
     std::fs::write(&file, program).unwrap();
@@ -104,17 +111,30 @@ fn cli_exec(name: &str, program: &[u8], extra: &[&str]) -> CliAnswer {
     let _ = std::fs::remove_dir_all(&dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{name}: cadvlm exited with {}: {stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "{name}: cadvlm exited with {}: {stderr}",
+        out.status
+    );
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "{name}: expected one JSON line, got {stdout}");
-    let json: serde_json::Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {}", lines[0]));
+    assert_eq!(
+        lines.len(),
+        1,
+        "{name}: expected one JSON line, got {stdout}"
+    );
+    let json: serde_json::Value = serde_json::from_str(lines[0])
+        .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {}", lines[0]));
     let peak_rss_mib = stderr
         .split("peak RSS ")
         .nth(1)
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{name}: no peak RSS in {stderr}"));
-    CliAnswer { json, wall, peak_rss_mib }
+    CliAnswer {
+        json,
+        wall,
+        peak_rss_mib,
+    }
 }
 
 /// A hostile program must get a clear error (one of `kinds`, a message with a line) within 5 s and well under 1 GiB.
@@ -123,14 +143,35 @@ fn assert_rejected(name: &str, program: &[u8], kinds: &[&str]) -> CliAnswer {
     assert_eq!(a.json["ok"], false, "{name}: accepted: {}", a.json);
     assert_eq!(a.json["sandbox"]["backend"], "wasm", "{name}: {}", a.json);
     let kind = a.json["error_kind"].as_str().unwrap_or("");
-    assert!(kinds.contains(&kind), "{name}: error_kind {kind:?}, expected one of {kinds:?}: {}", a.json);
+    assert!(
+        kinds.contains(&kind),
+        "{name}: error_kind {kind:?}, expected one of {kinds:?}: {}",
+        a.json
+    );
     let msg = a.json["error"].as_str().unwrap_or("");
     assert!(!msg.is_empty(), "{name}: empty error message");
-    if kinds.iter().all(|k| ["syntax", "unsupported", "runtime", "budget", "invalid_geometry", "no_result"].contains(k)) {
-        assert!(msg.starts_with("line "), "{name}: no position in the error: {msg}");
+    if kinds.iter().all(|k| {
+        [
+            "syntax",
+            "unsupported",
+            "runtime",
+            "budget",
+            "invalid_geometry",
+            "no_result",
+        ]
+        .contains(k)
+    }) {
+        assert!(
+            msg.starts_with("line "),
+            "{name}: no position in the error: {msg}"
+        );
     }
     assert!(a.wall < Duration::from_secs(5), "{name}: took {:?}", a.wall);
-    assert!(a.peak_rss_mib < 512.0, "{name}: peak RSS {} MiB", a.peak_rss_mib);
+    assert!(
+        a.peak_rss_mib < 512.0,
+        "{name}: peak RSS {} MiB",
+        a.peak_rss_mib
+    );
     a
 }
 
@@ -152,7 +193,11 @@ fn memory_bomb_is_rejected() {
         ("power", "x = 10 ** 10 ** 10\n"),
         ("circle", "solid = wp.circle(1e300).extrude(1e300)\n"),
     ] {
-        assert_rejected(name, format!("{HEADER}{bomb}").as_bytes(), &["syntax", "unsupported", "runtime", "budget"]);
+        assert_rejected(
+            name,
+            format!("{HEADER}{bomb}").as_bytes(),
+            &["syntax", "unsupported", "runtime", "budget"],
+        );
     }
 }
 
@@ -164,7 +209,11 @@ fn deep_nesting_is_rejected() {
     let p = format!("{HEADER}x = {}1\n", "-".repeat(n));
     assert_rejected("unary", p.as_bytes(), &["syntax", "budget"]);
     let p = format!("{HEADER}solid = wp{}\n", ".moveTo(0.0, 0.0)".repeat(20_000));
-    assert_rejected("chain", p.as_bytes(), &["syntax", "budget", "runtime", "no_result"]);
+    assert_rejected(
+        "chain",
+        p.as_bytes(),
+        &["syntax", "budget", "runtime", "no_result"],
+    );
 }
 
 #[test]
@@ -176,20 +225,34 @@ fn exponential_csg_dag_stays_bounded() {
     }
     let a = cli_exec("dag", p.as_bytes(), &[]);
     assert!(a.wall < Duration::from_secs(5), "took {:?}", a.wall);
-    let native = executor(&SandboxConfig::with_backend(Backend::Native)).unwrap().execute(SQUARE_HOLE);
+    let native = executor(&SandboxConfig::with_backend(Backend::Native))
+        .unwrap()
+        .execute(SQUARE_HOLE);
     let v = native.result.as_ref().unwrap().volume;
     assert_eq!(a.json["ok"], true, "{}", a.json);
-    assert!(close(a.json["volume"].as_f64().unwrap(), v), "{} vs {v}", a.json);
+    assert!(
+        close(a.json["volume"].as_f64().unwrap(), v),
+        "{} vs {v}",
+        a.json
+    );
     // Two solids feeding each other: a DAG of 160 distinct nodes, each a union/cut of the previous two.
     let mut p = UNION.to_string();
     p.push_str("a = solid0\nb = solid1\n");
     for i in 0..80 {
-        p.push_str(if i % 2 == 0 { "a = a.union(b)\n" } else { "b = b.cut(a)\n" });
+        p.push_str(if i % 2 == 0 {
+            "a = a.union(b)\n"
+        } else {
+            "b = b.cut(a)\n"
+        });
     }
     p.push_str("solid = a.union(b)\n");
     let a = cli_exec("dag2", p.as_bytes(), &[]);
     assert!(a.wall < Duration::from_secs(5), "took {:?}", a.wall);
-    assert!(a.json["error_kind"].is_null() || a.json["error_kind"] == "budget", "{}", a.json);
+    assert!(
+        a.json["error_kind"].is_null() || a.json["error_kind"] == "budget",
+        "{}",
+        a.json
+    );
 }
 
 #[test]
@@ -206,7 +269,10 @@ fn one_megabyte_program_is_rejected() {
 #[test]
 fn escapes_to_python_are_rejected() {
     let cases = [
-        ("import_os", "import os\nos.system('touch /tmp/cadvlm-pwned')\n"),
+        (
+            "import_os",
+            "import os\nos.system('touch /tmp/cadvlm-pwned')\n",
+        ),
         ("from_import", "from os import system\n"),
         ("open", "open('/etc/passwd').read()\n"),
         ("dunder_import", "__import__('os').system('true')\n"),
@@ -214,12 +280,19 @@ fn escapes_to_python_are_rejected() {
         ("eval", "eval('1+1')\n"),
         ("getattr", "getattr(cq, 'Workplane')\n"),
         ("dunder_attr", "x = cq.__dict__\n"),
-        ("subclasses", "x = ().__class__.__bases__[0].__subclasses__()\n"),
+        (
+            "subclasses",
+            "x = ().__class__.__bases__[0].__subclasses__()\n",
+        ),
         ("lambda", "f = lambda: 1\n"),
         ("string_for_number", "solid = wp.circle('1').extrude(1.0)\n"),
     ];
     for (name, body) in cases {
-        assert_rejected(name, format!("{HEADER}{body}").as_bytes(), &["syntax", "unsupported", "runtime"]);
+        assert_rejected(
+            name,
+            format!("{HEADER}{body}").as_bytes(),
+            &["syntax", "unsupported", "runtime"],
+        );
     }
 }
 
@@ -229,10 +302,20 @@ fn writing_a_file_is_rejected_and_nothing_is_written() {
     let t = target.display();
     for (name, body) in [
         ("write", format!("open('{t}', 'w').write('x')\n")),
-        ("with", format!("with open('{t}', 'w') as f:\n    f.write('x')\n")),
-        ("export", format!("solid = wp.circle(1.0).extrude(1.0)\ncq.exporters.export(solid, '{t}')\n")),
+        (
+            "with",
+            format!("with open('{t}', 'w') as f:\n    f.write('x')\n"),
+        ),
+        (
+            "export",
+            format!("solid = wp.circle(1.0).extrude(1.0)\ncq.exporters.export(solid, '{t}')\n"),
+        ),
     ] {
-        assert_rejected(name, format!("{HEADER}{body}").as_bytes(), &["syntax", "unsupported", "runtime"]);
+        assert_rejected(
+            name,
+            format!("{HEADER}{body}").as_bytes(),
+            &["syntax", "unsupported", "runtime"],
+        );
         assert!(!target.exists(), "{name}: {t} was written");
     }
 }
@@ -243,13 +326,33 @@ fn nan_inf_and_absurd_magnitudes_are_rejected() {
         ("nan", "solid = wp.circle(float('nan')).extrude(1.0)\n"),
         ("inf", "solid = wp.circle(float('inf')).extrude(1.0)\n"),
         ("overflow", "solid = wp.circle(1e308 * 10).extrude(1.0)\n"),
-        ("nan_arith", "x = 1e308 * 10 - 1e308 * 10\nsolid = wp.circle(x).extrude(1.0)\n"),
+        (
+            "nan_arith",
+            "x = 1e308 * 10 - 1e308 * 10\nsolid = wp.circle(x).extrude(1.0)\n",
+        ),
         ("huge_extrude", "solid = wp.circle(1.0).extrude(1e300)\n"),
-        ("huge_coord", "solid = wp.moveTo(1e200, 0.0).circle(1.0).extrude(1.0)\n"),
+        (
+            "huge_coord",
+            "solid = wp.moveTo(1e200, 0.0).circle(1.0).extrude(1.0)\n",
+        ),
         ("tiny_zero", "solid = wp.circle(0.0).extrude(1.0)\n"),
-        ("long_literal", &format!("solid = wp.circle(1{}).extrude(1.0)\n", "0".repeat(5000))),
+        (
+            "long_literal",
+            &format!("solid = wp.circle(1{}).extrude(1.0)\n", "0".repeat(5000)),
+        ),
     ] {
-        assert_rejected(name, format!("{HEADER}{body}").as_bytes(), &["syntax", "unsupported", "runtime", "budget", "invalid_geometry", "no_result"]);
+        assert_rejected(
+            name,
+            format!("{HEADER}{body}").as_bytes(),
+            &[
+                "syntax",
+                "unsupported",
+                "runtime",
+                "budget",
+                "invalid_geometry",
+                "no_result",
+            ],
+        );
     }
 }
 
@@ -267,9 +370,17 @@ fn binary_garbage_and_empty_files_are_rejected() {
     assert_rejected("garbage", &garbage, &["syntax"]);
     let utf8: String = garbage.iter().map(|&b| char::from(b)).collect();
     assert_rejected("garbage_utf8", utf8.as_bytes(), &["syntax", "unsupported"]);
-    assert_rejected("nul", b"import cadquery as cq\n\0\0\0solid = 1\n", &["syntax"]);
+    assert_rejected(
+        "nul",
+        b"import cadquery as cq\n\0\0\0solid = 1\n",
+        &["syntax"],
+    );
     assert_rejected("empty", b"", &["no_result", "syntax"]);
-    assert_rejected("whitespace", b"\n\n   \n# only a comment\n", &["no_result", "syntax"]);
+    assert_rejected(
+        "whitespace",
+        b"\n\n   \n# only a comment\n",
+        &["no_result", "syntax"],
+    );
 }
 
 // ---------------------------------------------------------------- a hostile guest (fault injection)
@@ -286,25 +397,48 @@ fn still_works(ex: &WasmExecutor) {
 
 #[test]
 fn guest_spinning_hits_fuel_or_deadline() {
-    let ex = WasmExecutor::new(SandboxConfig { fuel: 200_000_000, ..SandboxConfig::default() }).unwrap();
+    let ex = WasmExecutor::new(SandboxConfig {
+        fuel: 200_000_000,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
     let o = fault(&ex, "spin");
     assert_eq!(o.failure_kind(), Some(FailureKind::OutOfFuel), "{o:?}");
     assert_eq!(o.fuel_used, Some(200_000_000));
     still_works(&ex);
-    let ex = WasmExecutor::new(SandboxConfig { fuel: u64::MAX / 2, timeout_ms: 300, ..SandboxConfig::default() }).unwrap();
+    let ex = WasmExecutor::new(SandboxConfig {
+        fuel: u64::MAX / 2,
+        timeout_ms: 300,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
     let o = fault(&ex, "spin");
     assert_eq!(o.failure_kind(), Some(FailureKind::Timeout), "{o:?}");
-    assert!(o.elapsed >= Duration::from_millis(300) && o.elapsed < Duration::from_secs(2), "{:?}", o.elapsed);
+    assert!(
+        o.elapsed >= Duration::from_millis(300) && o.elapsed < Duration::from_secs(2),
+        "{:?}",
+        o.elapsed
+    );
     still_works(&ex);
     // With the defaults, a spinning guest ends well within 5 s.
     let o = fault(&wasm(), "spin");
-    assert!(matches!(o.failure_kind(), Some(FailureKind::OutOfFuel | FailureKind::Timeout)), "{o:?}");
+    assert!(
+        matches!(
+            o.failure_kind(),
+            Some(FailureKind::OutOfFuel | FailureKind::Timeout)
+        ),
+        "{o:?}"
+    );
     assert!(o.elapsed < Duration::from_secs(5), "{:?}", o.elapsed);
 }
 
 #[test]
 fn guest_allocating_without_bound_is_out_of_memory() {
-    let ex = WasmExecutor::new(SandboxConfig { memory_mb: 64, ..SandboxConfig::default() }).unwrap();
+    let ex = WasmExecutor::new(SandboxConfig {
+        memory_mb: 64,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
     let o = fault(&ex, "alloc");
     assert_eq!(o.failure_kind(), Some(FailureKind::OutOfMemory), "{o:?}");
     still_works(&ex);
@@ -319,7 +453,10 @@ fn guest_panics_and_traps_are_crashes() {
     let o = fault(&ex, "panic");
     assert_eq!(o.failure_kind(), Some(FailureKind::Crash), "{o:?}");
     let msg = &o.result.as_ref().unwrap_err().message;
-    assert!(msg.contains("deliberate guest panic"), "the panic message is lost: {msg}");
+    assert!(
+        msg.contains("deliberate guest panic"),
+        "the panic message is lost: {msg}"
+    );
     for f in ["stack", "trap", "exit", "garbage", "flood"] {
         let o = fault(&ex, f);
         assert_eq!(o.failure_kind(), Some(FailureKind::Crash), "{f}: {o:?}");
@@ -332,7 +469,10 @@ fn guest_panics_and_traps_are_crashes() {
 fn guest_has_no_files_environment_or_clock() {
     let marker = Path::new("/tmp/cadvlm-guest-escape");
     let _ = std::fs::remove_file(marker);
-    assert!(std::env::vars().count() > 0, "the host has environment variables; the guest must see none");
+    assert!(
+        std::env::vars().count() > 0,
+        "the host has environment variables; the guest must see none"
+    );
     let o = fault(&wasm(), "escape");
     let msg = &o.result.as_ref().unwrap_err().message;
     assert_eq!(msg, "escape: file=false read=false env=0 clock=0");
@@ -371,7 +511,15 @@ fn batch_of_1000_with_hostile_programs_mixed_in() {
     let mut good: Vec<String> = shared_programs().into_iter().map(|(_, s)| s).collect();
     good.push(SQUARE_HOLE.into());
     good.push(UNION.into());
-    let batch: Vec<&str> = (0..1000).map(|i| if i % 2 == 0 { good[(i / 2) % good.len()].as_str() } else { hostile[(i / 2) % hostile.len()].as_str() }).collect();
+    let batch: Vec<&str> = (0..1000)
+        .map(|i| {
+            if i % 2 == 0 {
+                good[(i / 2) % good.len()].as_str()
+            } else {
+                hostile[(i / 2) % hostile.len()].as_str()
+            }
+        })
+        .collect();
     let native = executor(&SandboxConfig::with_backend(Backend::Native)).unwrap();
     let expected = native.execute_batch(&batch);
     let got = wasm().execute_batch(&batch);
@@ -395,20 +543,39 @@ fn reward_uses_the_cached_target() {
         let rn = Reward::new(&*native, UNION, norm).unwrap();
         let (a, b) = (rw.score(SQUARE_HOLE), rn.score(SQUARE_HOLE));
         assert!(same(&a, &b), "{norm:?}: wasm {a:?} vs native {b:?}");
-        let direct = cadvlm::exec::iou_programs(SQUARE_HOLE, UNION, norm, &Default::default()).unwrap();
-        assert!(close(a.iou().unwrap(), direct), "{norm:?}: {:?} vs {direct}", a.iou());
+        let direct =
+            cadvlm::exec::iou_programs(SQUARE_HOLE, UNION, norm, &Default::default()).unwrap();
+        assert!(
+            close(a.iou().unwrap(), direct),
+            "{norm:?}: {:?} vs {direct}",
+            a.iou()
+        );
         // A shape against itself.
         let same_shape = rw.score(UNION).iou().unwrap();
-        assert!((same_shape - 1.0).abs() < 1e-9, "{norm:?}: self-IoU {same_shape}");
+        assert!(
+            (same_shape - 1.0).abs() < 1e-9,
+            "{norm:?}: self-IoU {same_shape}"
+        );
         // A failing candidate is a failure, not an IoU of 0.
-        assert_eq!(rw.score("import os\n").failure_kind(), Some(FailureKind::Unsupported));
+        assert_eq!(
+            rw.score("import os\n").failure_kind(),
+            Some(FailureKind::Unsupported)
+        );
     }
     // A target cached by one backend is usable by another.
     let t = ex.target(UNION).unwrap();
     let o = native.reward(SQUARE_HOLE, &t, Normalize::UnitCube);
-    assert!(close(o.iou().unwrap(), ex.reward(SQUARE_HOLE, &t, Normalize::UnitCube).iou().unwrap()));
+    assert!(close(
+        o.iou().unwrap(),
+        ex.reward(SQUARE_HOLE, &t, Normalize::UnitCube)
+            .iou()
+            .unwrap()
+    ));
     // The target must itself execute.
-    assert_eq!(ex.target("import os\n").unwrap_err().kind, FailureKind::Unsupported);
+    assert_eq!(
+        ex.target("import os\n").unwrap_err().kind,
+        FailureKind::Unsupported
+    );
     // Many candidates against one target, in parallel.
     let rw = Reward::new(&ex, UNION, Normalize::UnitCube).unwrap();
     let scores = rw.score_batch(&[SQUARE_HOLE, UNION, "", SQUARE_HOLE]);
@@ -419,17 +586,41 @@ fn reward_uses_the_cached_target() {
 #[test]
 fn sandbox_config_is_a_strict_table() {
     let c: SandboxConfig = serde_json::from_str(r#"{"backend": "native", "fuel": 5}"#).unwrap();
-    assert_eq!(c, SandboxConfig { backend: Backend::Native, fuel: 5, ..SandboxConfig::default() });
-    let e = serde_json::from_str::<SandboxConfig>(r#"{"backend": "wasm", "timeout": 5}"#).unwrap_err();
+    assert_eq!(
+        c,
+        SandboxConfig {
+            backend: Backend::Native,
+            fuel: 5,
+            ..SandboxConfig::default()
+        }
+    );
+    let e =
+        serde_json::from_str::<SandboxConfig>(r#"{"backend": "wasm", "timeout": 5}"#).unwrap_err();
     assert!(e.to_string().contains("unknown field `timeout`"), "{e}");
     assert!(serde_json::from_str::<SandboxConfig>(r#"{"backend": "docker"}"#).is_err());
-    assert!(executor(&SandboxConfig { memory_mb: 1, ..SandboxConfig::default() }).is_err());
-    assert!(executor(&SandboxConfig { timeout_ms: 0, ..SandboxConfig::default() }).is_err());
+    assert!(
+        executor(&SandboxConfig {
+            memory_mb: 1,
+            ..SandboxConfig::default()
+        })
+        .is_err()
+    );
+    assert!(
+        executor(&SandboxConfig {
+            timeout_ms: 0,
+            ..SandboxConfig::default()
+        })
+        .is_err()
+    );
 }
 
 #[test]
 fn cli_shows_the_backend_and_limits() {
-    let a = cli_exec("flags", SQUARE_HOLE.as_bytes(), &["--sandbox", "native", "--timeout-ms", "1234"]);
+    let a = cli_exec(
+        "flags",
+        SQUARE_HOLE.as_bytes(),
+        &["--sandbox", "native", "--timeout-ms", "1234"],
+    );
     assert_eq!(a.json["ok"], true);
     assert_eq!(a.json["sandbox"]["backend"], "native");
     assert_eq!(a.json["sandbox"]["timeout_ms"], 1234);
@@ -437,14 +628,21 @@ fn cli_shows_the_backend_and_limits() {
     assert_eq!(a.json["error_kind"], "out_of_fuel", "{}", a.json);
     let a = cli_exec("mem", SQUARE_HOLE.as_bytes(), &["--memory-mb", "16"]);
     assert_eq!(a.json["ok"], true, "{}", a.json);
-    let out = Command::new(env!("CARGO_BIN_EXE_cadvlm")).args(["exec", "--sandbox", "docker", "x.py"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cadvlm"))
+        .args(["exec", "--sandbox", "docker", "x.py"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown sandbox backend"));
 }
 
 #[test]
 fn cadquery_backend_matches_when_available() {
-    let cfg = SandboxConfig { timeout_ms: 60_000, memory_mb: 2048, ..SandboxConfig::with_backend(Backend::Cadquery) };
+    let cfg = SandboxConfig {
+        timeout_ms: 60_000,
+        memory_mb: 2048,
+        ..SandboxConfig::with_backend(Backend::Cadquery)
+    };
     let cq = match executor(&cfg) {
         Ok(e) => e,
         Err(e) => {
@@ -456,11 +654,29 @@ fn cadquery_backend_matches_when_available() {
     for p in [SQUARE_HOLE, UNION] {
         let (a, b) = (cq.execute(p), native.execute(p));
         let (a, b) = (a.result.unwrap(), b.result.unwrap());
-        assert!((a.volume - b.volume).abs() < 5e-3 * b.volume, "{} vs {}", a.volume, b.volume);
+        assert!(
+            (a.volume - b.volume).abs() < 5e-3 * b.volume,
+            "{} vs {}",
+            a.volume,
+            b.volume
+        );
     }
-    assert!(!cq.execute("import cadquery as cq\nopen('x', 'w').write('x')\n").is_ok());
+    assert!(
+        !cq.execute("import cadquery as cq\nopen('x', 'w').write('x')\n")
+            .is_ok()
+    );
     let t = cq.target(UNION).unwrap();
-    let iou = cq.reward(SQUARE_HOLE, &t, Normalize::UnitCube).iou().unwrap();
-    let ours = native.reward(SQUARE_HOLE, &native.target(UNION).unwrap(), Normalize::UnitCube).iou().unwrap();
+    let iou = cq
+        .reward(SQUARE_HOLE, &t, Normalize::UnitCube)
+        .iou()
+        .unwrap();
+    let ours = native
+        .reward(
+            SQUARE_HOLE,
+            &native.target(UNION).unwrap(),
+            Normalize::UnitCube,
+        )
+        .iou()
+        .unwrap();
     assert!((iou - ours).abs() < 0.01, "{iou} vs {ours}");
 }

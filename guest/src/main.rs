@@ -90,8 +90,13 @@ fn fault(kind: &str) {
             let file = std::fs::write("/tmp/cadvlm-guest-escape", b"x").is_ok();
             let read = std::fs::read("/etc/passwd").is_ok();
             let env = std::env::vars().count();
-            let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let msg = format!("{{\"ok\":false,\"error\":\"escape: file={file} read={read} env={env} clock={clock}\",\"error_kind\":null,\"volume\":null,\"bbox\":null,\"n_solids\":null,\"valid\":null,\"iou\":null,\"solid\":null}}");
+            let clock = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let msg = format!(
+                "{{\"ok\":false,\"error\":\"escape: file={file} read={read} env={env} clock={clock}\",\"error_kind\":null,\"volume\":null,\"bbox\":null,\"n_solids\":null,\"valid\":null,\"iou\":null,\"solid\":null}}"
+            );
             let _ = std::io::stdout().write_all(msg.as_bytes());
             std::process::exit(0);
         }
@@ -117,11 +122,21 @@ fn main() {
     let mut ious = None;
     match (&solid, &req.target, req.normalize) {
         (Some(s), Some(t), Some(norm)) => report.iou = Some(geom::iou(s, t, norm)),
-        (Some(s), Some(_), None) if s.is_empty() => report = Report::failure(Some(FailureKind::NoResult), "empty solid".into()),
+        (Some(s), Some(_), None) if s.is_empty() => {
+            report = Report::failure(Some(FailureKind::NoResult), "empty solid".into())
+        }
         (Some(s), Some(t), None) => ious = Some(Ious::of(s, t)),
         _ => {}
     }
-    let answer = Answer { report: &report, ious, solid: if req.return_solid { solid.as_ref() } else { None } };
+    let answer = Answer {
+        report: &report,
+        ious,
+        solid: if req.return_solid {
+            solid.as_ref()
+        } else {
+            None
+        },
+    };
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, &answer).expect("writing the answer");
     out.flush().expect("flushing the answer");

@@ -60,7 +60,12 @@ pub enum Stmt {
 }
 
 fn err(kind: FailureKind, p: Pos, msg: impl Into<String>) -> CadError {
-    CadError { kind, line: p.line, col: p.col, message: msg.into() }
+    CadError {
+        kind,
+        line: p.line,
+        col: p.col,
+        message: msg.into(),
+    }
 }
 
 /// Split source into tokens with positions (1-based line and column).
@@ -69,7 +74,11 @@ pub fn lex(src: &str, limits: &Limits) -> Result<Vec<(Tok, Pos)>, CadError> {
         return Err(err(
             FailureKind::Budget,
             Pos { line: 1, col: 1 },
-            format!("program is {} bytes, over the limit of {}", src.len(), limits.max_source_bytes),
+            format!(
+                "program is {} bytes, over the limit of {}",
+                src.len(),
+                limits.max_source_bytes
+            ),
         ));
     }
     let mut toks = Vec::new();
@@ -88,7 +97,11 @@ pub fn lex(src: &str, limits: &Limits) -> Result<Vec<(Tok, Pos)>, CadError> {
         col_i = i;
         let pos = Pos { line, col };
         if toks.len() > limits.max_tokens {
-            return Err(err(FailureKind::Budget, pos, format!("more than {} tokens", limits.max_tokens)));
+            return Err(err(
+                FailureKind::Budget,
+                pos,
+                format!("more than {} tokens", limits.max_tokens),
+            ));
         }
         if at_line_start && depth == 0 && (c == b' ' || c == b'\t') {
             // indentation is only allowed on blank / comment lines
@@ -142,12 +155,20 @@ pub fn lex(src: &str, limits: &Limits) -> Result<Vec<(Tok, Pos)>, CadError> {
                     }
                 }
                 if i < b.len() && (b[i].is_ascii_alphabetic() || b[i] == b'_') {
-                    return Err(err(FailureKind::Syntax, pos, format!("invalid number literal `{}`", &src[s..=i])));
+                    return Err(err(
+                        FailureKind::Syntax,
+                        pos,
+                        format!("invalid number literal `{}`", &src[s..=i]),
+                    ));
                 }
                 let text = src[s..i].replace('_', "");
-                let v: f64 = text
-                    .parse()
-                    .map_err(|_| err(FailureKind::Syntax, pos, format!("invalid number literal `{}`", &src[s..i])))?;
+                let v: f64 = text.parse().map_err(|_| {
+                    err(
+                        FailureKind::Syntax,
+                        pos,
+                        format!("invalid number literal `{}`", &src[s..i]),
+                    )
+                })?;
                 toks.push((Tok::Num(v), pos));
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
@@ -206,7 +227,11 @@ pub fn lex(src: &str, limits: &Limits) -> Result<Vec<(Tok, Pos)>, CadError> {
                         b'~' => "~",
                         _ => {
                             let ch = src[i..].chars().next().unwrap_or('?');
-                            return Err(err(FailureKind::Syntax, pos, format!("unexpected character {ch:?}")));
+                            return Err(err(
+                                FailureKind::Syntax,
+                                pos,
+                                format!("unexpected character {ch:?}"),
+                            ));
                         }
                     },
                 };
@@ -214,7 +239,11 @@ pub fn lex(src: &str, limits: &Limits) -> Result<Vec<(Tok, Pos)>, CadError> {
                     "(" | "[" | "{" => {
                         depth += 1;
                         if depth > limits.max_depth {
-                            return Err(err(FailureKind::Budget, pos, format!("brackets nested deeper than {}", limits.max_depth)));
+                            return Err(err(
+                                FailureKind::Budget,
+                                pos,
+                                format!("brackets nested deeper than {}", limits.max_depth),
+                            ));
                         }
                     }
                     ")" | "]" | "}" => depth = depth.saturating_sub(1),
@@ -225,7 +254,10 @@ pub fn lex(src: &str, limits: &Limits) -> Result<Vec<(Tok, Pos)>, CadError> {
             }
         }
     }
-    let pos = Pos { line, col: src[line_start..].chars().count() + 1 };
+    let pos = Pos {
+        line,
+        col: src[line_start..].chars().count() + 1,
+    };
     if !matches!(toks.last(), Some((Tok::Newline, _)) | None) {
         toks.push((Tok::Newline, pos));
     }
@@ -261,14 +293,22 @@ impl Parser<'_> {
         if self.is_op(op) {
             Ok(self.bump().1)
         } else {
-            Err(err(FailureKind::Syntax, self.pos(), format!("expected `{op}`, found {}", describe(self.peek()))))
+            Err(err(
+                FailureKind::Syntax,
+                self.pos(),
+                format!("expected `{op}`, found {}", describe(self.peek())),
+            ))
         }
     }
 
     fn stmt(&mut self) -> Result<Stmt, CadError> {
         let pos = self.pos();
         if *self.peek() == Tok::Indent {
-            return Err(err(FailureKind::Syntax, pos, "unexpected indent (blocks are not supported)"));
+            return Err(err(
+                FailureKind::Syntax,
+                pos,
+                "unexpected indent (blocks are not supported)",
+            ));
         }
         if let Tok::Name(n) = self.peek().clone() {
             match n.as_str() {
@@ -276,33 +316,67 @@ impl Parser<'_> {
                     self.bump();
                     let m = self.dotted()?;
                     if m != "cadquery" {
-                        return Err(err(FailureKind::Unsupported, pos, format!("import of `{m}` is not supported (only `import cadquery as cq`)")));
+                        return Err(err(
+                            FailureKind::Unsupported,
+                            pos,
+                            format!(
+                                "import of `{m}` is not supported (only `import cadquery as cq`)"
+                            ),
+                        ));
                     }
                     match self.bump() {
                         (Tok::Name(a), _) if a == "as" => {}
-                        (t, p) => return Err(err(FailureKind::Unsupported, p, format!("expected `as cq`, found {}", describe(&t)))),
+                        (t, p) => {
+                            return Err(err(
+                                FailureKind::Unsupported,
+                                p,
+                                format!("expected `as cq`, found {}", describe(&t)),
+                            ));
+                        }
                     }
                     match self.bump() {
                         (Tok::Name(a), _) if a == "cq" => {}
-                        (t, p) => return Err(err(FailureKind::Unsupported, p, format!("cadquery must be imported as `cq`, found {}", describe(&t)))),
+                        (t, p) => {
+                            return Err(err(
+                                FailureKind::Unsupported,
+                                p,
+                                format!(
+                                    "cadquery must be imported as `cq`, found {}",
+                                    describe(&t)
+                                ),
+                            ));
+                        }
                     }
                     return Ok(Stmt::Import(pos));
                 }
-                "from" | "def" | "class" | "for" | "while" | "if" | "with" | "try" | "lambda" | "return" | "del" | "global"
-                | "nonlocal" | "yield" | "async" | "await" | "raise" | "assert" | "pass" | "break" | "continue" | "elif" | "else" => {
-                    return Err(err(FailureKind::Unsupported, pos, format!("`{n}` statements are not supported")));
+                "from" | "def" | "class" | "for" | "while" | "if" | "with" | "try" | "lambda"
+                | "return" | "del" | "global" | "nonlocal" | "yield" | "async" | "await"
+                | "raise" | "assert" | "pass" | "break" | "continue" | "elif" | "else" => {
+                    return Err(err(
+                        FailureKind::Unsupported,
+                        pos,
+                        format!("`{n}` statements are not supported"),
+                    ));
                 }
                 _ => {}
             }
             if matches!(self.toks.get(self.i + 1), Some((Tok::Op("="), _))) {
                 if n.starts_with("__") {
-                    return Err(err(FailureKind::Unsupported, pos, format!("dunder name `{n}` is not supported")));
+                    return Err(err(
+                        FailureKind::Unsupported,
+                        pos,
+                        format!("dunder name `{n}` is not supported"),
+                    ));
                 }
                 self.bump();
                 self.bump();
                 let e = self.expr()?;
                 if self.is_op("=") {
-                    return Err(err(FailureKind::Unsupported, self.pos(), "chained assignment is not supported"));
+                    return Err(err(
+                        FailureKind::Unsupported,
+                        self.pos(),
+                        "chained assignment is not supported",
+                    ));
                 }
                 return Ok(Stmt::Assign(n, e, pos));
             }
@@ -310,7 +384,13 @@ impl Parser<'_> {
         let e = self.expr()?;
         if let Tok::Op(op) = self.peek() {
             if matches!(*op, "=" | "+=" | "-=" | "*=" | "/=") {
-                return Err(err(FailureKind::Unsupported, self.pos(), format!("assignment with `{op}` to this target is not supported (only `name = ...`)")));
+                return Err(err(
+                    FailureKind::Unsupported,
+                    self.pos(),
+                    format!(
+                        "assignment with `{op}` to this target is not supported (only `name = ...`)"
+                    ),
+                ));
             }
         }
         Ok(Stmt::Expr(e))
@@ -319,7 +399,13 @@ impl Parser<'_> {
     fn dotted(&mut self) -> Result<String, CadError> {
         let mut s = match self.bump() {
             (Tok::Name(n), _) => n,
-            (t, p) => return Err(err(FailureKind::Syntax, p, format!("expected a module name, found {}", describe(&t)))),
+            (t, p) => {
+                return Err(err(
+                    FailureKind::Syntax,
+                    p,
+                    format!("expected a module name, found {}", describe(&t)),
+                ));
+            }
         };
         while self.is_op(".") {
             self.bump();
@@ -328,7 +414,13 @@ impl Parser<'_> {
                     s.push('.');
                     s.push_str(&n);
                 }
-                (t, p) => return Err(err(FailureKind::Syntax, p, format!("expected a name, found {}", describe(&t)))),
+                (t, p) => {
+                    return Err(err(
+                        FailureKind::Syntax,
+                        p,
+                        format!("expected a name, found {}", describe(&t)),
+                    ));
+                }
             }
         }
         Ok(s)
@@ -337,7 +429,11 @@ impl Parser<'_> {
     fn enter(&mut self) -> Result<(), CadError> {
         self.depth += 1;
         if self.depth > self.max_depth {
-            return Err(err(FailureKind::Budget, self.pos(), format!("expression nested deeper than {}", self.max_depth)));
+            return Err(err(
+                FailureKind::Budget,
+                self.pos(),
+                format!("expression nested deeper than {}", self.max_depth),
+            ));
         }
         Ok(())
     }
@@ -365,8 +461,15 @@ impl Parser<'_> {
                     let rhs = self.unary()?;
                     lhs = Expr::Bin(c, Box::new(lhs), Box::new(rhs), p);
                 }
-                Tok::Op(op @ ("**" | "//" | "%" | "@" | "&" | "|" | "^" | "<" | ">" | "==" | "!=" | "<=" | ">=")) => {
-                    return Err(err(FailureKind::Unsupported, self.pos(), format!("operator `{op}` is not supported")));
+                Tok::Op(
+                    op @ ("**" | "//" | "%" | "@" | "&" | "|" | "^" | "<" | ">" | "==" | "!="
+                    | "<=" | ">="),
+                ) => {
+                    return Err(err(
+                        FailureKind::Unsupported,
+                        self.pos(),
+                        format!("operator `{op}` is not supported"),
+                    ));
                 }
                 _ => return Ok(lhs),
             }
@@ -379,7 +482,11 @@ impl Parser<'_> {
             self.enter()?;
             let e = self.unary()?;
             self.depth -= 1;
-            return Ok(if t == Tok::Op("-") { Expr::Neg(Box::new(e), p) } else { e });
+            return Ok(if t == Tok::Op("-") {
+                Expr::Neg(Box::new(e), p)
+            } else {
+                e
+            });
         }
         self.postfix()
     }
@@ -391,10 +498,21 @@ impl Parser<'_> {
                 self.bump();
                 let (t, p) = self.bump();
                 let Tok::Name(n) = t else {
-                    return Err(err(FailureKind::Syntax, p, format!("expected an attribute name after `.`, found {}", describe(&t))));
+                    return Err(err(
+                        FailureKind::Syntax,
+                        p,
+                        format!(
+                            "expected an attribute name after `.`, found {}",
+                            describe(&t)
+                        ),
+                    ));
                 };
                 if n.starts_with("__") {
-                    return Err(err(FailureKind::Unsupported, p, format!("dunder attribute `{n}` is not supported")));
+                    return Err(err(
+                        FailureKind::Unsupported,
+                        p,
+                        format!("dunder attribute `{n}` is not supported"),
+                    ));
                 }
                 e = Expr::Attr(Box::new(e), n, p);
             } else if self.is_op("(") {
@@ -404,7 +522,11 @@ impl Parser<'_> {
                 self.depth -= 1;
                 e = Expr::Call(Box::new(e), args, kwargs, p);
             } else if self.is_op("[") {
-                return Err(err(FailureKind::Unsupported, self.pos(), "indexing with `[...]` is not supported"));
+                return Err(err(
+                    FailureKind::Unsupported,
+                    self.pos(),
+                    "indexing with `[...]` is not supported",
+                ));
             } else {
                 return Ok(e);
             }
@@ -415,16 +537,26 @@ impl Parser<'_> {
         let (mut args, mut kwargs) = (Vec::new(), Vec::new());
         while !self.is_op(")") {
             if self.is_op("*") || self.is_op("**") {
-                return Err(err(FailureKind::Unsupported, self.pos(), "argument unpacking is not supported"));
+                return Err(err(
+                    FailureKind::Unsupported,
+                    self.pos(),
+                    "argument unpacking is not supported",
+                ));
             }
-            if let (Tok::Name(n), Some((Tok::Op("="), _))) = (self.peek().clone(), self.toks.get(self.i + 1)) {
+            if let (Tok::Name(n), Some((Tok::Op("="), _))) =
+                (self.peek().clone(), self.toks.get(self.i + 1))
+            {
                 let p = self.pos();
                 self.bump();
                 self.bump();
                 kwargs.push((n, self.expr()?, p));
             } else {
                 if !kwargs.is_empty() {
-                    return Err(err(FailureKind::Syntax, self.pos(), "positional argument follows keyword argument"));
+                    return Err(err(
+                        FailureKind::Syntax,
+                        self.pos(),
+                        "positional argument follows keyword argument",
+                    ));
                 }
                 args.push(self.expr()?);
             }
@@ -444,10 +576,17 @@ impl Parser<'_> {
             Tok::Name(n) => match n.as_str() {
                 "True" => Ok(Expr::Bool(true, p)),
                 "False" => Ok(Expr::Bool(false, p)),
-                "None" | "lambda" | "not" | "and" | "or" | "in" | "is" | "if" | "else" | "for" | "yield" | "await" => {
-                    Err(err(FailureKind::Unsupported, p, format!("`{n}` is not supported")))
-                }
-                _ if n.starts_with("__") => Err(err(FailureKind::Unsupported, p, format!("dunder name `{n}` is not supported"))),
+                "None" | "lambda" | "not" | "and" | "or" | "in" | "is" | "if" | "else" | "for"
+                | "yield" | "await" => Err(err(
+                    FailureKind::Unsupported,
+                    p,
+                    format!("`{n}` is not supported"),
+                )),
+                _ if n.starts_with("__") => Err(err(
+                    FailureKind::Unsupported,
+                    p,
+                    format!("dunder name `{n}` is not supported"),
+                )),
                 _ => Ok(Expr::Name(n, p)),
             },
             Tok::Op(o @ ("(" | "[")) => {
@@ -471,9 +610,21 @@ impl Parser<'_> {
                 }
                 Ok(Expr::Tuple(items, p))
             }
-            Tok::Str => Err(err(FailureKind::Unsupported, p, "string literals are not supported here")),
-            Tok::Op("{") => Err(err(FailureKind::Unsupported, p, "dict / set literals are not supported")),
-            t => Err(err(FailureKind::Syntax, p, format!("unexpected {}", describe(&t)))),
+            Tok::Str => Err(err(
+                FailureKind::Unsupported,
+                p,
+                "string literals are not supported here",
+            )),
+            Tok::Op("{") => Err(err(
+                FailureKind::Unsupported,
+                p,
+                "dict / set literals are not supported",
+            )),
+            t => Err(err(
+                FailureKind::Syntax,
+                p,
+                format!("unexpected {}", describe(&t)),
+            )),
         }
     }
 }
@@ -493,7 +644,12 @@ fn describe(t: &Tok) -> String {
 /// Parse a whole program into statements.
 pub fn parse(src: &str, limits: &Limits) -> Result<Vec<Stmt>, CadError> {
     let toks = lex(src, limits)?;
-    let mut p = Parser { toks: &toks, i: 0, depth: 0, max_depth: limits.max_depth };
+    let mut p = Parser {
+        toks: &toks,
+        i: 0,
+        depth: 0,
+        max_depth: limits.max_depth,
+    };
     let mut out = Vec::new();
     while *p.peek() != Tok::Eof {
         if *p.peek() == Tok::Newline || p.is_op(";") {
@@ -501,11 +657,19 @@ pub fn parse(src: &str, limits: &Limits) -> Result<Vec<Stmt>, CadError> {
             continue;
         }
         if out.len() >= limits.max_statements {
-            return Err(err(FailureKind::Budget, p.pos(), format!("more than {} statements", limits.max_statements)));
+            return Err(err(
+                FailureKind::Budget,
+                p.pos(),
+                format!("more than {} statements", limits.max_statements),
+            ));
         }
         out.push(p.stmt()?);
         if !(matches!(p.peek(), Tok::Newline | Tok::Eof) || p.is_op(";")) {
-            return Err(err(FailureKind::Syntax, p.pos(), format!("expected end of statement, found {}", describe(p.peek()))));
+            return Err(err(
+                FailureKind::Syntax,
+                p.pos(),
+                format!("expected end of statement, found {}", describe(p.peek())),
+            ));
         }
     }
     Ok(out)
@@ -520,7 +684,9 @@ mod tests {
         let src = "import cadquery as cq\n# c\nwp = cq.Workplane(cq.Plane(cq.Vector(-0.75, 6.123233995736766e-17, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\nl=wp.moveTo(1.5, 0.0).threePointArc((1.0, -2), (3, 4)).close()\ns=wp.add(l).extrude(-0.25, both=True)\n";
         let st = parse(src, &Limits::default()).unwrap();
         assert_eq!(st.len(), 4);
-        assert!(matches!(st[3], Stmt::Assign(ref n, Expr::Call(_, ref a, ref k, _), _) if n == "s" && a.len() == 1 && k.len() == 1));
+        assert!(
+            matches!(st[3], Stmt::Assign(ref n, Expr::Call(_, ref a, ref k, _), _) if n == "s" && a.len() == 1 && k.len() == 1)
+        );
     }
 
     #[test]
@@ -534,7 +700,10 @@ mod tests {
         let e = parse("x = 1.5.3\n", &Limits::default()).unwrap_err();
         assert_eq!(e.kind, FailureKind::Syntax);
         let deep = format!("x = {}1{}\n", "(".repeat(500), ")".repeat(500));
-        assert_eq!(parse(&deep, &Limits::default()).unwrap_err().kind, FailureKind::Budget);
+        assert_eq!(
+            parse(&deep, &Limits::default()).unwrap_err().kind,
+            FailureKind::Budget
+        );
         let e = parse("x = open('f')\n", &Limits::default()).unwrap_err();
         assert_eq!((e.line, e.col), (1, 10));
     }

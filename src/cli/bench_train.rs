@@ -31,10 +31,17 @@ pub struct BenchTrainArgs {
 
 pub fn run(a: BenchTrainArgs) -> Result<()> {
     match a.backend {
-        BackendKind::Ndarray => bench_on::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(&a, &Default::default()),
-        BackendKind::Flex => bench_on::<burn::backend::Autodiff<burn::backend::Flex>>(&a, &Default::default()),
+        BackendKind::Ndarray => bench_on::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
+            &a,
+            &Default::default(),
+        ),
+        BackendKind::Flex => {
+            bench_on::<burn::backend::Autodiff<burn::backend::Flex>>(&a, &Default::default())
+        }
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => bench_on::<burn::backend::Autodiff<burn::backend::Cuda>>(&a, &Default::default()),
+        BackendKind::Cuda => {
+            bench_on::<burn::backend::Autodiff<burn::backend::Cuda>>(&a, &Default::default())
+        }
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => bail!("--backend cuda needs a build with --features cuda"),
     }
@@ -49,14 +56,26 @@ fn bench_on<AB: AutodiffBackend>(a: &BenchTrainArgs, device: &AB::Device) -> Res
     AB::seed(device, 0);
     let mut model = c.init::<AB>(device);
     let mut opt = AdamW::<AB::InnerBackend>::new(OptimConfig::default());
-    let rows: Vec<(Vec<u32>, Vec<u32>)> =
-        (0..a.batch).map(|r| (vec![1, 2], (0..a.seq - 2).map(|i| ((i * 7 + r * 13) % (a.vocab - 4) + 4) as u32).collect())).collect();
+    let rows: Vec<(Vec<u32>, Vec<u32>)> = (0..a.batch)
+        .map(|r| {
+            (
+                vec![1, 2],
+                (0..a.seq - 2)
+                    .map(|i| ((i * 7 + r * 13) % (a.vocab - 4) + 4) as u32)
+                    .collect(),
+            )
+        })
+        .collect();
     let batch = TokenBatch::from_rows(&rows, 0);
     let n_patch = c.grid() * c.grid();
     let mut timed = 0.0;
     for s in 0..=a.steps {
         let t = Instant::now();
-        let patches = Tensor::<AB, 3>::random([a.batch, n_patch, c.patch_dim()], Distribution::Normal(0.0, 1.0), device);
+        let patches = Tensor::<AB, 3>::random(
+            [a.batch, n_patch, c.patch_dim()],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        );
         let loss = model.sft_loss(patches, &batch);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = opt.step(model, grads, 1e-4).0;
@@ -66,11 +85,19 @@ fn bench_on<AB: AutodiffBackend>(a: &BenchTrainArgs, device: &AB::Device) -> Res
         }
     }
     let toks = (a.steps * batch.n_target_tokens()) as f64;
-    let params: usize = crate::model::weights::named_params(&model.valid()).values().map(|(s, _)| s.iter().product::<usize>()).sum();
+    let params: usize = crate::model::weights::named_params(&model.valid())
+        .values()
+        .map(|(s, _)| s.iter().product::<usize>())
+        .sum();
     println!(
         "bench-train size {} ({:.2} M params) backend {} batch {} seq {}: {:.0} target tokens/s ({:.3} s/step)",
-        a.size, params as f64 / 1e6, a.backend, a.batch, a.seq, toks / timed, timed / a.steps as f64
+        a.size,
+        params as f64 / 1e6,
+        a.backend,
+        a.batch,
+        a.seq,
+        toks / timed,
+        timed / a.steps as f64
     );
     Ok(())
 }
-

@@ -93,7 +93,11 @@ pub fn run(c: DataCmd) -> Result<()> {
 fn golden(a: GoldenArgs) -> Result<()> {
     let mut opts = RenderOptions::default();
     if let Some(v) = &a.view {
-        let xs: Vec<f64> = v.split(',').map(|x| x.trim().parse::<f64>()).collect::<Result<_, _>>().with_context(|| format!("--view {v}: expected x,y,z"))?;
+        let xs: Vec<f64> = v
+            .split(',')
+            .map(|x| x.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("--view {v}: expected x,y,z"))?;
         if xs.len() != 3 {
             bail!("--view {v}: expected three numbers x,y,z");
         }
@@ -165,7 +169,10 @@ fn golden(a: GoldenArgs) -> Result<()> {
         line_r / nf,
         line_o / nf
     );
-    let grey_ok = greys.iter().filter(|g| g.is_some_and(|g| (g as i32 - 141).abs() <= 10)).count();
+    let grey_ok = greys
+        .iter()
+        .filter(|g| g.is_some_and(|g| (g as i32 - 141).abs() <= 10))
+        .count();
     println!(
         "golden: {n} pairs ({fails} failed) in {dt:.2} s; mean mask IoU {:.4} (min {:.4}); face grey within 10 of 141 in {grey_ok}/{n}; extent ours/real median {:.3} (p10 {:.3}, p90 {:.3})",
         sum / n as f64,
@@ -176,17 +183,25 @@ fn golden(a: GoldenArgs) -> Result<()> {
     );
     if let Some(out) = &a.out {
         // two pairs per row: real | ours   real | ours
-        let rows: Vec<_> = shown.chunks(2).map(|r| images::side_by_side(&r.iter().collect::<Vec<_>>(), 24)).collect();
+        let rows: Vec<_> = shown
+            .chunks(2)
+            .map(|r| images::side_by_side(&r.iter().collect::<Vec<_>>(), 24))
+            .collect();
         let img = images::stack(&rows, 8);
-        std::fs::write(out, images::encode_png(&img)?).with_context(|| format!("cannot write {}", out.display()))?;
-        println!("wrote {} ({} pairs, real | ours)", out.display(), shown.len());
+        std::fs::write(out, images::encode_png(&img)?)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        println!(
+            "wrote {} ({} pairs, real | ours)",
+            out.display(),
+            shown.len()
+        );
     }
     Ok(())
 }
 
 fn synth(a: SynthArgs) -> Result<()> {
-    use crate::data::shards::{Row, Split, SplitConfig, split_of, write_shard};
     use crate::data::images::{Jitter, render_sample};
+    use crate::data::shards::{Row, Split, SplitConfig, split_of, write_shard};
     use crate::data::synth::{SynthConfig, generate_with_progress};
     use indicatif::{ProgressBar, ProgressStyle};
     use rayon::prelude::*;
@@ -200,35 +215,52 @@ fn synth(a: SynthArgs) -> Result<()> {
     }
     let cfg: SynthConfig = match &a.config {
         Some(p) => {
-            let txt = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-            serde_json::from_str(&txt).with_context(|| format!("{}: not a valid synth config", p.display()))?
+            let txt = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            serde_json::from_str(&txt)
+                .with_context(|| format!("{}: not a valid synth config", p.display()))?
         }
         None => SynthConfig::default(),
     };
-    let opts = RenderOptions { size: a.size.unwrap_or(a.style.default_size()), ..RenderOptions::style(a.style) };
-    let jitter = if a.no_jitter { Jitter::NONE } else { Jitter::default() };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    let style = ProgressStyle::with_template("{msg:>9} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})")?;
+    let opts = RenderOptions {
+        size: a.size.unwrap_or(a.style.default_size()),
+        ..RenderOptions::style(a.style)
+    };
+    let jitter = if a.no_jitter {
+        Jitter::NONE
+    } else {
+        Jitter::default()
+    };
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let style = ProgressStyle::with_template(
+        "{msg:>9} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+    )?;
 
     let t0 = Instant::now();
-    let pb = ProgressBar::new(a.count as u64).with_style(style.clone()).with_message("programs");
+    let pb = ProgressBar::new(a.count as u64)
+        .with_style(style.clone())
+        .with_message("programs");
     let progs = generate_with_progress(&cfg, a.seed, a.count, &|n| pb.inc(n as u64))?;
     pb.finish();
     let t_gen = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let pb = ProgressBar::new(a.count as u64).with_style(style).with_message("renders");
+    let pb = ProgressBar::new(a.count as u64)
+        .with_style(style)
+        .with_message("renders");
     let split_cfg = SplitConfig::default();
     let mut buffers: HashMap<Split, (Vec<Row>, usize)> = HashMap::new();
     let mut written = Vec::new();
-    let mut flush = |split: Split, rows: &mut Vec<Row>, k: &mut usize, out: &PathBuf| -> Result<()> {
-        let path = out.join(format!("{}-{:05}.parquet", split.as_str(), *k));
-        write_shard(&path, rows)?;
-        written.push((path, rows.len()));
-        rows.clear();
-        *k += 1;
-        Ok(())
-    };
+    let mut flush =
+        |split: Split, rows: &mut Vec<Row>, k: &mut usize, out: &PathBuf| -> Result<()> {
+            let path = out.join(format!("{}-{:05}.parquet", split.as_str(), *k));
+            write_shard(&path, rows)?;
+            written.push((path, rows.len()));
+            rows.clear();
+            *k += 1;
+            Ok(())
+        };
     let chunk = 512.min(a.shard_rows.max(64));
     let mut preview: Vec<crate::geom::render::RgbImage> = Vec::new();
     for part in progs.chunks(chunk) {
@@ -262,8 +294,12 @@ fn synth(a: SynthArgs) -> Result<()> {
     pb.finish();
     let t_render = t1.elapsed().as_secs_f64();
     if let Some(p) = &a.preview {
-        let rows: Vec<_> = preview.chunks(4).map(|r| images::side_by_side(&r.iter().collect::<Vec<_>>(), 4)).collect();
-        std::fs::write(p, images::encode_png(&images::stack(&rows, 4))?).with_context(|| format!("cannot write {}", p.display()))?;
+        let rows: Vec<_> = preview
+            .chunks(4)
+            .map(|r| images::side_by_side(&r.iter().collect::<Vec<_>>(), 4))
+            .collect();
+        std::fs::write(p, images::encode_png(&images::stack(&rows, 4))?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
         println!("wrote {}", p.display());
     }
     let total = t0.elapsed().as_secs_f64();
@@ -303,13 +339,21 @@ fn stats(a: StatsArgs) -> Result<()> {
         let sb = summarize(&other.iter().map(|c| count(c)).collect::<Vec<_>>());
         cols.push((label(&a.vs), sb, other));
     }
-    let named: Vec<(&str, &crate::data::stats::Summary)> = cols.iter().map(|(n, s, _)| (n.as_str(), s)).collect();
+    let named: Vec<(&str, &crate::data::stats::Summary)> =
+        cols.iter().map(|(n, s, _)| (n.as_str(), s)).collect();
     print!("{}", table(&named));
     if a.exec {
         use rayon::prelude::*;
         for (n, _, progs) in &cols {
-            let ok = progs.par_iter().filter(|c| crate::cad::execute(c, &crate::cad::Limits::default()).is_ok()).count();
-            println!("{n}: {ok}/{} programs execute ({:.1} %)", progs.len(), 100.0 * ok as f64 / progs.len().max(1) as f64);
+            let ok = progs
+                .par_iter()
+                .filter(|c| crate::cad::execute(c, &crate::cad::Limits::default()).is_ok())
+                .count();
+            println!(
+                "{n}: {ok}/{} programs execute ({:.1} %)",
+                progs.len(),
+                100.0 * ok as f64 / progs.len().max(1) as f64
+            );
         }
     }
     Ok(())

@@ -9,7 +9,9 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use crate::exec::{Backend, Failure, FailureKind, Outcome, Report, SandboxConfig, decode_program, executor};
+use crate::exec::{
+    Backend, Failure, FailureKind, Outcome, Report, SandboxConfig, decode_program, executor,
+};
 
 #[derive(Args)]
 pub struct ExecArgs {
@@ -31,7 +33,12 @@ pub struct ExecArgs {
 pub struct SandboxArgs {
     /// Executor: wasm (sandboxed; for model output), native (in-process; trusted programs only),
     /// cadquery (real CadQuery via python3; needs `import cadquery` to work).
-    #[arg(long = "sandbox", id = "sandbox", default_value = "wasm", value_name = "BACKEND")]
+    #[arg(
+        long = "sandbox",
+        id = "sandbox",
+        default_value = "wasm",
+        value_name = "BACKEND"
+    )]
     pub backend: Backend,
     /// Wall-clock limit per program, in ms (wasm, cadquery).
     #[arg(long, default_value_t = SandboxConfig::DEFAULT.timeout_ms)]
@@ -46,7 +53,12 @@ pub struct SandboxArgs {
 
 impl SandboxArgs {
     pub fn config(&self) -> SandboxConfig {
-        SandboxConfig { backend: self.backend, timeout_ms: self.timeout_ms, memory_mb: self.memory_mb, fuel: self.fuel }
+        SandboxConfig {
+            backend: self.backend,
+            timeout_ms: self.timeout_ms,
+            memory_mb: self.memory_mb,
+            fuel: self.fuel,
+        }
     }
 }
 
@@ -60,14 +72,25 @@ struct ExecLine<'a> {
 
 /// A program file's text, or the failure that reading it is (missing file, not UTF-8).
 pub(super) fn read(path: &Path) -> Result<String, Failure> {
-    let bytes = std::fs::read(path).map_err(|e| Failure::new(FailureKind::Runtime, format!("cannot read {}: {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        Failure::new(
+            FailureKind::Runtime,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
     decode_program(&bytes).map(str::to_string)
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }
 
@@ -86,14 +109,22 @@ pub fn run(a: ExecArgs) -> Result<()> {
         .iter()
         .map(|t| match t {
             Ok(_) => ran.next().expect("one outcome per program"),
-            Err(f) => Outcome { result: Err(f.clone()), elapsed: Default::default(), fuel_used: None },
+            Err(f) => Outcome {
+                result: Err(f.clone()),
+                elapsed: Default::default(),
+                fuel_used: None,
+            },
         })
         .collect();
     let wall = t0.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
     for (f, o) in a.files.iter().zip(&outcomes) {
         if a.json {
-            let line = ExecLine { file: f.display().to_string(), sandbox: &cfg, report: o.report() };
+            let line = ExecLine {
+                file: f.display().to_string(),
+                sandbox: &cfg,
+                report: o.report(),
+            };
             writeln!(out, "{}", serde_json::to_string(&line)?)?;
         } else {
             match &o.result {
@@ -104,11 +135,22 @@ pub fn run(a: ExecArgs) -> Result<()> {
                         "{}: ok  volume {:.6}  bbox [{:.4}, {:.4}, {:.4}] – [{:.4}, {:.4}, {:.4}]  solids {}",
                         f.display(),
                         m.volume,
-                        b[0], b[1], b[2], b[3], b[4], b[5],
+                        b[0],
+                        b[1],
+                        b[2],
+                        b[3],
+                        b[4],
+                        b[5],
                         m.n_solids
                     )?;
                 }
-                Err(e) => writeln!(out, "{}: FAILED ({})  {}", f.display(), e.kind.as_str(), e.message)?,
+                Err(e) => writeln!(
+                    out,
+                    "{}: FAILED ({})  {}",
+                    f.display(),
+                    e.kind.as_str(),
+                    e.message
+                )?,
             }
         }
     }
@@ -128,4 +170,3 @@ pub fn run(a: ExecArgs) -> Result<()> {
     }
     Ok(())
 }
-

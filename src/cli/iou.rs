@@ -38,19 +38,38 @@ pub fn run(a: IouArgs) -> Result<()> {
         eprintln!("{}", cfg.describe());
     }
     let res: Result<f64, Failure> = (|| {
-        let pa = read(&a.a).map_err(|f| Failure::new(f.kind, format!("first program: {}", f.message)))?;
-        let pb = read(&a.b).map_err(|f| Failure::new(f.kind, format!("second program: {}", f.message)))?;
-        let target = ex.target(&pb).map_err(|f| Failure::new(f.kind, format!("second program: {}", f.message)))?;
+        let pa = read(&a.a)
+            .map_err(|f| Failure::new(f.kind, format!("first program: {}", f.message)))?;
+        let pb = read(&a.b)
+            .map_err(|f| Failure::new(f.kind, format!("second program: {}", f.message)))?;
+        let target = ex
+            .target(&pb)
+            .map_err(|f| Failure::new(f.kind, format!("second program: {}", f.message)))?;
         let out = ex.reward(&pa, &target, a.normalize);
         match out.result {
-            Ok(m) => m.iou.ok_or_else(|| Failure::new(FailureKind::Crash, "the executor returned no IoU")),
-            Err(f) => Err(Failure::new(f.kind, format!("first program: {}", f.message))),
+            Ok(m) => m
+                .iou
+                .ok_or_else(|| Failure::new(FailureKind::Crash, "the executor returned no IoU")),
+            Err(f) => Err(Failure::new(
+                f.kind,
+                format!("first program: {}", f.message),
+            )),
         }
     })();
     if a.json {
         let line = match &res {
-            Ok(v) => IouLine { iou: Some(*v), error: None, error_kind: None, sandbox: &cfg },
-            Err(f) => IouLine { iou: None, error: Some(f.message.clone()), error_kind: Some(f.kind), sandbox: &cfg },
+            Ok(v) => IouLine {
+                iou: Some(*v),
+                error: None,
+                error_kind: None,
+                sandbox: &cfg,
+            },
+            Err(f) => IouLine {
+                iou: None,
+                error: Some(f.message.clone()),
+                error_kind: Some(f.kind),
+                sandbox: &cfg,
+            },
         };
         println!("{}", serde_json::to_string(&line)?);
     } else {

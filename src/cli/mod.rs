@@ -5,6 +5,7 @@ mod bench_train;
 mod data;
 mod eval;
 mod exec;
+mod infer;
 mod iou;
 mod qwen_generate;
 mod recipe;
@@ -18,7 +19,11 @@ use clap::{Parser, Subcommand};
 pub use exec::peak_rss_mib;
 
 #[derive(Parser)]
-#[command(name = "cadvlm", version, about = "Train VLMs to write CadQuery code; execute and measure CadQuery programs exactly")]
+#[command(
+    name = "cadvlm",
+    version,
+    about = "Train VLMs to write CadQuery code; execute and measure CadQuery programs exactly"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -40,6 +45,8 @@ enum Cmd {
     Recipe(recipe::RecipeArgs),
     /// Generate programs for a data folder with a trained run, execute them, score VSR and IoU.
     Eval(eval::EvalArgs),
+    /// Image → CadQuery program: propose with a trained model, render and compare, refine (images only).
+    Infer(infer::InferArgs),
     /// Measure training throughput (tokens/s) of a model size on a CPU backend.
     BenchTrain(bench_train::BenchTrainArgs),
     /// PNG figures and report/README.md of a run folder (SFT/DPO curves, rollouts, IoU, gallery).
@@ -56,6 +63,7 @@ pub fn main() -> ExitCode {
         Cmd::Data(c) => data::run(c),
         Cmd::Recipe(a) => recipe::run(a),
         Cmd::Eval(a) => eval::run(a),
+        Cmd::Infer(a) => infer::run(a),
         Cmd::BenchTrain(a) => bench_train::run(a),
         Cmd::Report(a) => report::run(a),
         Cmd::QwenGenerate(a) => qwen_generate::run(a),

@@ -24,8 +24,16 @@ pub struct QwenGenerateArgs {
 
 pub fn run(a: QwenGenerateArgs) -> Result<()> {
     let img = ImageInput::open(&a.image)?;
-    let prompt = a.prompt.unwrap_or_else(|| crate::data::GENCAD_PROMPT.to_string());
-    let g = generate_from_dir::<burn::backend::NdArray<f32>>(&a.model, &img, &prompt, a.max_new_tokens, &Default::default())?;
+    let prompt = a
+        .prompt
+        .unwrap_or_else(|| crate::data::GENCAD_PROMPT.to_string());
+    let g = generate_from_dir::<burn::backend::NdArray<f32>>(
+        &a.model,
+        &img,
+        &prompt,
+        a.max_new_tokens,
+        &Default::default(),
+    )?;
     println!("{}", g.text);
     Ok(())
 }

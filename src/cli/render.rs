@@ -26,13 +26,23 @@ pub struct RenderArgs {
 }
 
 pub fn run(a: RenderArgs) -> Result<()> {
-    let src = std::fs::read_to_string(&a.program).with_context(|| format!("cannot read {}", a.program.display()))?;
-    let opts = RenderOptions { size: a.size.unwrap_or(a.style.default_size()), ..RenderOptions::style(a.style) };
+    let src = std::fs::read_to_string(&a.program)
+        .with_context(|| format!("cannot read {}", a.program.display()))?;
+    let opts = RenderOptions {
+        size: a.size.unwrap_or(a.style.default_size()),
+        ..RenderOptions::style(a.style)
+    };
     let t0 = Instant::now();
     let img = images::render_program(&src, &a.program, &opts, &mut RayScratch::default())?;
     let png = images::encode_png(&img)?;
     std::fs::write(&a.out, png).with_context(|| format!("cannot write {}", a.out.display()))?;
-    eprintln!("rendered {} ({}×{}, {}) in {:.1} ms", a.out.display(), img.width, img.height, a.style.as_str(), 1e3 * t0.elapsed().as_secs_f64());
+    eprintln!(
+        "rendered {} ({}×{}, {}) in {:.1} ms",
+        a.out.display(),
+        img.width,
+        img.height,
+        a.style.as_str(),
+        1e3 * t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
-

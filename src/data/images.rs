@@ -10,13 +10,18 @@ use serde::{Deserialize, Serialize};
 use super::synth::{Rng, SynthConfig, SynthError, SynthProgram, fxhash, generate};
 use crate::cad::{self, Limits};
 use crate::geom::csg::RayScratch;
-use crate::geom::render::{self, RenderOptions, RgbImage, foreground_mask, mask_iou, normalize_mask, render_with};
+use crate::geom::render::{
+    self, RenderOptions, RgbImage, foreground_mask, mask_iou, normalize_mask, render_with,
+};
 
 /// Errors of the image helpers.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{what}: not a decodable PNG: {msg}")]
     Decode { what: String, msg: String },
     #[error("PNG encoding failed: {0}")]
@@ -24,7 +29,10 @@ pub enum ImageError {
     #[error("{path}: the program does not execute: {msg}")]
     Program { path: PathBuf, msg: String },
     #[error("{path}: cannot render: {source}")]
-    Render { path: PathBuf, source: render::RenderError },
+    Render {
+        path: PathBuf,
+        source: render::RenderError,
+    },
     #[error("{0}: no `ID.png` + `ID.py` pairs found")]
     NoPairs(PathBuf),
 }
@@ -34,7 +42,12 @@ pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>, ImageError> {
     use image::ImageEncoder;
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(&img.pixels, img.width, img.height, image::ExtendedColorType::Rgb8)
+        .write_image(
+            &img.pixels,
+            img.width,
+            img.height,
+            image::ExtendedColorType::Rgb8,
+        )
         .map_err(|e| ImageError::Encode(e.to_string()))?;
     Ok(out)
 }
@@ -42,35 +55,62 @@ pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>, ImageError> {
 /// Decode PNG bytes to RGB (alpha is dropped, grey expanded). `what` names the source in errors.
 pub fn decode_png(bytes: &[u8], what: &str) -> Result<RgbImage, ImageError> {
     let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Png)
-        .map_err(|e| ImageError::Decode { what: what.to_string(), msg: e.to_string() })?
+        .map_err(|e| ImageError::Decode {
+            what: what.to_string(),
+            msg: e.to_string(),
+        })?
         .to_rgb8();
-    Ok(RgbImage { width: img.width(), height: img.height(), pixels: img.into_raw() })
+    Ok(RgbImage {
+        width: img.width(),
+        height: img.height(),
+        pixels: img.into_raw(),
+    })
 }
 
 /// Read and decode a PNG file.
 pub fn read_png(path: &Path) -> Result<RgbImage, ImageError> {
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Read { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| ImageError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     decode_png(&bytes, &path.display().to_string())
 }
 
 /// Execute a program and render it. `path` only names the program in errors.
-pub fn render_program(src: &str, path: &Path, opts: &RenderOptions, scratch: &mut RayScratch) -> Result<RgbImage, ImageError> {
-    let solid = cad::execute(src, &Limits::default()).map_err(|e| ImageError::Program { path: path.to_path_buf(), msg: e.to_string() })?;
-    render_with(&solid, opts, scratch).map_err(|source| ImageError::Render { path: path.to_path_buf(), source })
+pub fn render_program(
+    src: &str,
+    path: &Path,
+    opts: &RenderOptions,
+    scratch: &mut RayScratch,
+) -> Result<RgbImage, ImageError> {
+    let solid = cad::execute(src, &Limits::default()).map_err(|e| ImageError::Program {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    render_with(&solid, opts, scratch).map_err(|source| ImageError::Render {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Render many programs in parallel (all cores); one result per program, in order.
-pub fn render_batch(programs: &[String], opts: &RenderOptions) -> Vec<Result<RgbImage, ImageError>> {
+pub fn render_batch(
+    programs: &[String],
+    opts: &RenderOptions,
+) -> Vec<Result<RgbImage, ImageError>> {
     programs
         .par_iter()
         .enumerate()
-        .map_init(RayScratch::default, |scratch, (i, src)| render_program(src, Path::new(&format!("program #{i}")), opts, scratch))
+        .map_init(RayScratch::default, |scratch, (i, src)| {
+            render_program(src, Path::new(&format!("program #{i}")), opts, scratch)
+        })
         .collect()
 }
 
 /// Place images side by side (tops aligned, white gaps of `gap` pixels).
 pub fn side_by_side(images: &[&RgbImage], gap: u32) -> RgbImage {
-    let w = images.iter().map(|i| i.width).sum::<u32>() + gap * images.len().saturating_sub(1) as u32;
+    let w =
+        images.iter().map(|i| i.width).sum::<u32>() + gap * images.len().saturating_sub(1) as u32;
     let h = images.iter().map(|i| i.height).max().unwrap_or(0);
     let mut out = RgbImage::new(w.max(1), h.max(1), [255; 3]);
     let mut x0 = 0;
@@ -88,7 +128,8 @@ pub fn side_by_side(images: &[&RgbImage], gap: u32) -> RgbImage {
 /// Stack images vertically (left aligned, white gaps).
 pub fn stack(images: &[RgbImage], gap: u32) -> RgbImage {
     let w = images.iter().map(|i| i.width).max().unwrap_or(0);
-    let h = images.iter().map(|i| i.height).sum::<u32>() + gap * images.len().saturating_sub(1) as u32;
+    let h =
+        images.iter().map(|i| i.height).sum::<u32>() + gap * images.len().saturating_sub(1) as u32;
     let mut out = RgbImage::new(w.max(1), h.max(1), [255; 3]);
     let mut y0 = 0;
     for img in images {
@@ -146,12 +187,18 @@ fn extent(mask: &[bool], w: usize, h: usize) -> usize {
 }
 
 fn bbox_centre(mask: &[bool], w: usize, h: usize) -> [f64; 2] {
-    render::mask_bbox(mask, w, h).map_or([0.0, 0.0], |[x0, y0, x1, y1]| [0.5 * (x0 + x1) as f64, 0.5 * (y0 + y1) as f64])
+    render::mask_bbox(mask, w, h).map_or([0.0, 0.0], |[x0, y0, x1, y1]| {
+        [0.5 * (x0 + x1) as f64, 0.5 * (y0 + y1) as f64]
+    })
 }
 
 fn line_share(img: &RgbImage, mask: &[bool]) -> f64 {
     let fg = mask.iter().filter(|&&b| b).count().max(1);
-    let black = img.pixels.chunks_exact(3).filter(|p| p[0] < 40 && p[1] < 40 && p[2] < 40).count();
+    let black = img
+        .pixels
+        .chunks_exact(3)
+        .filter(|p| p[0] < 40 && p[1] < 40 && p[2] < 40)
+        .count();
     black as f64 / fg as f64
 }
 
@@ -176,7 +223,11 @@ pub fn compare(id: &str, real: &RgbImage, ours: &RgbImage) -> GoldenRow {
     }
     GoldenRow {
         id: id.to_string(),
-        raw_mask_iou: if (rw, rh) == (ow, oh) { mask_iou(&mr, &mo) } else { 0.0 },
+        raw_mask_iou: if (rw, rh) == (ow, oh) {
+            mask_iou(&mr, &mo)
+        } else {
+            0.0
+        },
         centre_offset: [co[0] - cr[0], co[1] - cr[1]],
         face_grey_mae: diff / nface.max(1) as f64,
         mask_iou: mask_iou(&nr, &no),
@@ -191,14 +242,21 @@ pub fn compare(id: &str, real: &RgbImage, ours: &RgbImage) -> GoldenRow {
 
 /// `ID.png` + `ID.py` pairs in a directory, sorted by id.
 pub fn golden_pairs(dir: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>, ImageError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| ImageError::Read { path: dir.to_path_buf(), source })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| ImageError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut out = Vec::new();
     for e in rd.flatten() {
         let p = e.path();
         if p.extension().and_then(|s| s.to_str()) == Some("png") {
             let py = p.with_extension("py");
             if py.exists() {
-                let id = p.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
+                let id = p
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("")
+                    .to_string();
                 out.push((id, p, py));
             }
         }
@@ -212,15 +270,24 @@ pub fn golden_pairs(dir: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>, Image
 
 /// Render every pair's program (at the real image's size) and compare; rows in id order, plus our
 /// renders. A program that fails to execute or render is an error row (`Err`).
-pub fn golden(dir: &Path, opts: &RenderOptions) -> Result<Vec<(Result<GoldenRow, ImageError>, Option<(RgbImage, RgbImage)>)>, ImageError> {
+pub fn golden(
+    dir: &Path,
+    opts: &RenderOptions,
+) -> Result<Vec<(Result<GoldenRow, ImageError>, Option<(RgbImage, RgbImage)>)>, ImageError> {
     let pairs = golden_pairs(dir)?;
     Ok(pairs
         .par_iter()
         .map_init(RayScratch::default, |scratch, (id, png, py)| {
             let mut run = || -> Result<(GoldenRow, RgbImage, RgbImage), ImageError> {
                 let real = read_png(png)?;
-                let src = std::fs::read_to_string(py).map_err(|source| ImageError::Read { path: py.clone(), source })?;
-                let o = RenderOptions { size: real.width.min(real.height), ..opts.clone() };
+                let src = std::fs::read_to_string(py).map_err(|source| ImageError::Read {
+                    path: py.clone(),
+                    source,
+                })?;
+                let o = RenderOptions {
+                    size: real.width.min(real.height),
+                    ..opts.clone()
+                };
                 let ours = render_program(&src, py, &o, scratch)?;
                 Ok((compare(id, &real, &ours), real, ours))
             };
@@ -237,7 +304,10 @@ pub fn resize_rgb_u8(rgb: &[u8], w: usize, h: usize, s: usize) -> Vec<u8> {
     if w == s && h == s {
         return rgb.to_vec();
     }
-    resize_rgb(rgb, w, h, s).iter().map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect()
+    resize_rgb(rgb, w, h, s)
+        .iter()
+        .map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+        .collect()
 }
 
 /// Resize to `s×s` RGB floats in [0, 1]: each output pixel averages the source box it covers.
@@ -297,42 +367,78 @@ pub struct Jitter {
 impl Default for Jitter {
     /// Zoom 0.9–1.05 and shift ±2.5 %: the real framing (400×300 box in 448) then never clips.
     fn default() -> Self {
-        Jitter { zoom: [0.9, 1.05], shift: 0.025 }
+        Jitter {
+            zoom: [0.9, 1.05],
+            shift: 0.025,
+        }
     }
 }
 
 impl Jitter {
-    pub const NONE: Jitter = Jitter { zoom: [1.0, 1.0], shift: 0.0 };
+    pub const NONE: Jitter = Jitter {
+        zoom: [1.0, 1.0],
+        shift: 0.0,
+    };
     /// The render options for the sample `id`.
     pub fn apply(&self, base: &RenderOptions, id: &str) -> RenderOptions {
         let mut rng = Rng::new(fxhash(id), 0x4a17);
         let zoom = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * rng.f();
-        let shift = [self.shift * (2.0 * rng.f() - 1.0), self.shift * (2.0 * rng.f() - 1.0)];
-        RenderOptions { zoom: base.zoom * zoom, shift, ..base.clone() }
+        let shift = [
+            self.shift * (2.0 * rng.f() - 1.0),
+            self.shift * (2.0 * rng.f() - 1.0),
+        ];
+        RenderOptions {
+            zoom: base.zoom * zoom,
+            shift,
+            ..base.clone()
+        }
     }
 }
 
 /// Render programs to PNG samples in parallel (all cores), in order.
-pub fn render_samples(programs: &[SynthProgram], opts: &RenderOptions, jitter: Jitter) -> Result<Vec<Rendered>, SynthError> {
+pub fn render_samples(
+    programs: &[SynthProgram],
+    opts: &RenderOptions,
+    jitter: Jitter,
+) -> Result<Vec<Rendered>, SynthError> {
     programs
         .par_iter()
-        .map_init(RayScratch::default, |scratch, p| render_sample(p, opts, jitter, scratch))
+        .map_init(RayScratch::default, |scratch, p| {
+            render_sample(p, opts, jitter, scratch)
+        })
         .collect()
 }
 
 /// Render one program to a PNG sample.
-pub fn render_sample(p: &SynthProgram, opts: &RenderOptions, jitter: Jitter, scratch: &mut RayScratch) -> Result<Rendered, SynthError> {
-    let err = |msg: String| SynthError::Render { id: p.id.clone(), msg };
+pub fn render_sample(
+    p: &SynthProgram,
+    opts: &RenderOptions,
+    jitter: Jitter,
+    scratch: &mut RayScratch,
+) -> Result<Rendered, SynthError> {
+    let err = |msg: String| SynthError::Render {
+        id: p.id.clone(),
+        msg,
+    };
     let solid = cad::execute(&p.code, &Limits::default()).map_err(|e| err(e.to_string()))?;
     let o = jitter.apply(opts, &p.id);
     let img = render_with(&solid, &o, scratch).map_err(|e| err(e.to_string()))?;
     let png = encode_png(&img).map_err(|e| err(e.to_string()))?;
-    Ok(Rendered { id: p.id.clone(), program: p.code.clone(), image_png: png })
+    Ok(Rendered {
+        id: p.id.clone(),
+        program: p.code.clone(),
+        image_png: png,
+    })
 }
 
 /// Generate and render `count` samples (see [`generate`] and [`render_samples`]).
-pub fn synth_samples(cfg: &SynthConfig, seed: u64, count: usize, opts: &RenderOptions, jitter: Jitter) -> Result<Vec<Rendered>, SynthError> {
+pub fn synth_samples(
+    cfg: &SynthConfig,
+    seed: u64,
+    count: usize,
+    opts: &RenderOptions,
+    jitter: Jitter,
+) -> Result<Vec<Rendered>, SynthError> {
     let progs = generate(cfg, seed, count)?;
     render_samples(&progs, opts, jitter)
 }
-

@@ -17,7 +17,10 @@ pub struct SampleError {
 }
 
 fn derr(path: &Path, msg: impl std::fmt::Display) -> SampleError {
-    SampleError { path: path.display().to_string(), msg: msg.to_string() }
+    SampleError {
+        path: path.display().to_string(),
+        msg: msg.to_string(),
+    }
 }
 
 /// One image with its ground-truth program.
@@ -34,13 +37,18 @@ pub struct Sample {
 
 /// Decode a PNG (or any format `image` reads) into RGB8.
 pub fn decode_image(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize), String> {
-    let img = image::load_from_memory(bytes).map_err(|e| format!("cannot decode image: {e}"))?.to_rgb8();
+    let img = image::load_from_memory(bytes)
+        .map_err(|e| format!("cannot decode image: {e}"))?
+        .to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
     Ok((img.into_raw(), w, h))
 }
 
 /// [`decode_image`], then downscaled to `size×size` when given.
-pub fn decode_image_at(bytes: &[u8], size: Option<usize>) -> Result<(Vec<u8>, usize, usize), String> {
+pub fn decode_image_at(
+    bytes: &[u8],
+    size: Option<usize>,
+) -> Result<(Vec<u8>, usize, usize), String> {
     let (rgb, w, h) = decode_image(bytes)?;
     Ok(match size {
         Some(s) => (super::images::resize_rgb_u8(&rgb, w, h, s), s, s),
@@ -64,29 +72,49 @@ pub fn load_samples(dir: &Path, limit: Option<usize>) -> Result<Vec<Sample>, Sam
 }
 
 /// [`load_samples`], each image downscaled to `resize×resize` as it is read (keeps big sets small in memory).
-pub fn load_samples_at(dir: &Path, limit: Option<usize>, resize: Option<usize>) -> Result<Vec<Sample>, SampleError> {
+pub fn load_samples_at(
+    dir: &Path,
+    limit: Option<usize>,
+    resize: Option<usize>,
+) -> Result<Vec<Sample>, SampleError> {
     let limit = limit.unwrap_or(usize::MAX);
     let index = dir.join("index.jsonl");
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| derr(&index, e))?;
         let mut out = Vec::new();
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             if out.len() >= limit {
                 break;
             }
-            let l: IndexLine = serde_json::from_str(line).map_err(|e| derr(&index, format!("line {}: {e}", i + 1)))?;
+            let l: IndexLine = serde_json::from_str(line)
+                .map_err(|e| derr(&index, format!("line {}: {e}", i + 1)))?;
             let img_path = dir.join(&l.image);
             let bytes = std::fs::read(&img_path).map_err(|e| derr(&img_path, e))?;
-            let (rgb, width, height) = decode_image_at(&bytes, resize).map_err(|e| derr(&img_path, e))?;
+            let (rgb, width, height) =
+                decode_image_at(&bytes, resize).map_err(|e| derr(&img_path, e))?;
             let py = dir.join(&l.cadquery);
             let program = std::fs::read_to_string(&py).map_err(|e| derr(&py, e))?;
-            out.push(Sample { id: l.deepcad_id, prompt: l.prompt.unwrap_or_else(|| GENCAD_PROMPT.to_string()), program, rgb, width, height });
+            out.push(Sample {
+                id: l.deepcad_id,
+                prompt: l.prompt.unwrap_or_else(|| GENCAD_PROMPT.to_string()),
+                program,
+                rgb,
+                width,
+                height,
+            });
         }
         return Ok(out);
     }
     let files = parquet_files(dir).map_err(|e| derr(dir, e))?;
     if files.is_empty() {
-        return Err(derr(dir, "neither index.jsonl nor any .parquet file here; give a folder like gencad-test100-dev or a shard folder"));
+        return Err(derr(
+            dir,
+            "neither index.jsonl nor any .parquet file here; give a folder like gencad-test100-dev or a shard folder",
+        ));
     }
     let mut out = Vec::new();
     for f in files {
@@ -116,12 +144,24 @@ fn parquet_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Read GenCAD-Code parquet rows (`data::shards`), images decoded (and downscaled to `resize`).
-pub fn read_parquet_samples(path: &Path, limit: usize, resize: Option<usize>, out: &mut Vec<Sample>) -> Result<(), SampleError> {
+pub fn read_parquet_samples(
+    path: &Path,
+    limit: usize,
+    resize: Option<usize>,
+    out: &mut Vec<Sample>,
+) -> Result<(), SampleError> {
     let rows = crate::data::shards::read_shard(path).map_err(|e| derr(path, e))?;
     for r in rows.into_iter().take(limit) {
-        let (rgb, width, height) = decode_image_at(&r.image_png, resize).map_err(|e| derr(path, format!("{}: {e}", r.id)))?;
-        out.push(Sample { id: r.id, prompt: r.prompt, program: r.code, rgb, width, height });
+        let (rgb, width, height) = decode_image_at(&r.image_png, resize)
+            .map_err(|e| derr(path, format!("{}: {e}", r.id)))?;
+        out.push(Sample {
+            id: r.id,
+            prompt: r.prompt,
+            program: r.code,
+            rgb,
+            width,
+            height,
+        });
     }
     Ok(())
 }
-

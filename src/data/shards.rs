@@ -107,61 +107,124 @@ fn build_frame(rows: &[Row]) -> PolarsResult<DataFrame> {
 /// Write rows as one parquet file (zstd).
 pub fn write_shard(path: &Path, rows: &[Row]) -> Result<(), ShardError> {
     let mut df = build_frame(rows).map_err(|e| ShardError::Build(e.to_string()))?;
-    let f = File::create(path).map_err(|e| ShardError::Io { path: path.to_path_buf(), msg: format!("cannot create: {e}") })?;
+    let f = File::create(path).map_err(|e| ShardError::Io {
+        path: path.to_path_buf(),
+        msg: format!("cannot create: {e}"),
+    })?;
     ParquetWriter::new(f)
         .finish(&mut df)
-        .map_err(|e| ShardError::Io { path: path.to_path_buf(), msg: format!("cannot write parquet: {e}") })?;
+        .map_err(|e| ShardError::Io {
+            path: path.to_path_buf(),
+            msg: format!("cannot write parquet: {e}"),
+        })?;
     Ok(())
 }
 
 /// Read one shard (ours or the real GenCAD-Code parquet). `token_count`, `prompt`,
 /// `hundred_subset` and `image.path` may be missing (defaults: proxy count, default prompt, false, null).
 pub fn read_shard(path: &Path) -> Result<Vec<Row>, ShardError> {
-    let schema_err = |msg: String| ShardError::Schema { path: path.to_path_buf(), msg };
-    let f = File::open(path).map_err(|e| ShardError::Io { path: path.to_path_buf(), msg: format!("cannot open: {e}") })?;
-    let df = ParquetReader::new(f).finish().map_err(|e| ShardError::Io { path: path.to_path_buf(), msg: format!("cannot read parquet: {e}") })?;
+    let schema_err = |msg: String| ShardError::Schema {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let f = File::open(path).map_err(|e| ShardError::Io {
+        path: path.to_path_buf(),
+        msg: format!("cannot open: {e}"),
+    })?;
+    let df = ParquetReader::new(f).finish().map_err(|e| ShardError::Io {
+        path: path.to_path_buf(),
+        msg: format!("cannot read parquet: {e}"),
+    })?;
     let n = df.height();
-    let col = |name: &str| df.column(name).map_err(|_| schema_err(format!("no `{name}` column (columns: {:?})", df.get_column_names())));
+    let col = |name: &str| {
+        df.column(name).map_err(|_| {
+            schema_err(format!(
+                "no `{name}` column (columns: {:?})",
+                df.get_column_names()
+            ))
+        })
+    };
     let strings = |name: &str| -> Result<Vec<Option<String>>, ShardError> {
         let c = col(name)?;
-        let s = c.str().map_err(|e| schema_err(format!("`{name}` is not a string column: {e}")))?;
+        let s = c
+            .str()
+            .map_err(|e| schema_err(format!("`{name}` is not a string column: {e}")))?;
         Ok(s.iter().map(|x| x.map(str::to_string)).collect())
     };
     let ids = strings("deepcad_id")?;
     let code = strings("cadquery")?;
     let image = col("image")?;
-    let st = image.struct_().map_err(|e| schema_err(format!("`image` is not a struct column: {e}")))?;
-    let bytes_s = st.field_by_name("bytes").map_err(|e| schema_err(format!("`image` has no `bytes` field: {e}")))?;
-    let bytes = bytes_s.binary().map_err(|e| schema_err(format!("`image.bytes` is not binary: {e}")))?;
+    let st = image
+        .struct_()
+        .map_err(|e| schema_err(format!("`image` is not a struct column: {e}")))?;
+    let bytes_s = st
+        .field_by_name("bytes")
+        .map_err(|e| schema_err(format!("`image` has no `bytes` field: {e}")))?;
+    let bytes = bytes_s
+        .binary()
+        .map_err(|e| schema_err(format!("`image.bytes` is not binary: {e}")))?;
     let bytes: Vec<Option<Vec<u8>>> = bytes.iter().map(|b| b.map(<[u8]>::to_vec)).collect();
     let paths: Vec<Option<String>> = match st.field_by_name("path") {
-        Ok(p) => p.str().map_err(|e| schema_err(format!("`image.path` is not a string: {e}")))?.iter().map(|x| x.map(str::to_string)).collect(),
+        Ok(p) => p
+            .str()
+            .map_err(|e| schema_err(format!("`image.path` is not a string: {e}")))?
+            .iter()
+            .map(|x| x.map(str::to_string))
+            .collect(),
         Err(_) => vec![None; n],
     };
     let tok: Option<Vec<Option<i64>>> = match df.column("token_count") {
         Ok(c) => {
-            let c = c.cast(&DataType::Int64).map_err(|e| schema_err(format!("`token_count` is not an integer: {e}")))?;
-            Some(c.i64().map_err(|e| schema_err(e.to_string()))?.iter().collect())
+            let c = c
+                .cast(&DataType::Int64)
+                .map_err(|e| schema_err(format!("`token_count` is not an integer: {e}")))?;
+            Some(
+                c.i64()
+                    .map_err(|e| schema_err(e.to_string()))?
+                    .iter()
+                    .collect(),
+            )
         }
         Err(_) => None,
     };
-    let prompt: Option<Vec<Option<String>>> = df.column("prompt").ok().map(|_| strings("prompt")).transpose()?;
+    let prompt: Option<Vec<Option<String>>> = df
+        .column("prompt")
+        .ok()
+        .map(|_| strings("prompt"))
+        .transpose()?;
     let hundred: Option<Vec<Option<bool>>> = match df.column("hundred_subset") {
-        Ok(c) => Some(c.bool().map_err(|e| schema_err(format!("`hundred_subset` is not boolean: {e}")))?.iter().collect()),
+        Ok(c) => Some(
+            c.bool()
+                .map_err(|e| schema_err(format!("`hundred_subset` is not boolean: {e}")))?
+                .iter()
+                .collect(),
+        ),
         Err(_) => None,
     };
     let mut rows = Vec::with_capacity(n);
     for i in 0..n {
-        let id = ids[i].clone().ok_or_else(|| schema_err(format!("row {i}: null deepcad_id")))?;
-        let code = code[i].clone().ok_or_else(|| schema_err(format!("row {i} ({id}): null cadquery")))?;
-        let image_png = bytes[i].clone().ok_or_else(|| schema_err(format!("row {i} ({id}): null image bytes")))?;
-        let token_count = tok.as_ref().and_then(|t| t[i]).unwrap_or_else(|| token_count_proxy(&code));
+        let id = ids[i]
+            .clone()
+            .ok_or_else(|| schema_err(format!("row {i}: null deepcad_id")))?;
+        let code = code[i]
+            .clone()
+            .ok_or_else(|| schema_err(format!("row {i} ({id}): null cadquery")))?;
+        let image_png = bytes[i]
+            .clone()
+            .ok_or_else(|| schema_err(format!("row {i} ({id}): null image bytes")))?;
+        let token_count = tok
+            .as_ref()
+            .and_then(|t| t[i])
+            .unwrap_or_else(|| token_count_proxy(&code));
         rows.push(Row {
             id,
             image_png,
             image_path: paths[i].clone(),
             token_count,
-            prompt: prompt.as_ref().and_then(|p| p[i].clone()).unwrap_or_else(|| super::GENCAD_PROMPT.to_string()),
+            prompt: prompt
+                .as_ref()
+                .and_then(|p| p[i].clone())
+                .unwrap_or_else(|| super::GENCAD_PROMPT.to_string()),
             hundred_subset: hundred.as_ref().and_then(|h| h[i]).unwrap_or(false),
             code,
         });
@@ -174,8 +237,15 @@ pub fn shard_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, ShardError> {
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
-            let rd = std::fs::read_dir(p).map_err(|e| ShardError::Io { path: p.clone(), msg: format!("cannot list: {e}") })?;
-            let mut v: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|q| q.extension().is_some_and(|x| x == "parquet")).collect();
+            let rd = std::fs::read_dir(p).map_err(|e| ShardError::Io {
+                path: p.clone(),
+                msg: format!("cannot list: {e}"),
+            })?;
+            let mut v: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|q| q.extension().is_some_and(|x| x == "parquet"))
+                .collect();
             v.sort();
             if v.is_empty() {
                 return Err(ShardError::NoShards(p.clone()));
@@ -218,7 +288,10 @@ pub struct SplitConfig {
 impl Default for SplitConfig {
     /// GenCAD-Code's proportions: 147,289 / 8,204 / 7,355 ≈ 90.3 % / 5.0 % / 4.5 %.
     fn default() -> Self {
-        SplitConfig { val: 0.05, test: 0.045 }
+        SplitConfig {
+            val: 0.05,
+            test: 0.045,
+        }
     }
 }
 

@@ -29,7 +29,10 @@ pub struct ProgramCounts {
 
 /// Count the constructs of one program.
 pub fn count(code: &str) -> ProgramCounts {
-    let mut c = ProgramCounts { chars: code.len(), ..Default::default() };
+    let mut c = ProgramCounts {
+        chars: code.len(),
+        ..Default::default()
+    };
     for line in code.lines() {
         let l = line.trim();
         if l.starts_with('#') {
@@ -70,7 +73,11 @@ fn plane_normal(l: &str) -> Option<[f64; 3]> {
     let parts: Vec<&str> = l.split("cq.Vector(").collect();
     let v = parts.get(3)?;
     let inner = v.split(')').next()?;
-    let xs: Vec<f64> = inner.split(',').map(|x| x.trim().parse::<f64>()).collect::<Result<_, _>>().ok()?;
+    let xs: Vec<f64> = inner
+        .split(',')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .ok()?;
     (xs.len() == 3).then(|| [xs[0], xs[1], xs[2]])
 }
 
@@ -162,14 +169,24 @@ pub fn load_programs(inputs: &[PathBuf]) -> Result<Vec<String>, StatsError> {
     for p in inputs {
         let before = out.len();
         if p.is_dir() {
-            let rd = std::fs::read_dir(p).map_err(|e| StatsError::Read { path: p.clone(), msg: e.to_string() })?;
+            let rd = std::fs::read_dir(p).map_err(|e| StatsError::Read {
+                path: p.clone(),
+                msg: e.to_string(),
+            })?;
             let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
             files.sort();
-            let pys: Vec<PathBuf> = files.iter().filter(|f| f.extension().is_some_and(|x| x == "py")).cloned().collect();
+            let pys: Vec<PathBuf> = files
+                .iter()
+                .filter(|f| f.extension().is_some_and(|x| x == "py"))
+                .cloned()
+                .collect();
             for f in &pys {
                 out.push(read_py(f)?);
             }
-            if files.iter().any(|f| f.extension().is_some_and(|x| x == "parquet")) {
+            if files
+                .iter()
+                .any(|f| f.extension().is_some_and(|x| x == "parquet"))
+            {
                 for f in shard_files(std::slice::from_ref(p))? {
                     out.extend(read_shard(&f)?.into_iter().map(|r| r.code));
                 }
@@ -187,7 +204,10 @@ pub fn load_programs(inputs: &[PathBuf]) -> Result<Vec<String>, StatsError> {
 }
 
 fn read_py(p: &Path) -> Result<String, StatsError> {
-    std::fs::read_to_string(p).map_err(|e| StatsError::Read { path: p.to_path_buf(), msg: e.to_string() })
+    std::fs::read_to_string(p).map_err(|e| StatsError::Read {
+        path: p.to_path_buf(),
+        msg: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -198,8 +218,20 @@ mod tests {
     fn counts_a_gencad_program() {
         let code = "import cadquery as cq\n# Generating a workplane for sketch 0\nwp_sketch0 = cq.Workplane(cq.Plane(cq.Vector(-0.75, -0.75, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\nloop0=wp_sketch0.moveTo(1.5, 0.0).lineTo(1.5, 1.5).lineTo(0.0, 1.5).lineTo(0.0, 0.0).close()\nloop1=wp_sketch0.moveTo(0.5, 0.5).circle(0.1)\nsolid0=wp_sketch0.add(loop0).add(loop1).extrude(-0.0625)\nsolid=solid0\n# Generating a workplane for sketch 1\nwp_sketch1 = cq.Workplane(cq.Plane(cq.Vector(0.0, 0.0, 0.0), cq.Vector(0.9993977281025862, 0.024541228522912326, 0.024533837163709046), cq.Vector(0.024541228522912326, 0.0, -0.9996988186962042)))\nloop2=wp_sketch1.moveTo(0.1, 0.0).threePointArc((0.2, 0.1), (0.1, 0.2)).lineTo(0.0, 0.0).close()\nsolid1=wp_sketch1.add(loop2).extrude(0.1, both=True)\nsolid=solid.cut(solid1)";
         let c = count(code);
-        assert_eq!((c.sketches, c.loops, c.lines, c.arcs, c.circles), (2, 3, 6, 1, 1));
-        assert_eq!((c.unions, c.cuts, c.negative_extrusions, c.both_extrusions, c.tilted_planes), (0, 1, 1, 1, 1));
+        assert_eq!(
+            (c.sketches, c.loops, c.lines, c.arcs, c.circles),
+            (2, 3, 6, 1, 1)
+        );
+        assert_eq!(
+            (
+                c.unions,
+                c.cuts,
+                c.negative_extrusions,
+                c.both_extrusions,
+                c.tilted_planes
+            ),
+            (0, 1, 1, 1, 1)
+        );
         let s = summarize(&[c, ProgramCounts::default()]);
         assert_eq!(s.rows[0].0, "sketches");
         assert_eq!(s.rows[0].1, 1.0); // median of 2 and 0

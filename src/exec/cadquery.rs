@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{Executor, Failure, FailureKind, Ious, Outcome, Report, SandboxConfig, SandboxError, Target};
+use super::{
+    Executor, Failure, FailureKind, Ious, Outcome, Report, SandboxConfig, SandboxError, Target,
+};
 use crate::geom::Normalize;
 
 const RUNNER: &str = include_str!("cadquery_runner.py");
@@ -29,7 +31,9 @@ const MAX_ANSWER: u64 = 16 << 20;
 
 /// The Python interpreter: `$CADVLM_PYTHON`, else `python3`.
 pub fn python() -> PathBuf {
-    std::env::var_os("CADVLM_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("python3"))
+    std::env::var_os("CADVLM_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"))
 }
 
 /// Whether `python -c "import cadquery"` works (checked once per process); the error says why not.
@@ -47,7 +51,11 @@ pub fn available() -> Result<(), String> {
                 Ok(())
             } else {
                 let err = String::from_utf8_lossy(&out.stderr);
-                Err(format!("`{} -c \"import cadquery\"` failed: {}", py.display(), err.trim().lines().last().unwrap_or("")))
+                Err(format!(
+                    "`{} -c \"import cadquery\"` failed: {}",
+                    py.display(),
+                    err.trim().lines().last().unwrap_or("")
+                ))
             }
         })
         .clone()
@@ -78,22 +86,40 @@ impl CadqueryExecutor {
     /// Fails (with the reason) when `python3 -c "import cadquery"` does not work.
     pub fn new(cfg: SandboxConfig) -> Result<CadqueryExecutor, SandboxError> {
         available().map_err(SandboxError::Unavailable)?;
-        Ok(CadqueryExecutor { cfg, python: python() })
+        Ok(CadqueryExecutor {
+            cfg,
+            python: python(),
+        })
     }
 
     fn run(&self, program: &str, target: Option<&str>, normalize: Option<Normalize>) -> Outcome {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let t0 = Instant::now();
-        let dir = std::env::temp_dir().join(format!("cadvlm-cq-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        let dir = std::env::temp_dir().join(format!(
+            "cadvlm-cq-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         if let Err(e) = std::fs::create_dir(&dir) {
-            return Outcome::failed(FailureKind::Crash, format!("cannot create {}: {e}", dir.display()), t0.elapsed());
+            return Outcome::failed(
+                FailureKind::Crash,
+                format!("cannot create {}: {e}", dir.display()),
+                t0.elapsed(),
+            );
         }
         let out = self.run_in(&dir, program, target, normalize, t0);
         let _ = std::fs::remove_dir_all(&dir);
         out
     }
 
-    fn run_in(&self, dir: &std::path::Path, program: &str, target: Option<&str>, normalize: Option<Normalize>, t0: Instant) -> Outcome {
+    fn run_in(
+        &self,
+        dir: &std::path::Path,
+        program: &str,
+        target: Option<&str>,
+        normalize: Option<Normalize>,
+        t0: Instant,
+    ) -> Outcome {
         let req = Request {
             program,
             target,
@@ -103,7 +129,13 @@ impl CadqueryExecutor {
         };
         let req = match serde_json::to_vec(&req) {
             Ok(r) => r,
-            Err(e) => return Outcome::failed(FailureKind::Crash, format!("cannot encode the request: {e}"), t0.elapsed()),
+            Err(e) => {
+                return Outcome::failed(
+                    FailureKind::Crash,
+                    format!("cannot encode the request: {e}"),
+                    t0.elapsed(),
+                );
+            }
         };
         let mut child = match Command::new(&self.python)
             .args(["-I", "-c", RUNNER])
@@ -115,7 +147,13 @@ impl CadqueryExecutor {
             .spawn()
         {
             Ok(c) => c,
-            Err(e) => return Outcome::failed(FailureKind::Crash, format!("cannot start {}: {e}", self.python.display()), t0.elapsed()),
+            Err(e) => {
+                return Outcome::failed(
+                    FailureKind::Crash,
+                    format!("cannot start {}: {e}", self.python.display()),
+                    t0.elapsed(),
+                );
+            }
         };
         // Feed stdin and drain stdout on threads, so neither pipe can block the deadline.
         let mut stdin = child.stdin.take().expect("piped stdin");
@@ -138,14 +176,24 @@ impl CadqueryExecutor {
                     break None;
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => return Outcome::failed(FailureKind::Crash, format!("waiting for python: {e}"), t0.elapsed()),
+                Err(e) => {
+                    return Outcome::failed(
+                        FailureKind::Crash,
+                        format!("waiting for python: {e}"),
+                        t0.elapsed(),
+                    );
+                }
             }
         };
         let _ = writer.join();
         let answer = reader.join().unwrap_or_default();
         let elapsed = t0.elapsed();
         let Some(status) = status else {
-            return Outcome::failed(FailureKind::Timeout, format!("the program ran past {} ms", self.cfg.timeout_ms), elapsed);
+            return Outcome::failed(
+                FailureKind::Timeout,
+                format!("the program ran past {} ms", self.cfg.timeout_ms),
+                elapsed,
+            );
         };
         match serde_json::from_slice::<Answer>(&answer) {
             // the runner's kinds include out_of_memory and crash, which `FailureKind` names too
@@ -154,9 +202,15 @@ impl CadqueryExecutor {
                 use std::os::unix::process::ExitStatusExt;
                 let (kind, why) = match status.signal() {
                     Some(24) => (FailureKind::Timeout, "CPU time limit (SIGXCPU)".to_string()),
-                    Some(25) => (FailureKind::Crash, "tried to write a file (SIGXFSZ)".to_string()),
+                    Some(25) => (
+                        FailureKind::Crash,
+                        "tried to write a file (SIGXFSZ)".to_string(),
+                    ),
                     Some(sig) => (FailureKind::Crash, format!("killed by signal {sig}")),
-                    None => (FailureKind::Crash, format!("exited with {status} without an answer")),
+                    None => (
+                        FailureKind::Crash,
+                        format!("exited with {status} without an answer"),
+                    ),
                 };
                 Outcome::failed(kind, format!("python: {why}"), elapsed)
             }
@@ -188,8 +242,14 @@ impl Executor for CadqueryExecutor {
         let unitcube = self.reward(program, target, Normalize::UnitCube);
         let best = self.reward(program, target, Normalize::Best);
         let raw = out.iou();
-        if let (Ok(m), Some(raw), Some(unitcube), Some(best)) = (&mut out.result, raw, unitcube.iou(), best.iou()) {
-            m.ious = Some(Ious { raw, unitcube, best });
+        if let (Ok(m), Some(raw), Some(unitcube), Some(best)) =
+            (&mut out.result, raw, unitcube.iou(), best.iou())
+        {
+            m.ious = Some(Ious {
+                raw,
+                unitcube,
+                best,
+            });
         }
         out
     }

@@ -49,7 +49,12 @@ pub struct Report {
 
 impl Report {
     pub fn failure(kind: Option<FailureKind>, msg: String) -> Report {
-        Report { ok: false, error: Some(msg), error_kind: kind, ..Default::default() }
+        Report {
+            ok: false,
+            error: Some(msg),
+            error_kind: kind,
+            ..Default::default()
+        }
     }
 }
 
@@ -87,7 +92,14 @@ pub fn exec_program(src: &str, limits: &Limits, opts: &MeasureOptions) -> (Repor
     match cad::execute(src, limits) {
         Ok(solid) => {
             let m = geom::measure(&solid, opts);
-            let r = Report { ok: true, volume: Some(m.volume), bbox: Some(m.bbox), n_solids: Some(m.n_solids), valid: Some(m.valid), ..Default::default() };
+            let r = Report {
+                ok: true,
+                volume: Some(m.volume),
+                bbox: Some(m.bbox),
+                n_solids: Some(m.n_solids),
+                valid: Some(m.valid),
+                ..Default::default()
+            };
             (r, Some(solid))
         }
         Err(e) => (Report::failure(Some(e.kind), e.to_string()), None),

@@ -23,6 +23,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{FailureKind, Ious, Report, Scored};
+use crate::geom::csg::RayScratch;
+use crate::geom::render::{RenderError, RenderOptions, RgbImage, render_with};
 use crate::geom::{Normalize, Solid};
 
 /// Which executor runs the programs.
@@ -61,7 +63,9 @@ impl FromStr for Backend {
             "wasm" => Ok(Backend::Wasm),
             "native" => Ok(Backend::Native),
             "cadquery" => Ok(Backend::Cadquery),
-            _ => Err(format!("unknown sandbox backend `{s}` (expected wasm, native or cadquery)")),
+            _ => Err(format!(
+                "unknown sandbox backend `{s}` (expected wasm, native or cadquery)"
+            )),
         }
     }
 }
@@ -85,27 +89,50 @@ impl SandboxConfig {
     /// Defaults: each of the 195 programs of `../shared/data` runs in the guest within 16 MiB of
     /// linear memory, ~11 ms and 4.2·10⁷ fuel; the defaults leave a wide margin (16×, 180×, 48×) and
     /// still end any hostile program within ~2 s and 256 MiB.
-    pub const DEFAULT: SandboxConfig = SandboxConfig { backend: Backend::Wasm, timeout_ms: 2_000, memory_mb: 256, fuel: 2_000_000_000 };
+    pub const DEFAULT: SandboxConfig = SandboxConfig {
+        backend: Backend::Wasm,
+        timeout_ms: 2_000,
+        memory_mb: 256,
+        fuel: 2_000_000_000,
+    };
 
     pub fn with_backend(backend: Backend) -> SandboxConfig {
-        SandboxConfig { backend, ..SandboxConfig::DEFAULT }
+        SandboxConfig {
+            backend,
+            ..SandboxConfig::DEFAULT
+        }
     }
 
     /// One line for humans: `sandbox wasm (timeout 2000 ms, memory 512 MiB, fuel 10000000000)`.
     pub fn describe(&self) -> String {
         match self.backend {
-            Backend::Native => "sandbox native (in-process; core budgets only, no time/memory/fuel limits)".to_string(),
-            Backend::Wasm => format!("sandbox wasm (timeout {} ms, memory {} MiB, fuel {})", self.timeout_ms, self.memory_mb, self.fuel),
-            Backend::Cadquery => format!("sandbox cadquery (timeout {} ms, memory {} MiB + interpreter, fuel n/a)", self.timeout_ms, self.memory_mb),
+            Backend::Native => {
+                "sandbox native (in-process; core budgets only, no time/memory/fuel limits)"
+                    .to_string()
+            }
+            Backend::Wasm => format!(
+                "sandbox wasm (timeout {} ms, memory {} MiB, fuel {})",
+                self.timeout_ms, self.memory_mb, self.fuel
+            ),
+            Backend::Cadquery => format!(
+                "sandbox cadquery (timeout {} ms, memory {} MiB + interpreter, fuel n/a)",
+                self.timeout_ms, self.memory_mb
+            ),
         }
     }
 
     pub fn validate(&self) -> Result<(), SandboxError> {
         if self.timeout_ms == 0 || self.timeout_ms > 3_600_000 {
-            return Err(SandboxError::Config(format!("timeout_ms must be in 1..=3600000, got {}", self.timeout_ms)));
+            return Err(SandboxError::Config(format!(
+                "timeout_ms must be in 1..=3600000, got {}",
+                self.timeout_ms
+            )));
         }
         if self.memory_mb < 16 || self.memory_mb > 65_536 {
-            return Err(SandboxError::Config(format!("memory_mb must be in 16..=65536, got {}", self.memory_mb)));
+            return Err(SandboxError::Config(format!(
+                "memory_mb must be in 16..=65536, got {}",
+                self.memory_mb
+            )));
         }
         if self.fuel == 0 {
             return Err(SandboxError::Config("fuel must be positive".to_string()));
@@ -140,7 +167,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
-        Failure { kind, message: message.into() }
+        Failure {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -173,7 +203,11 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn failed(kind: FailureKind, message: impl Into<String>, elapsed: Duration) -> Outcome {
-        Outcome { result: Err(Failure::new(kind, message)), elapsed, fuel_used: None }
+        Outcome {
+            result: Err(Failure::new(kind, message)),
+            elapsed,
+            fuel_used: None,
+        }
     }
 
     pub fn is_ok(&self) -> bool {
@@ -191,16 +225,30 @@ impl Outcome {
     /// From the executor core's report (its `iou`, for rewards; `ious`, for scores).
     pub fn from_report(r: &Report, ious: Option<Ious>, elapsed: Duration) -> Outcome {
         let result = match (r.ok, r.volume, r.bbox) {
-            (true, Some(volume), Some(bbox)) => {
-                Ok(Measured { volume, bbox, n_solids: r.n_solids.unwrap_or(0), valid: r.valid.unwrap_or(false), iou: r.iou, ious })
-            }
-            (true, _, _) => Err(Failure::new(FailureKind::Crash, "executor reported success without measurements")),
+            (true, Some(volume), Some(bbox)) => Ok(Measured {
+                volume,
+                bbox,
+                n_solids: r.n_solids.unwrap_or(0),
+                valid: r.valid.unwrap_or(false),
+                iou: r.iou,
+                ious,
+            }),
+            (true, _, _) => Err(Failure::new(
+                FailureKind::Crash,
+                "executor reported success without measurements",
+            )),
             (false, _, _) => Err(Failure::new(
                 r.error_kind.unwrap_or(FailureKind::Runtime),
-                r.error.clone().unwrap_or_else(|| "unknown error".to_string()),
+                r.error
+                    .clone()
+                    .unwrap_or_else(|| "unknown error".to_string()),
             )),
         };
-        Outcome { result, elapsed, fuel_used: None }
+        Outcome {
+            result,
+            elapsed,
+            fuel_used: None,
+        }
     }
 
     /// The flat JSON form (the `cadvlm exec --json` line, minus `file` and `sandbox`).
@@ -247,19 +295,34 @@ pub struct Target {
 
 impl Target {
     pub(super) fn from_solid(program: &str, measured: Measured, solid: Solid) -> Target {
-        let t = Target { program: program.into(), measured, solid: OnceLock::new(), json: OnceLock::new() };
+        let t = Target {
+            program: program.into(),
+            measured,
+            solid: OnceLock::new(),
+            json: OnceLock::new(),
+        };
         let _ = t.solid.set(Some(Arc::new(solid)));
         t
     }
 
     pub(super) fn from_json(program: &str, measured: Measured, json: String) -> Target {
-        let t = Target { program: program.into(), measured, solid: OnceLock::new(), json: OnceLock::new() };
+        let t = Target {
+            program: program.into(),
+            measured,
+            solid: OnceLock::new(),
+            json: OnceLock::new(),
+        };
         let _ = t.json.set(json.into());
         t
     }
 
     pub(super) fn from_program(program: &str, measured: Measured) -> Target {
-        Target { program: program.into(), measured, solid: OnceLock::new(), json: OnceLock::new() }
+        Target {
+            program: program.into(),
+            measured,
+            solid: OnceLock::new(),
+            json: OnceLock::new(),
+        }
     }
 
     /// The target's program text.
@@ -270,7 +333,12 @@ impl Target {
     /// The solid as a native value (None if it only exists inside CadQuery or its JSON is unreadable).
     pub fn solid(&self) -> Option<Arc<Solid>> {
         self.solid
-            .get_or_init(|| self.json.get().and_then(|j| serde_json::from_str::<Solid>(j).ok()).map(Arc::new))
+            .get_or_init(|| {
+                self.json
+                    .get()
+                    .and_then(|j| serde_json::from_str::<Solid>(j).ok())
+                    .map(Arc::new)
+            })
             .clone()
     }
 
@@ -309,8 +377,16 @@ pub trait Executor: Send + Sync {
     }
 
     /// [`Executor::reward`] over many programs on all cores, answers in input order.
-    fn reward_batch(&self, programs: &[&str], target: &Target, normalize: Normalize) -> Vec<Outcome> {
-        programs.par_iter().map(|p| self.reward(p, target, normalize)).collect()
+    fn reward_batch(
+        &self,
+        programs: &[&str],
+        target: &Target,
+        normalize: Normalize,
+    ) -> Vec<Outcome> {
+        programs
+            .par_iter()
+            .map(|p| self.reward(p, target, normalize))
+            .collect()
     }
 }
 
@@ -332,8 +408,16 @@ pub struct Reward<'a> {
 }
 
 impl<'a> Reward<'a> {
-    pub fn new(executor: &'a dyn Executor, target_program: &str, normalize: Normalize) -> Result<Reward<'a>, Failure> {
-        Ok(Reward { executor, target: executor.target(target_program)?, normalize })
+    pub fn new(
+        executor: &'a dyn Executor,
+        target_program: &str,
+        normalize: Normalize,
+    ) -> Result<Reward<'a>, Failure> {
+        Ok(Reward {
+            executor,
+            target: executor.target(target_program)?,
+            normalize,
+        })
     }
 
     /// IoU of one candidate (an `Outcome` whose `iou()` is the reward; failures carry their kind).
@@ -342,15 +426,28 @@ impl<'a> Reward<'a> {
     }
 
     pub fn score_batch(&self, programs: &[&str]) -> Vec<Outcome> {
-        self.executor.reward_batch(programs, &self.target, self.normalize)
+        self.executor
+            .reward_batch(programs, &self.target, self.normalize)
     }
 }
 
 impl From<&Outcome> for Scored {
     fn from(o: &Outcome) -> Scored {
         match &o.result {
-            Ok(m) => Scored { ok: true, error: None, iou_raw: m.ious.map(|i| i.raw), iou_unitcube: m.ious.map(|i| i.unitcube), iou_best: m.ious.map(|i| i.best) },
-            Err(f) => Scored { ok: false, error: Some(f.message.clone()), iou_raw: None, iou_unitcube: None, iou_best: None },
+            Ok(m) => Scored {
+                ok: true,
+                error: None,
+                iou_raw: m.ious.map(|i| i.raw),
+                iou_unitcube: m.ious.map(|i| i.unitcube),
+                iou_best: m.ious.map(|i| i.best),
+            },
+            Err(f) => Scored {
+                ok: false,
+                error: Some(f.message.clone()),
+                iou_raw: None,
+                iou_unitcube: None,
+                iou_best: None,
+            },
         }
     }
 }
@@ -362,8 +459,44 @@ pub fn score_program(executor: &dyn Executor, prediction: &str, target: &str) ->
         Ok(t) => Scored::from(&executor.score(prediction, &t)),
         Err(f) => {
             let own = Scored::from(&executor.execute(prediction));
-            if own.ok { Scored { error: Some(format!("target program fails: {}", f.message)), ..own } } else { own }
+            if own.ok {
+                Scored {
+                    error: Some(format!("target program fails: {}", f.message)),
+                    ..own
+                }
+            } else {
+                own
+            }
         }
+    }
+}
+
+/// Execute `program` in the sandbox and render its solid here (the guest returns the solid; the ray
+/// caster is bounded by the image size and the solid the sandbox let through). The render-and-compare
+/// search's one candidate: its measurements and its image. An empty solid is a `no_result` failure.
+pub fn render_program(
+    executor: &dyn Executor,
+    program: &str,
+    opts: &RenderOptions,
+    scratch: &mut RayScratch,
+) -> Result<(Measured, RgbImage), Failure> {
+    let t = executor.target(program)?;
+    let solid = t.solid().ok_or_else(|| {
+        Failure::new(
+            FailureKind::Crash,
+            format!(
+                "the {} backend gives no solid to render",
+                executor.config().backend
+            ),
+        )
+    })?;
+    match render_with(&solid, opts, scratch) {
+        Ok(img) => Ok((t.measured, img)),
+        Err(RenderError::Empty) => Err(Failure::new(
+            FailureKind::NoResult,
+            "the solid is empty: nothing to render",
+        )),
+        Err(e) => Err(Failure::new(FailureKind::Runtime, e.to_string())),
     }
 }
 
@@ -374,6 +507,12 @@ pub fn decode_program(bytes: &[u8]) -> Result<&str, Failure> {
         let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
         let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
         let col = 1 + String::from_utf8_lossy(&good[line_start..]).chars().count();
-        Failure::new(FailureKind::Syntax, format!("line {line}, column {col}: not UTF-8 text (invalid byte at offset {})", e.valid_up_to()))
+        Failure::new(
+            FailureKind::Syntax,
+            format!(
+                "line {line}, column {col}: not UTF-8 text (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
     })
 }

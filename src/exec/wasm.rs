@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use wasmtime::{
-    Caller, Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, ResourceLimiter, Store, Trap, Val,
-    ValType,
+    Caller, Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, ResourceLimiter, Store, Trap, Val, ValType,
 };
 
-use super::{Executor, Failure, FailureKind, Ious, Outcome, Report, SandboxConfig, SandboxError, Target};
+use super::{
+    Executor, Failure, FailureKind, Ious, Outcome, Report, SandboxConfig, SandboxError, Target,
+};
 use crate::cad::Limits;
 use crate::geom::Normalize;
 
@@ -46,8 +48,17 @@ const ERRNO_BADF: i32 = 8;
 const ERRNO_FAULT: i32 = 21;
 const ERRNO_NOSYS: i32 = 52;
 /// The WASI calls [`define_wasi`] implements.
-const DEFINED: [&str; 9] =
-    ["fd_write", "fd_read", "proc_exit", "environ_sizes_get", "environ_get", "args_sizes_get", "args_get", "clock_time_get", "random_get"];
+const DEFINED: [&str; 9] = [
+    "fd_write",
+    "fd_read",
+    "proc_exit",
+    "environ_sizes_get",
+    "environ_get",
+    "args_sizes_get",
+    "args_get",
+    "clock_time_get",
+    "random_get",
+];
 
 /// Per-program host state: the request, the captured output, the memory limiter.
 struct Ctx {
@@ -68,14 +79,27 @@ struct MemLimiter {
 }
 
 impl ResourceLimiter for MemLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.hit = true;
-            return Err(wasmtime::Error::msg(format!("linear memory of {desired} bytes exceeds the limit of {} bytes", self.max_bytes)));
+            return Err(wasmtime::Error::msg(format!(
+                "linear memory of {desired} bytes exceeds the limit of {} bytes",
+                self.max_bytes
+            )));
         }
         Ok(true)
     }
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
     fn instances(&self) -> usize {
@@ -108,7 +132,10 @@ struct Shared {
 static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
 
 fn shared() -> Result<&'static Shared, SandboxError> {
-    SHARED.get_or_init(|| build_shared().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| SandboxError::Wasm(e.clone()))
+    SHARED
+        .get_or_init(|| build_shared().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| SandboxError::Wasm(e.clone()))
 }
 
 fn build_shared() -> wasmtime::Result<Shared> {
@@ -118,7 +145,10 @@ fn build_shared() -> wasmtime::Result<Shared> {
     // Pooling: instance slots are reused, and a slot's first 16 MiB of linear memory stay resident
     // (zeroed with memset), so a fresh store per program costs no mmap/munmap and few page faults.
     // Each store's own cap is the ResourceLimiter's `memory_mb`; slots bound concurrent programs.
-    let slots = std::thread::available_parallelism().map_or(16, |n| n.get()).saturating_mul(4).max(64) as u32;
+    let slots = std::thread::available_parallelism()
+        .map_or(16, |n| n.get())
+        .saturating_mul(4)
+        .max(64) as u32;
     let mut pool = PoolingAllocationConfig::new();
     pool.total_core_instances(slots)
         .total_memories(slots)
@@ -137,16 +167,23 @@ fn build_shared() -> wasmtime::Result<Shared> {
             continue;
         }
         if let wasmtime::ExternType::Func(ft) = imp.ty() {
-            let returns_errno = ft.results().len() == 1 && matches!(ft.results().next(), Some(ValType::I32));
+            let returns_errno =
+                ft.results().len() == 1 && matches!(ft.results().next(), Some(ValType::I32));
             let name = imp.name().to_string();
             // No file descriptors beyond stdio (`fd_prestat_get` must say EBADF: no preopened dirs).
-            let errno = if name.starts_with("fd_") { ERRNO_BADF } else { ERRNO_NOSYS };
+            let errno = if name.starts_with("fd_") {
+                ERRNO_BADF
+            } else {
+                ERRNO_NOSYS
+            };
             linker.func_new(WASI, imp.name(), ft.clone(), move |_c, _args, results| {
                 if returns_errno {
                     results[0] = Val::I32(errno);
                     Ok(())
                 } else {
-                    Err(wasmtime::Error::msg(format!("the sandbox denies WASI `{name}`")))
+                    Err(wasmtime::Error::msg(format!(
+                        "the sandbox denies WASI `{name}`"
+                    )))
                 }
             })?;
         }
@@ -155,12 +192,14 @@ fn build_shared() -> wasmtime::Result<Shared> {
     let pre = linker.instantiate_pre(&module)?;
     // The deadline clock: one detached thread for the process.
     let ticker = engine.clone();
-    std::thread::Builder::new().name("cadvlm-epoch".into()).spawn(move || {
-        loop {
-            std::thread::sleep(TICK);
-            ticker.increment_epoch();
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("cadvlm-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(TICK);
+                ticker.increment_epoch();
+            }
+        })?;
     Ok(Shared { engine, pre })
 }
 
@@ -173,7 +212,10 @@ fn dummy_ctx() -> Ctx {
         answer_too_big: false,
         exit_code: None,
         rng: 0,
-        limiter: MemLimiter { max_bytes: 0, hit: false },
+        limiter: MemLimiter {
+            max_bytes: 0,
+            hit: false,
+        },
     }
 }
 
@@ -187,12 +229,16 @@ fn mem_ctx<'a>(caller: &'a mut Caller<'_, Ctx>) -> Option<(&'a mut [u8], &'a mut
 
 fn get_u32(mem: &[u8], at: u32) -> Option<u32> {
     let at = at as usize;
-    mem.get(at..at.checked_add(4)?).map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    mem.get(at..at.checked_add(4)?)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
 }
 
 fn put(mem: &mut [u8], at: u32, bytes: &[u8]) -> bool {
     let at = at as usize;
-    match at.checked_add(bytes.len()).and_then(|end| mem.get_mut(at..end)) {
+    match at
+        .checked_add(bytes.len())
+        .and_then(|end| mem.get_mut(at..end))
+    {
         Some(dst) => {
             dst.copy_from_slice(bytes);
             true
@@ -203,82 +249,162 @@ fn put(mem: &mut [u8], at: u32, bytes: &[u8]) -> bool {
 
 /// The WASI calls Rust's std makes, each as little as it needs.
 fn define_wasi(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
-    linker.func_wrap(WASI, "fd_write", |mut caller: Caller<'_, Ctx>, fd: i32, iovs: i32, n_iovs: i32, nwritten: i32| -> wasmtime::Result<i32> {
-        let Some((mem, ctx)) = mem_ctx(&mut caller) else { return Ok(ERRNO_FAULT) };
-        if fd != 1 && fd != 2 {
-            return Ok(ERRNO_BADF);
-        }
-        let mut total = 0u32;
-        for i in 0..n_iovs.max(0) as u32 {
-            let base = (iovs as u32).wrapping_add(8 * i);
-            let (Some(ptr), Some(len)) = (get_u32(mem, base), get_u32(mem, base.wrapping_add(4))) else { return Ok(ERRNO_FAULT) };
-            let Some(buf) = mem.get(ptr as usize..(ptr as usize).saturating_add(len as usize)) else { return Ok(ERRNO_FAULT) };
-            if fd == 1 {
-                if ctx.stdout.len() + buf.len() > MAX_ANSWER {
-                    ctx.answer_too_big = true;
-                    return Err(wasmtime::Error::msg("guest answer too large"));
+    linker.func_wrap(
+        WASI,
+        "fd_write",
+        |mut caller: Caller<'_, Ctx>,
+         fd: i32,
+         iovs: i32,
+         n_iovs: i32,
+         nwritten: i32|
+         -> wasmtime::Result<i32> {
+            let Some((mem, ctx)) = mem_ctx(&mut caller) else {
+                return Ok(ERRNO_FAULT);
+            };
+            if fd != 1 && fd != 2 {
+                return Ok(ERRNO_BADF);
+            }
+            let mut total = 0u32;
+            for i in 0..n_iovs.max(0) as u32 {
+                let base = (iovs as u32).wrapping_add(8 * i);
+                let (Some(ptr), Some(len)) =
+                    (get_u32(mem, base), get_u32(mem, base.wrapping_add(4)))
+                else {
+                    return Ok(ERRNO_FAULT);
+                };
+                let Some(buf) = mem.get(ptr as usize..(ptr as usize).saturating_add(len as usize))
+                else {
+                    return Ok(ERRNO_FAULT);
+                };
+                if fd == 1 {
+                    if ctx.stdout.len() + buf.len() > MAX_ANSWER {
+                        ctx.answer_too_big = true;
+                        return Err(wasmtime::Error::msg("guest answer too large"));
+                    }
+                    ctx.stdout.extend_from_slice(buf);
+                } else {
+                    let room = MAX_STDERR.saturating_sub(ctx.stderr.len());
+                    ctx.stderr.extend_from_slice(&buf[..buf.len().min(room)]);
                 }
-                ctx.stdout.extend_from_slice(buf);
+                total = total.wrapping_add(len);
+            }
+            Ok(if put(mem, nwritten as u32, &total.to_le_bytes()) {
+                ERRNO_SUCCESS
             } else {
-                let room = MAX_STDERR.saturating_sub(ctx.stderr.len());
-                ctx.stderr.extend_from_slice(&buf[..buf.len().min(room)]);
-            }
-            total = total.wrapping_add(len);
-        }
-        Ok(if put(mem, nwritten as u32, &total.to_le_bytes()) { ERRNO_SUCCESS } else { ERRNO_FAULT })
-    })?;
-    linker.func_wrap(WASI, "fd_read", |mut caller: Caller<'_, Ctx>, fd: i32, iovs: i32, n_iovs: i32, nread: i32| -> i32 {
-        let Some((mem, ctx)) = mem_ctx(&mut caller) else { return ERRNO_FAULT };
-        if fd != 0 {
-            return ERRNO_BADF;
-        }
-        let mut total = 0u32;
-        for i in 0..n_iovs.max(0) as u32 {
-            let base = (iovs as u32).wrapping_add(8 * i);
-            let (Some(ptr), Some(len)) = (get_u32(mem, base), get_u32(mem, base.wrapping_add(4))) else { return ERRNO_FAULT };
-            let rest = &ctx.stdin[ctx.stdin_pos..];
-            let n = rest.len().min(len as usize);
-            if !put(mem, ptr, &rest[..n]) {
+                ERRNO_FAULT
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_read",
+        |mut caller: Caller<'_, Ctx>, fd: i32, iovs: i32, n_iovs: i32, nread: i32| -> i32 {
+            let Some((mem, ctx)) = mem_ctx(&mut caller) else {
                 return ERRNO_FAULT;
+            };
+            if fd != 0 {
+                return ERRNO_BADF;
             }
-            ctx.stdin_pos += n;
-            total += n as u32;
-            if n < len as usize {
-                break;
+            let mut total = 0u32;
+            for i in 0..n_iovs.max(0) as u32 {
+                let base = (iovs as u32).wrapping_add(8 * i);
+                let (Some(ptr), Some(len)) =
+                    (get_u32(mem, base), get_u32(mem, base.wrapping_add(4)))
+                else {
+                    return ERRNO_FAULT;
+                };
+                let rest = &ctx.stdin[ctx.stdin_pos..];
+                let n = rest.len().min(len as usize);
+                if !put(mem, ptr, &rest[..n]) {
+                    return ERRNO_FAULT;
+                }
+                ctx.stdin_pos += n;
+                total += n as u32;
+                if n < len as usize {
+                    break;
+                }
             }
-        }
-        if put(mem, nread as u32, &total.to_le_bytes()) { ERRNO_SUCCESS } else { ERRNO_FAULT }
-    })?;
-    linker.func_wrap(WASI, "proc_exit", |mut caller: Caller<'_, Ctx>, code: i32| -> wasmtime::Result<()> {
-        caller.data_mut().exit_code = Some(code);
-        Err(wasmtime::Error::new(Exit(code)))
-    })?;
-    for (sizes, get) in [("environ_sizes_get", "environ_get"), ("args_sizes_get", "args_get")] {
-        linker.func_wrap(WASI, sizes, |mut caller: Caller<'_, Ctx>, count: i32, size: i32| -> i32 {
-            let Some((mem, _)) = mem_ctx(&mut caller) else { return ERRNO_FAULT };
-            if put(mem, count as u32, &0u32.to_le_bytes()) && put(mem, size as u32, &0u32.to_le_bytes()) { ERRNO_SUCCESS } else { ERRNO_FAULT }
-        })?;
-        linker.func_wrap(WASI, get, |_: Caller<'_, Ctx>, _ptrs: i32, _buf: i32| -> i32 { ERRNO_SUCCESS })?;
+            if put(mem, nread as u32, &total.to_le_bytes()) {
+                ERRNO_SUCCESS
+            } else {
+                ERRNO_FAULT
+            }
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "proc_exit",
+        |mut caller: Caller<'_, Ctx>, code: i32| -> wasmtime::Result<()> {
+            caller.data_mut().exit_code = Some(code);
+            Err(wasmtime::Error::new(Exit(code)))
+        },
+    )?;
+    for (sizes, get) in [
+        ("environ_sizes_get", "environ_get"),
+        ("args_sizes_get", "args_get"),
+    ] {
+        linker.func_wrap(
+            WASI,
+            sizes,
+            |mut caller: Caller<'_, Ctx>, count: i32, size: i32| -> i32 {
+                let Some((mem, _)) = mem_ctx(&mut caller) else {
+                    return ERRNO_FAULT;
+                };
+                if put(mem, count as u32, &0u32.to_le_bytes())
+                    && put(mem, size as u32, &0u32.to_le_bytes())
+                {
+                    ERRNO_SUCCESS
+                } else {
+                    ERRNO_FAULT
+                }
+            },
+        )?;
+        linker.func_wrap(
+            WASI,
+            get,
+            |_: Caller<'_, Ctx>, _ptrs: i32, _buf: i32| -> i32 { ERRNO_SUCCESS },
+        )?;
     }
     // No clock: time stands at 0 (std panics if the call fails).
-    linker.func_wrap(WASI, "clock_time_get", |mut caller: Caller<'_, Ctx>, _id: i32, _precision: i64, out: i32| -> i32 {
-        let Some((mem, _)) = mem_ctx(&mut caller) else { return ERRNO_FAULT };
-        if put(mem, out as u32, &0u64.to_le_bytes()) { ERRNO_SUCCESS } else { ERRNO_FAULT }
-    })?;
+    linker.func_wrap(
+        WASI,
+        "clock_time_get",
+        |mut caller: Caller<'_, Ctx>, _id: i32, _precision: i64, out: i32| -> i32 {
+            let Some((mem, _)) = mem_ctx(&mut caller) else {
+                return ERRNO_FAULT;
+            };
+            if put(mem, out as u32, &0u64.to_le_bytes()) {
+                ERRNO_SUCCESS
+            } else {
+                ERRNO_FAULT
+            }
+        },
+    )?;
     // Deterministic "randomness" (HashMap seeds): a fixed SplitMix64 sequence per program.
-    linker.func_wrap(WASI, "random_get", |mut caller: Caller<'_, Ctx>, buf: i32, len: i32| -> i32 {
-        let Some((mem, ctx)) = mem_ctx(&mut caller) else { return ERRNO_FAULT };
-        let (start, len) = (buf as u32 as usize, len as u32 as usize);
-        let Some(dst) = start.checked_add(len).and_then(|end| mem.get_mut(start..end)) else { return ERRNO_FAULT };
-        for b in dst.iter_mut() {
-            ctx.rng = ctx.rng.wrapping_add(0x9E3779B97F4A7C15);
-            let mut z = ctx.rng;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-            *b = (z ^ (z >> 31)) as u8;
-        }
-        ERRNO_SUCCESS
-    })?;
+    linker.func_wrap(
+        WASI,
+        "random_get",
+        |mut caller: Caller<'_, Ctx>, buf: i32, len: i32| -> i32 {
+            let Some((mem, ctx)) = mem_ctx(&mut caller) else {
+                return ERRNO_FAULT;
+            };
+            let (start, len) = (buf as u32 as usize, len as u32 as usize);
+            let Some(dst) = start
+                .checked_add(len)
+                .and_then(|end| mem.get_mut(start..end))
+            else {
+                return ERRNO_FAULT;
+            };
+            for b in dst.iter_mut() {
+                ctx.rng = ctx.rng.wrapping_add(0x9E3779B97F4A7C15);
+                let mut z = ctx.rng;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+                *b = (z ^ (z >> 31)) as u8;
+            }
+            ERRNO_SUCCESS
+        },
+    )?;
     Ok(())
 }
 
@@ -314,17 +440,43 @@ pub struct WasmExecutor {
 impl WasmExecutor {
     /// Compiles the guest on the first call in the process (about a second), then reuses it.
     pub fn new(cfg: SandboxConfig) -> Result<WasmExecutor, SandboxError> {
-        Ok(WasmExecutor { cfg, limits: Limits::default(), shared: shared()? })
+        Ok(WasmExecutor {
+            cfg,
+            limits: Limits::default(),
+            shared: shared()?,
+        })
     }
 
     /// Run one request. `fault` asks the guest to misbehave on purpose (tests of the host's defences:
     /// `spin`, `alloc`, `panic`, `stack`, `trap`, `exit`, `garbage`, `flood`, `escape`).
-    pub fn run_request(&self, program: &str, target_json: Option<&str>, normalize: Option<Normalize>, return_solid: bool, fault: Option<&str>) -> (Outcome, Option<String>) {
+    pub fn run_request(
+        &self,
+        program: &str,
+        target_json: Option<&str>,
+        normalize: Option<Normalize>,
+        return_solid: bool,
+        fault: Option<&str>,
+    ) -> (Outcome, Option<String>) {
         let t0 = Instant::now();
-        let req = Request { program, limits: &self.limits, normalize, return_solid, fault };
+        let req = Request {
+            program,
+            limits: &self.limits,
+            normalize,
+            return_solid,
+            fault,
+        };
         let mut stdin = match serde_json::to_vec(&req) {
             Ok(v) => v,
-            Err(e) => return (Outcome::failed(FailureKind::Crash, format!("cannot encode the request: {e}"), t0.elapsed()), None),
+            Err(e) => {
+                return (
+                    Outcome::failed(
+                        FailureKind::Crash,
+                        format!("cannot encode the request: {e}"),
+                        t0.elapsed(),
+                    ),
+                    None,
+                );
+            }
         };
         if let Some(t) = target_json {
             stdin.pop(); // the closing brace
@@ -333,18 +485,39 @@ impl WasmExecutor {
             stdin.push(b'}');
         }
         if stdin.len() > MAX_REQUEST {
-            let msg = format!("line 1, column 1: request of {} bytes exceeds the sandbox's {} bytes", stdin.len(), MAX_REQUEST);
-            return (Outcome::failed(FailureKind::Budget, msg, t0.elapsed()), None);
+            let msg = format!(
+                "line 1, column 1: request of {} bytes exceeds the sandbox's {} bytes",
+                stdin.len(),
+                MAX_REQUEST
+            );
+            return (
+                Outcome::failed(FailureKind::Budget, msg, t0.elapsed()),
+                None,
+            );
         }
         let max_bytes = (self.cfg.memory_mb as usize).saturating_mul(1 << 20);
-        let ctx = Ctx { stdin, limiter: MemLimiter { max_bytes, hit: false }, ..dummy_ctx() };
+        let ctx = Ctx {
+            stdin,
+            limiter: MemLimiter {
+                max_bytes,
+                hit: false,
+            },
+            ..dummy_ctx()
+        };
         let mut store = Store::new(&self.shared.engine, ctx);
         store.limiter(|c| &mut c.limiter);
         let ticks = self.cfg.timeout_ms.div_ceil(TICK.as_millis() as u64) + 1;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         if let Err(e) = store.set_fuel(self.cfg.fuel) {
-            return (Outcome::failed(FailureKind::Crash, format!("cannot set fuel: {e}"), t0.elapsed()), None);
+            return (
+                Outcome::failed(
+                    FailureKind::Crash,
+                    format!("cannot set fuel: {e}"),
+                    t0.elapsed(),
+                ),
+                None,
+            );
         }
         let res = self
             .shared
@@ -368,23 +541,56 @@ impl WasmExecutor {
 fn stderr_tail(ctx: &Ctx) -> String {
     let s = String::from_utf8_lossy(&ctx.stderr);
     let s = s.trim();
-    if s.is_empty() { String::new() } else { format!(": {s}") }
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(": {s}")
+    }
 }
 
-fn classify_error(e: &wasmtime::Error, ctx: &Ctx, cfg: &SandboxConfig, elapsed: Duration) -> Outcome {
+fn classify_error(
+    e: &wasmtime::Error,
+    ctx: &Ctx,
+    cfg: &SandboxConfig,
+    elapsed: Duration,
+) -> Outcome {
     let (kind, msg) = if ctx.limiter.hit {
-        (FailureKind::OutOfMemory, format!("the program needed more than {} MiB", cfg.memory_mb))
+        (
+            FailureKind::OutOfMemory,
+            format!("the program needed more than {} MiB", cfg.memory_mb),
+        )
     } else if ctx.answer_too_big {
-        (FailureKind::Crash, format!("the guest's answer exceeded {MAX_ANSWER} bytes"))
+        (
+            FailureKind::Crash,
+            format!("the guest's answer exceeded {MAX_ANSWER} bytes"),
+        )
     } else if let Some(code) = ctx.exit_code {
-        (FailureKind::Crash, format!("the guest exited with code {code}{}", stderr_tail(ctx)))
+        (
+            FailureKind::Crash,
+            format!("the guest exited with code {code}{}", stderr_tail(ctx)),
+        )
     } else {
         match e.downcast_ref::<Trap>() {
-            Some(Trap::OutOfFuel) => (FailureKind::OutOfFuel, format!("the program used all its fuel ({})", cfg.fuel)),
-            Some(Trap::Interrupt) => (FailureKind::Timeout, format!("the program ran past {} ms", cfg.timeout_ms)),
-            Some(Trap::StackOverflow) => (FailureKind::Crash, format!("the executor overflowed its stack{}", stderr_tail(ctx))),
-            Some(t) => (FailureKind::Crash, format!("the executor trapped ({t}){}", stderr_tail(ctx))),
-            None => (FailureKind::Crash, format!("the executor failed: {e}{}", stderr_tail(ctx))),
+            Some(Trap::OutOfFuel) => (
+                FailureKind::OutOfFuel,
+                format!("the program used all its fuel ({})", cfg.fuel),
+            ),
+            Some(Trap::Interrupt) => (
+                FailureKind::Timeout,
+                format!("the program ran past {} ms", cfg.timeout_ms),
+            ),
+            Some(Trap::StackOverflow) => (
+                FailureKind::Crash,
+                format!("the executor overflowed its stack{}", stderr_tail(ctx)),
+            ),
+            Some(t) => (
+                FailureKind::Crash,
+                format!("the executor trapped ({t}){}", stderr_tail(ctx)),
+            ),
+            None => (
+                FailureKind::Crash,
+                format!("the executor failed: {e}{}", stderr_tail(ctx)),
+            ),
         }
     };
     Outcome::failed(kind, msg, elapsed)
@@ -397,7 +603,10 @@ fn parse_answer(ctx: &Ctx, elapsed: Duration) -> (Outcome, Option<String>) {
             (Outcome::from_report(&a.report, a.ious, elapsed), solid)
         }
         Err(e) => {
-            let msg = format!("the guest's answer is not valid JSON ({e}){}", stderr_tail(ctx));
+            let msg = format!(
+                "the guest's answer is not valid JSON ({e}){}",
+                stderr_tail(ctx)
+            );
             (Outcome::failed(FailureKind::Crash, msg, elapsed), None)
         }
     }
@@ -415,21 +624,37 @@ impl Executor for WasmExecutor {
     fn target(&self, program: &str) -> Result<Target, Failure> {
         let (out, solid) = self.run_request(program, None, None, true, None);
         let measured = out.result?;
-        let solid = solid.ok_or_else(|| Failure::new(FailureKind::Crash, "the guest returned no solid for the target"))?;
+        let solid = solid.ok_or_else(|| {
+            Failure::new(
+                FailureKind::Crash,
+                "the guest returned no solid for the target",
+            )
+        })?;
         Ok(Target::from_json(program, measured, solid))
     }
 
     fn reward(&self, program: &str, target: &Target, normalize: Normalize) -> Outcome {
         match target.solid_json() {
-            Some(t) => self.run_request(program, Some(&t), Some(normalize), false, None).0,
-            None => Outcome::failed(FailureKind::Crash, "the target has no solid the wasm executor can read", Duration::ZERO),
+            Some(t) => {
+                self.run_request(program, Some(&t), Some(normalize), false, None)
+                    .0
+            }
+            None => Outcome::failed(
+                FailureKind::Crash,
+                "the target has no solid the wasm executor can read",
+                Duration::ZERO,
+            ),
         }
     }
 
     fn score(&self, program: &str, target: &Target) -> Outcome {
         match target.solid_json() {
             Some(t) => self.run_request(program, Some(&t), None, false, None).0,
-            None => Outcome::failed(FailureKind::Crash, "the target has no solid the wasm executor can read", Duration::ZERO),
+            None => Outcome::failed(
+                FailureKind::Crash,
+                "the target has no solid the wasm executor can read",
+                Duration::ZERO,
+            ),
         }
     }
 }

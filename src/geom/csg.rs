@@ -23,8 +23,14 @@ pub enum Op {
 pub enum Node {
     Empty,
     /// One prism (all faces of one extrude).
-    Leaf { prism: u32 },
-    Op { op: Op, a: NodeId, b: NodeId },
+    Leaf {
+        prism: u32,
+    },
+    Op {
+        op: Op,
+        a: NodeId,
+        b: NodeId,
+    },
 }
 
 /// A CSG DAG over prisms. `root` is the node this solid denotes.
@@ -66,7 +72,9 @@ impl Builder {
         self.next_tag += 2 + p.n_edges;
         let bbox = p.bbox;
         self.prisms.push(p);
-        let n = Node::Leaf { prism: self.prisms.len() as u32 - 1 };
+        let n = Node::Leaf {
+            prism: self.prisms.len() as u32 - 1,
+        };
         self.push(n, bbox)
     }
     pub fn op(&mut self, op: Op, a: NodeId, b: NodeId) -> NodeId {
@@ -123,7 +131,12 @@ impl Builder {
             }
         }
         let mut remap = vec![u32::MAX; self.nodes.len()];
-        let mut s = Solid { prisms: Vec::new(), nodes: Vec::new(), node_bbox: Vec::new(), root: 0 };
+        let mut s = Solid {
+            prisms: Vec::new(),
+            nodes: Vec::new(),
+            node_bbox: Vec::new(),
+            root: 0,
+        };
         for i in 0..=root as usize {
             if !keep[i] {
                 continue;
@@ -132,9 +145,15 @@ impl Builder {
                 Node::Empty => Node::Empty,
                 Node::Leaf { prism } => {
                     s.prisms.push(self.prisms[prism as usize].clone());
-                    Node::Leaf { prism: s.prisms.len() as u32 - 1 }
+                    Node::Leaf {
+                        prism: s.prisms.len() as u32 - 1,
+                    }
                 }
-                Node::Op { op, a, b } => Node::Op { op, a: remap[a as usize], b: remap[b as usize] },
+                Node::Op { op, a, b } => Node::Op {
+                    op,
+                    a: remap[a as usize],
+                    b: remap[b as usize],
+                },
             };
             remap[i] = s.nodes.len() as u32;
             s.nodes.push(n);
@@ -162,7 +181,15 @@ impl Solid {
     }
     /// Whether the solid is a plain union of prisms (no cut / intersect anywhere).
     pub fn union_only(&self) -> bool {
-        self.nodes.iter().all(|n| !matches!(n, Node::Op { op: Op::Cut | Op::Intersect, .. }))
+        self.nodes.iter().all(|n| {
+            !matches!(
+                n,
+                Node::Op {
+                    op: Op::Cut | Op::Intersect,
+                    ..
+                }
+            )
+        })
     }
 
     /// Spans of the ray `o + t·d` inside the solid, sorted and disjoint. Returns a slice of `scratch`.
@@ -179,10 +206,18 @@ impl Solid {
                 match self.nodes[i] {
                     Node::Empty => {}
                     Node::Leaf { prism } => {
-                        self.prisms[prism as usize].ray_spans(o, d, &mut cur, &mut scratch.crossings);
+                        self.prisms[prism as usize].ray_spans(
+                            o,
+                            d,
+                            &mut cur,
+                            &mut scratch.crossings,
+                        );
                     }
                     Node::Op { op, a, b } => {
-                        let (sa, sb) = (&scratch.node_spans[a as usize], &scratch.node_spans[b as usize]);
+                        let (sa, sb) = (
+                            &scratch.node_spans[a as usize],
+                            &scratch.node_spans[b as usize],
+                        );
                         combine(op, sa, sb, &mut cur);
                     }
                 }
@@ -194,19 +229,36 @@ impl Solid {
 
     /// The image of this solid under `x ↦ s·R·(x − c)` (`R` orthogonal, `s` > 0).
     pub fn transformed(&self, rot: &[[f64; 3]; 3], s: f64, c: V3) -> Solid {
-        let prisms: Vec<Prism> = self.prisms.iter().map(|p| p.transformed(rot, s, c)).collect();
+        let prisms: Vec<Prism> = self
+            .prisms
+            .iter()
+            .map(|p| p.transformed(rot, s, c))
+            .collect();
         let mut node_bbox: Vec<Aabb> = Vec::with_capacity(self.nodes.len());
         for n in &self.nodes {
             let b = match *n {
                 Node::Empty => Aabb::EMPTY,
                 Node::Leaf { prism } => prisms[prism as usize].bbox,
-                Node::Op { op: Op::Union, a, b } => node_bbox[a as usize].union(&node_bbox[b as usize]),
-                Node::Op { op: Op::Intersect, a, b } => node_bbox[a as usize].intersection(&node_bbox[b as usize]),
+                Node::Op {
+                    op: Op::Union,
+                    a,
+                    b,
+                } => node_bbox[a as usize].union(&node_bbox[b as usize]),
+                Node::Op {
+                    op: Op::Intersect,
+                    a,
+                    b,
+                } => node_bbox[a as usize].intersection(&node_bbox[b as usize]),
                 Node::Op { op: Op::Cut, a, .. } => node_bbox[a as usize],
             };
             node_bbox.push(b);
         }
-        Solid { prisms, nodes: self.nodes.clone(), node_bbox, root: self.root }
+        Solid {
+            prisms,
+            nodes: self.nodes.clone(),
+            node_bbox,
+            root: self.root,
+        }
     }
 
     /// World-space unit normal of the surface with global tag `tag` at world point `p`.
@@ -255,8 +307,16 @@ fn intersect(a: &[Span], b: &[Span], out: &mut Vec<Span>) {
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
         let (x, y) = (a[i], b[j]);
-        let (t0, f0) = if x.t0 >= y.t0 { (x.t0, x.f0) } else { (y.t0, y.f0) };
-        let (t1, f1) = if x.t1 <= y.t1 { (x.t1, x.f1) } else { (y.t1, y.f1) };
+        let (t0, f0) = if x.t0 >= y.t0 {
+            (x.t0, x.f0)
+        } else {
+            (y.t0, y.f0)
+        };
+        let (t1, f1) = if x.t1 <= y.t1 {
+            (x.t1, x.f1)
+        } else {
+            (y.t1, y.f1)
+        };
         if t0 < t1 {
             out.push(Span { t0, t1, f0, f1 });
         }
@@ -280,7 +340,12 @@ fn cut(a: &[Span], b: &[Span], out: &mut Vec<Span>) {
         while k < b.len() && b[k].t0 < cur.t1 {
             let y = b[k];
             if y.t0 > cur.t0 {
-                out.push(Span { t0: cur.t0, t1: y.t0, f0: cur.f0, f1: y.f0 });
+                out.push(Span {
+                    t0: cur.t0,
+                    t1: y.t0,
+                    f0: cur.f0,
+                    f1: y.f0,
+                });
             }
             if y.t1 >= cur.t1 {
                 alive = false;
@@ -306,7 +371,14 @@ mod tests {
     use super::*;
 
     fn sp(v: &[(f64, f64)]) -> Vec<Span> {
-        v.iter().map(|&(t0, t1)| Span { t0, t1, f0: 0, f1: 0 }).collect()
+        v.iter()
+            .map(|&(t0, t1)| Span {
+                t0,
+                t1,
+                f0: 0,
+                f1: 0,
+            })
+            .collect()
     }
     fn ts(v: &[Span]) -> Vec<(f64, f64)> {
         v.iter().map(|s| (s.t0, s.t1)).collect()

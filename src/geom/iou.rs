@@ -26,7 +26,9 @@ impl std::str::FromStr for Normalize {
             "raw" | "none" => Ok(Normalize::Raw),
             "unitcube" => Ok(Normalize::UnitCube),
             "best" | "cadcoder" => Ok(Normalize::Best),
-            _ => Err(format!("unknown normalisation `{s}` (expected raw, unitcube or best)")),
+            _ => Err(format!(
+                "unknown normalisation `{s}` (expected raw, unitcube or best)"
+            )),
         }
     }
 }
@@ -46,7 +48,11 @@ pub fn iou_raw(a: &Solid, b: &Solid, opts: &MeasureOptions) -> f64 {
         combine(Op::Union, sp[0], sp[1], &mut buf);
         [i, length(&buf)]
     });
-    if uni > 0.0 { (inter / uni).clamp(0.0, 1.0) } else { 0.0 }
+    if uni > 0.0 {
+        (inter / uni).clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
 }
 
 fn unitcube(s: &Solid, opts: &MeasureOptions) -> Solid {
@@ -125,7 +131,8 @@ fn transpose(a: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
 }
 
 fn right_handed((w, mut v): ([f64; 3], [[f64; 3]; 3])) -> ([f64; 3], [[f64; 3]; 3]) {
-    let det = v[0][0] * (v[1][1] * v[2][2] - v[1][2] * v[2][1]) - v[0][1] * (v[1][0] * v[2][2] - v[1][2] * v[2][0])
+    let det = v[0][0] * (v[1][1] * v[2][2] - v[1][2] * v[2][1])
+        - v[0][1] * (v[1][0] * v[2][2] - v[1][2] * v[2][0])
         + v[0][2] * (v[1][0] * v[2][1] - v[1][1] * v[2][0]);
     if det < 0.0 {
         for row in v.iter_mut() {
@@ -147,7 +154,12 @@ fn best(a: &Solid, b: &Solid, opts: &MeasureOptions) -> f64 {
     let sa = (ea.iter().map(|x| x.abs()).sum::<f64>() / pa.volume).sqrt();
     let sb = (eb.iter().map(|x| x.abs()).sum::<f64>() / pb.volume).sqrt();
     let nb = b.transformed(&IDENTITY, 1.0 / sb, pb.center);
-    let flips = [[1.0, 1.0, 1.0], [1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]];
+    let flips = [
+        [1.0, 1.0, 1.0],
+        [1.0, -1.0, -1.0],
+        [-1.0, 1.0, -1.0],
+        [-1.0, -1.0, 1.0],
+    ];
     let mut best = 0.0f64;
     for al in flips {
         // R = Vb · diag(al) · Vaᵀ

@@ -24,7 +24,10 @@ pub struct MeasureOptions {
 
 impl Default for MeasureOptions {
     fn default() -> Self {
-        MeasureOptions { pieces: 24, component_grid: 32 }
+        MeasureOptions {
+            pieces: 24,
+            component_grid: 32,
+        }
     }
 }
 
@@ -62,7 +65,9 @@ pub struct Axes {
 fn aligned_axis(p: &Prism) -> Option<usize> {
     let f = &p.frame;
     let is_axis = |v: V3| {
-        let k = (0..3).max_by(|&i, &j| v[i].abs().total_cmp(&v[j].abs())).unwrap();
+        let k = (0..3)
+            .max_by(|&i, &j| v[i].abs().total_cmp(&v[j].abs()))
+            .unwrap();
         ((v[k].abs() - 1.0).abs() < 1e-12).then_some(k)
     };
     is_axis(f.x)?;
@@ -85,7 +90,10 @@ pub fn choose_axes(solids: &[&Solid]) -> Axes {
     let _ = tilted;
     // s: the axis with fewest prisms; a: the axis with most (rays parallel to most extrusions)
     let s = (0..3).rev().min_by_key(|&k| count[k]).unwrap();
-    let a = (0..3).filter(|&k| k != s).max_by_key(|&k| (count[k], k)).unwrap();
+    let a = (0..3)
+        .filter(|&k| k != s)
+        .max_by_key(|&k| (count[k], k))
+        .unwrap();
     let r = 3 - s - a;
     Axes { a, r, s }
 }
@@ -124,7 +132,13 @@ fn s_breaks_with(p: &Prism, ax: Axes, circle_pieces: usize, out: &mut Vec<f64>) 
 
 /// X-breakpoints (along R) of one axis-aligned prism in the row at S = `s`; `false` if the prism's
 /// spans vary continuously along the row (extruded along S, or tilted) and need subdivision.
-fn r_breaks(p: &Prism, ax: Axes, s: f64, out: &mut Vec<f64>, scratch: &mut Vec<(f64, u32)>) -> bool {
+fn r_breaks(
+    p: &Prism,
+    ax: Axes,
+    s: f64,
+    out: &mut Vec<f64>,
+    scratch: &mut Vec<(f64, u32)>,
+) -> bool {
     match aligned_axis(p) {
         Some(n) if n == ax.a => {
             // region in the plane ⟂ A; the row is the line S = s, running along R
@@ -169,7 +183,10 @@ fn pieces(mut b: Vec<f64>, lo: f64, hi: f64, max_piece: f64) -> Vec<(f64, f64)> 
         let (x0, x1) = (w[0], w[1]);
         let n = (((x1 - x0) / max_piece).ceil() as usize).max(1);
         for i in 0..n {
-            out.push((x0 + (x1 - x0) * i as f64 / n as f64, x0 + (x1 - x0) * (i + 1) as f64 / n as f64));
+            out.push((
+                x0 + (x1 - x0) * i as f64 / n as f64,
+                x0 + (x1 - x0) * (i + 1) as f64 / n as f64,
+            ));
         }
     }
     out
@@ -229,7 +246,11 @@ pub fn integrate<const K: usize>(
             }
             for (r0, r1) in pieces(rb.clone(), r_lo, r_hi, f64::INFINITY) {
                 let needs_sub = varying.iter().any(|&(a, b)| a < r1 && b > r0);
-                let sub = if needs_sub { pieces(Vec::new(), r0, r1, ext[ax.r].max(1e-300) / n) } else { vec![(r0, r1)] };
+                let sub = if needs_sub {
+                    pieces(Vec::new(), r0, r1, ext[ax.r].max(1e-300) / n)
+                } else {
+                    vec![(r0, r1)]
+                };
                 for (x0, x1) in sub {
                     let (xm, xh) = (0.5 * (x0 + x1), 0.5 * (x1 - x0));
                     let two = needs_sub || polynomial_in_r;
@@ -270,7 +291,14 @@ pub fn volume(solid: &Solid, opts: &MeasureOptions) -> f64 {
         return solid.prisms[0].volume();
     }
     let ax = choose_axes(&[solid]);
-    integrate(&[solid], &solid.bbox_bound(), ax, opts, false, |sp, _, _| [length(sp[0])])[0]
+    integrate(
+        &[solid],
+        &solid.bbox_bound(),
+        ax,
+        opts,
+        false,
+        |sp, _, _| [length(sp[0])],
+    )[0]
 }
 
 /// Exact-where-possible bounding box: the prisms' exact box for union-only solids. With cuts or
@@ -291,10 +319,15 @@ pub fn bbox(solid: &Solid, opts: &MeasureOptions) -> Aabb {
         for p in &solid.prisms {
             s_breaks_with(p, Axes { a: 0, r: 0, s: k }, 2, &mut lines);
         }
-        let ks: Vec<f64> = pieces(lines, bound.min[k], bound.max[k], ext[k].max(1e-300) / opts.pieces.max(1) as f64)
-            .into_iter()
-            .map(|(x0, x1)| 0.5 * (x0 + x1))
-            .collect();
+        let ks: Vec<f64> = pieces(
+            lines,
+            bound.min[k],
+            bound.max[k],
+            ext[k].max(1e-300) / opts.pieces.max(1) as f64,
+        )
+        .into_iter()
+        .map(|(x0, x1)| 0.5 * (x0 + x1))
+        .collect();
         let attained = |c: f64, scratch: &mut RayScratch| {
             ks.iter().any(|&kv| {
                 let mut o = [0.0; 3];
@@ -346,7 +379,18 @@ pub fn mass_props(solid: &Solid, opts: &MeasureOptions) -> MassProps {
             l2 += (t1 * t1 * t1 - t0 * t0 * t0) / 3.0;
         }
         // [V, ∫a, ∫r, ∫s, ∫aa, ∫rr, ∫ss, ∫ar, ∫as, ∫rs]
-        [l0, l1, r * l0, s * l0, l2, r * r * l0, s * s * l0, r * l1, s * l1, r * s * l0]
+        [
+            l0,
+            l1,
+            r * l0,
+            s * l0,
+            l2,
+            r * r * l0,
+            s * s * l0,
+            r * l1,
+            s * l1,
+            r * s * l0,
+        ]
     });
     let v = m[0];
     let mut first = [0.0; 3];
@@ -354,12 +398,23 @@ pub fn mass_props(solid: &Solid, opts: &MeasureOptions) -> MassProps {
     first[ax.r] = m[2];
     first[ax.s] = m[3];
     let mut second = [[0.0; 3]; 3];
-    let idx = [(ax.a, ax.a, 4), (ax.r, ax.r, 5), (ax.s, ax.s, 6), (ax.a, ax.r, 7), (ax.a, ax.s, 8), (ax.r, ax.s, 9)];
+    let idx = [
+        (ax.a, ax.a, 4),
+        (ax.r, ax.r, 5),
+        (ax.s, ax.s, 6),
+        (ax.a, ax.r, 7),
+        (ax.a, ax.s, 8),
+        (ax.r, ax.s, 9),
+    ];
     for (i, j, k) in idx {
         second[i][j] = m[k];
         second[j][i] = m[k];
     }
-    let cm = if v > 0.0 { [first[0] / v, first[1] / v, first[2] / v] } else { [0.0; 3] };
+    let cm = if v > 0.0 {
+        [first[0] / v, first[1] / v, first[2] / v]
+    } else {
+        [0.0; 3]
+    };
     // central second moments
     let mut c = [[0.0; 3]; 3];
     for i in 0..3 {
@@ -375,7 +430,11 @@ pub fn mass_props(solid: &Solid, opts: &MeasureOptions) -> MassProps {
         }
     }
     let center = [cm[0] + c0[0], cm[1] + c0[1], cm[2] + c0[2]];
-    MassProps { volume: v, center, inertia }
+    MassProps {
+        volume: v,
+        center,
+        inertia,
+    }
 }
 
 /// Number of connected components. Rays run in the plane of most sketches (so thin walls are
@@ -394,20 +453,33 @@ pub fn components(solid: &Solid, grid: usize) -> usize {
     let vol_axes = choose_axes(&[solid]);
     // rays along an axis that most prisms are NOT extruded along
     let a = vol_axes.s;
-    let ax = Axes { a, r: (a + 1) % 3, s: (a + 2) % 3 };
+    let ax = Axes {
+        a,
+        r: (a + 1) % 3,
+        s: (a + 2) % 3,
+    };
     let ext = bb.extent();
     let lines = |axis: usize| {
         let mut b = Vec::new();
         for p in &solid.prisms {
-            let other = Axes { a: 0, r: 0, s: axis };
+            let other = Axes {
+                a: 0,
+                r: 0,
+                s: axis,
+            };
             s_breaks_with(p, other, 2, &mut b);
         }
         let mut b = if b.len() > 4 * grid { Vec::new() } else { b };
         b.retain(|x| x.is_finite());
-        pieces(b, bb.min[axis], bb.max[axis], ext[axis].max(1e-300) / grid as f64)
-            .into_iter()
-            .map(|(x0, x1)| 0.5 * (x0 + x1))
-            .collect::<Vec<f64>>()
+        pieces(
+            b,
+            bb.min[axis],
+            bb.max[axis],
+            ext[axis].max(1e-300) / grid as f64,
+        )
+        .into_iter()
+        .map(|(x0, x1)| 0.5 * (x0 + x1))
+        .collect::<Vec<f64>>()
     };
     let (rs, ss) = (lines(ax.r), lines(ax.s));
     let (nr, ns) = (rs.len(), ss.len());
@@ -440,11 +512,17 @@ pub fn components(solid: &Solid, grid: usize) -> usize {
     for i in 0..nr {
         for j in 0..ns {
             let k = i * ns + j;
-            for nb in [(i + 1 < nr).then(|| k + ns), (j + 1 < ns).then(|| k + 1)].into_iter().flatten() {
+            for nb in [(i + 1 < nr).then(|| k + ns), (j + 1 < ns).then(|| k + 1)]
+                .into_iter()
+                .flatten()
+            {
                 for (x, sx) in spans[k].iter().enumerate() {
                     for (y, sy) in spans[nb].iter().enumerate() {
                         if sx.t0 <= sy.t1 && sy.t0 <= sx.t1 {
-                            let (u, v) = (find(&mut parent, offset[k] + x), find(&mut parent, offset[nb] + y));
+                            let (u, v) = (
+                                find(&mut parent, offset[k] + x),
+                                find(&mut parent, offset[nb] + y),
+                            );
                             if u != v {
                                 parent[u] = v;
                             }
@@ -474,13 +552,19 @@ mod tests {
     use crate::cad::{Limits, execute};
 
     fn prog(body: &str) -> Solid {
-        execute(&format!("import cadquery as cq\n{body}"), &Limits::default()).unwrap()
+        execute(
+            &format!("import cadquery as cq\n{body}"),
+            &Limits::default(),
+        )
+        .unwrap()
     }
 
     #[test]
     fn box_mass_props_are_exact() {
         // a 1 × 2 × 3 box with its corner at (1, 0, -1)
-        let s = prog("w = cq.Workplane(cq.Plane(cq.Vector(1, 0, -1), cq.Vector(1, 0, 0), cq.Vector(0, 0, 1)))\nsolid = w.moveTo(0, 0).lineTo(1, 0).lineTo(1, 2).lineTo(0, 2).close().extrude(3)\n");
+        let s = prog(
+            "w = cq.Workplane(cq.Plane(cq.Vector(1, 0, -1), cq.Vector(1, 0, 0), cq.Vector(0, 0, 1)))\nsolid = w.moveTo(0, 0).lineTo(1, 0).lineTo(1, 2).lineTo(0, 2).close().extrude(3)\n",
+        );
         let m = mass_props(&s, &MeasureOptions::default());
         assert!((m.volume - 6.0).abs() < 1e-12);
         for (c, e) in m.center.iter().zip([1.5, 1.0, 0.5]) {
@@ -488,9 +572,17 @@ mod tests {
         }
         let (a, b, c) = (1.0f64, 2.0f64, 3.0f64);
         let v = 6.0;
-        let expect = [v * (b * b + c * c) / 12.0, v * (a * a + c * c) / 12.0, v * (a * a + b * b) / 12.0];
+        let expect = [
+            v * (b * b + c * c) / 12.0,
+            v * (a * a + c * c) / 12.0,
+            v * (a * a + b * b) / 12.0,
+        ];
         for i in 0..3 {
-            assert!((m.inertia[i][i] - expect[i]).abs() < 1e-10, "{:?}", m.inertia);
+            assert!(
+                (m.inertia[i][i] - expect[i]).abs() < 1e-10,
+                "{:?}",
+                m.inertia
+            );
             for j in 0..3 {
                 if i != j {
                     assert!(m.inertia[i][j].abs() < 1e-10);
@@ -501,7 +593,9 @@ mod tests {
 
     #[test]
     fn cylinder_volume_and_inertia() {
-        let s = prog("w = cq.Workplane(cq.Plane(cq.Vector(0, 0, 0), cq.Vector(1, 0, 0), cq.Vector(0, 1, 0)))\nc = w.moveTo(0.2, 0.1).circle(0.5)\nb = cq.Workplane(cq.Plane(cq.Vector(5, 5, 5), cq.Vector(1, 0, 0), cq.Vector(0, 0, 1))).moveTo(0, 0).lineTo(0.1, 0).lineTo(0.1, 0.1).close().extrude(0.1)\nsolid = w.extrude(2).union(b)\n");
+        let s = prog(
+            "w = cq.Workplane(cq.Plane(cq.Vector(0, 0, 0), cq.Vector(1, 0, 0), cq.Vector(0, 1, 0)))\nc = w.moveTo(0.2, 0.1).circle(0.5)\nb = cq.Workplane(cq.Plane(cq.Vector(5, 5, 5), cq.Vector(1, 0, 0), cq.Vector(0, 0, 1))).moveTo(0, 0).lineTo(0.1, 0).lineTo(0.1, 0.1).close().extrude(0.1)\nsolid = w.extrude(2).union(b)\n",
+        );
         let m = mass_props(&s, &MeasureOptions::default());
         let vc = std::f64::consts::PI * 0.25 * 2.0;
         assert!((m.volume - (vc + 0.0005)).abs() / vc < 1e-4, "{}", m.volume);

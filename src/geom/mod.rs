@@ -6,6 +6,7 @@
 //! that one primitive (see `../shared/DESIGN.md`, "Geometry").
 
 pub mod csg;
+pub mod imscore;
 pub mod iou;
 pub mod measure;
 pub mod prism;
@@ -14,6 +15,6 @@ pub mod vec3;
 
 pub use csg::{Node, NodeId, Op, Solid};
 pub use iou::{Normalize, iou};
-pub use measure::{Measure, MeasureOptions, MassProps, mass_props, measure};
+pub use measure::{MassProps, Measure, MeasureOptions, mass_props, measure};
 pub use prism::{Edge2, Frame, Loop, Prism, ProfileError};
 pub use vec3::{Aabb, V3};

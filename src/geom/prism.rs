@@ -31,7 +31,10 @@ impl Frame {
         Some(Frame { origin, x, y, z })
     }
     pub fn to_world(&self, u: f64, v: f64, w: f64) -> V3 {
-        add(self.origin, add(scale(self.x, u), add(scale(self.y, v), scale(self.z, w))))
+        add(
+            self.origin,
+            add(scale(self.x, u), add(scale(self.y, v), scale(self.z, w))),
+        )
     }
     pub fn to_local(&self, p: V3) -> V3 {
         let q = sub(p, self.origin);
@@ -45,10 +48,21 @@ impl Frame {
 /// One edge of a sketch loop, in local 2D coordinates.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Edge2 {
-    Line { a: [f64; 2], b: [f64; 2] },
+    Line {
+        a: [f64; 2],
+        b: [f64; 2],
+    },
     /// Circular arc from angle `a0` sweeping `sweep` radians (positive = counter-clockwise).
-    Arc { c: [f64; 2], r: f64, a0: f64, sweep: f64 },
-    Circle { c: [f64; 2], r: f64 },
+    Arc {
+        c: [f64; 2],
+        r: f64,
+        a0: f64,
+        sweep: f64,
+    },
+    Circle {
+        c: [f64; 2],
+        r: f64,
+    },
 }
 
 /// Why a sketch profile cannot become a valid solid.
@@ -60,13 +74,19 @@ pub enum ProfileError {
     CollinearArc,
     #[error("circle radius must be positive, got {0}")]
     BadRadius(f64),
-    #[error("loop {0} is not connected (an edge does not start where the previous one ends, e.g. a moveTo inside a loop)")]
+    #[error(
+        "loop {0} is not connected (an edge does not start where the previous one ends, e.g. a moveTo inside a loop)"
+    )]
     Disconnected(usize),
-    #[error("loops {0} and {1} touch (a shared point, tangency or overlapping edges); OCC makes no valid solid of it")]
+    #[error(
+        "loops {0} and {1} touch (a shared point, tangency or overlapping edges); OCC makes no valid solid of it"
+    )]
     Crossing(usize, usize),
     #[error("loop {0} crosses itself")]
     SelfCrossing(usize),
-    #[error("loop {0} is nested {1} deep (an island inside a hole); OCC makes no valid solid of it")]
+    #[error(
+        "loop {0} is nested {1} deep (an island inside a hole); OCC makes no valid solid of it"
+    )]
     TooDeep(usize, usize),
     #[error("extrusion distance is zero")]
     ZeroExtrude,
@@ -92,8 +112,17 @@ impl Edge2 {
         let (a0, am, a1) = (ang(p0), ang(p1), ang(p2));
         let ccw_to_end = (a1 - a0).rem_euclid(TAU);
         let ccw_to_mid = (am - a0).rem_euclid(TAU);
-        let sweep = if ccw_to_mid < ccw_to_end { ccw_to_end } else { ccw_to_end - TAU };
-        Ok(Edge2::Arc { c: [cx, cy], r, a0, sweep })
+        let sweep = if ccw_to_mid < ccw_to_end {
+            ccw_to_end
+        } else {
+            ccw_to_end - TAU
+        };
+        Ok(Edge2::Arc {
+            c: [cx, cy],
+            r,
+            a0,
+            sweep,
+        })
     }
 
     pub fn start(&self) -> [f64; 2] {
@@ -106,14 +135,20 @@ impl Edge2 {
     pub fn end(&self) -> [f64; 2] {
         match *self {
             Edge2::Line { b, .. } => b,
-            Edge2::Arc { c, r, a0, sweep } => [c[0] + r * (a0 + sweep).cos(), c[1] + r * (a0 + sweep).sin()],
+            Edge2::Arc { c, r, a0, sweep } => {
+                [c[0] + r * (a0 + sweep).cos(), c[1] + r * (a0 + sweep).sin()]
+            }
             Edge2::Circle { .. } => self.start(),
         }
     }
 
     /// Whether angle `theta` lies on the arc, half-open at the end: [start, end).
     fn arc_contains(a0: f64, sweep: f64, theta: f64) -> bool {
-        if sweep >= 0.0 { (theta - a0).rem_euclid(TAU) < sweep } else { (a0 - theta).rem_euclid(TAU) < -sweep }
+        if sweep >= 0.0 {
+            (theta - a0).rem_euclid(TAU) < sweep
+        } else {
+            (a0 - theta).rem_euclid(TAU) < -sweep
+        }
     }
 
     /// Parameters `t` where the 2D line `p + t·d` crosses this edge (half-open at the edge's end, so
@@ -337,7 +372,11 @@ impl Prism {
         let mut area = 0.0;
         for (i, l) in loops.iter().enumerate() {
             let p = l.sample(1)[0];
-            let depth = loops.iter().enumerate().filter(|(j, o)| *j != i && o.contains(p)).count();
+            let depth = loops
+                .iter()
+                .enumerate()
+                .filter(|(j, o)| *j != i && o.contains(p))
+                .count();
             if depth >= 2 && !crossing[i] {
                 return Err(ProfileError::TooDeep(i, depth + 1));
             }
@@ -349,7 +388,17 @@ impl Prism {
             return Err(ProfileError::ZeroArea);
         }
         let n_edges = loops.iter().map(|l| l.edges.len() as u32).sum();
-        let mut p = Prism { frame, loops, w0, w1, bbox: Aabb::EMPTY, area, exact_area, tag_base: 0, n_edges };
+        let mut p = Prism {
+            frame,
+            loops,
+            w0,
+            w1,
+            bbox: Aabb::EMPTY,
+            area,
+            exact_area,
+            tag_base: 0,
+            n_edges,
+        };
         p.bbox = p.exact_bbox();
         Ok(p)
     }
@@ -358,7 +407,12 @@ impl Prism {
     pub fn transformed(&self, rot: &[[f64; 3]; 3], s: f64, c: V3) -> Prism {
         let m = |v: V3| -> V3 { [dot(rot[0], v), dot(rot[1], v), dot(rot[2], v)] };
         let f = &self.frame;
-        let frame = Frame { origin: scale(m(sub(f.origin, c)), s), x: m(f.x), y: m(f.y), z: m(f.z) };
+        let frame = Frame {
+            origin: scale(m(sub(f.origin, c)), s),
+            x: m(f.x),
+            y: m(f.y),
+            z: m(f.z),
+        };
         let sc = |p: [f64; 2]| [p[0] * s, p[1] * s];
         let loops = self
             .loops
@@ -369,13 +423,26 @@ impl Prism {
                     .iter()
                     .map(|e| match *e {
                         Edge2::Line { a, b } => Edge2::Line { a: sc(a), b: sc(b) },
-                        Edge2::Arc { c, r, a0, sweep } => Edge2::Arc { c: sc(c), r: r * s, a0, sweep },
+                        Edge2::Arc { c, r, a0, sweep } => Edge2::Arc {
+                            c: sc(c),
+                            r: r * s,
+                            a0,
+                            sweep,
+                        },
                         Edge2::Circle { c, r } => Edge2::Circle { c: sc(c), r: r * s },
                     })
                     .collect(),
             })
             .collect();
-        let mut p = Prism { frame, loops, w0: self.w0 * s, w1: self.w1 * s, bbox: Aabb::EMPTY, area: self.area * s * s, ..*self };
+        let mut p = Prism {
+            frame,
+            loops,
+            w0: self.w0 * s,
+            w1: self.w1 * s,
+            bbox: Aabb::EMPTY,
+            area: self.area * s * s,
+            ..*self
+        };
         p.bbox = p.exact_bbox();
         p
     }
@@ -387,7 +454,11 @@ impl Prism {
             .enumerate()
             .filter(|(i, l)| {
                 let p = l.sample(1)[0];
-                !self.loops.iter().enumerate().any(|(j, o)| j != *i && o.contains(p))
+                !self
+                    .loops
+                    .iter()
+                    .enumerate()
+                    .any(|(j, o)| j != *i && o.contains(p))
             })
             .count()
     }
@@ -432,7 +503,11 @@ impl Prism {
         } else {
             let t0 = (self.w0 - lo[2]) / ld[2];
             let t1 = (self.w1 - lo[2]) / ld[2];
-            if t0 < t1 { (t0, t1, self.tag_base, self.tag_base + 1) } else { (t1, t0, self.tag_base + 1, self.tag_base) }
+            if t0 < t1 {
+                (t0, t1, self.tag_base, self.tag_base + 1)
+            } else {
+                (t1, t0, self.tag_base + 1, self.tag_base)
+            }
         };
         let p = [lo[0], lo[1]];
         let d2 = [ld[0], ld[1]];
@@ -445,7 +520,12 @@ impl Prism {
                 e.crossings(p, dd, scratch, k as u32);
             }
             if scratch.iter().filter(|(t, _)| *t > 0.0).count() % 2 == 1 {
-                out.push(Span { t0: ta, t1: tb, f0: tag_a, f1: tag_b });
+                out.push(Span {
+                    t0: ta,
+                    t1: tb,
+                    f0: tag_a,
+                    f1: tag_b,
+                });
             }
             return;
         }
@@ -477,7 +557,10 @@ impl Prism {
             0 | 1 => self.frame.z,
             k => {
                 let q = self.frame.to_local(p);
-                let n2 = self.edge(k as usize - 2).map(|e| e.normal_at([q[0], q[1]])).unwrap_or([0.0, 0.0]);
+                let n2 = self
+                    .edge(k as usize - 2)
+                    .map(|e| e.normal_at([q[0], q[1]]))
+                    .unwrap_or([0.0, 0.0]);
                 add(scale(self.frame.x, n2[0]), scale(self.frame.y, n2[1]))
             }
         }
@@ -547,7 +630,9 @@ fn loops_meet(a: &Loop, b: &Loop) -> (bool, bool) {
             let on_vertex = edge_edge_points(ea, eb).into_iter().any(|p| {
                 on_edge(ea, p, 1e-7)
                     && on_edge(eb, p, 1e-7)
-                    && [ea.start(), ea.end(), eb.start(), eb.end()].into_iter().any(|v| dist(p, v) < 1e-6)
+                    && [ea.start(), ea.end(), eb.start(), eb.end()]
+                        .into_iter()
+                        .any(|v| dist(p, v) < 1e-6)
             });
             if tangent || on_vertex {
                 touch = true;
@@ -562,8 +647,11 @@ fn loops_meet(a: &Loop, b: &Loop) -> (bool, bool) {
 /// Whether the carriers of two edges are tangent (or the same line / circle).
 fn carriers_tangent(a: &Edge2, b: &Edge2) -> bool {
     match (carrier(a), carrier(b)) {
-        (Carrier::Line(_, d), Carrier::Line(_, e)) => (d[0] * e[1] - d[1] * e[0]).abs() <= 1e-12 * d[0].hypot(d[1]) * e[0].hypot(e[1]),
-        (Carrier::Line(p, d), Carrier::Circle(c, r)) | (Carrier::Circle(c, r), Carrier::Line(p, d)) => {
+        (Carrier::Line(_, d), Carrier::Line(_, e)) => {
+            (d[0] * e[1] - d[1] * e[0]).abs() <= 1e-12 * d[0].hypot(d[1]) * e[0].hypot(e[1])
+        }
+        (Carrier::Line(p, d), Carrier::Circle(c, r))
+        | (Carrier::Circle(c, r), Carrier::Line(p, d)) => {
             let n = d[0].hypot(d[1]);
             let dist_line = ((c[0] - p[0]) * d[1] - (c[1] - p[1]) * d[0]).abs() / n;
             (dist_line - r).abs() < 1e-7
@@ -582,9 +670,11 @@ fn edges_intersect(a: &Edge2, b: &Edge2, adjacent: bool) -> bool {
     let tol = 1e-7;
     pts.into_iter().any(|p| {
         if adjacent {
-            let shared = [a.start(), a.end()]
-                .into_iter()
-                .any(|q| [b.start(), b.end()].into_iter().any(|r| dist(q, r) < 1e-5 && dist(p, q) < 1e-5));
+            let shared = [a.start(), a.end()].into_iter().any(|q| {
+                [b.start(), b.end()]
+                    .into_iter()
+                    .any(|r| dist(q, r) < 1e-5 && dist(p, q) < 1e-5)
+            });
             if shared {
                 return false;
             }
@@ -610,7 +700,11 @@ fn on_edge(e: &Edge2, p: [f64; 2], tol: f64) -> bool {
             let th = (p[1] - c[1]).atan2(p[0] - c[0]);
             let slack = tol / r;
             ((dist(p, c) - r).abs() < tol)
-                && (Edge2::arc_contains(a0 - sweep.signum() * slack, sweep + sweep.signum() * 2.0 * slack, th))
+                && (Edge2::arc_contains(
+                    a0 - sweep.signum() * slack,
+                    sweep + sweep.signum() * 2.0 * slack,
+                    th,
+                ))
         }
         Edge2::Circle { c, r } => (dist(p, c) - r).abs() < tol,
     }
@@ -646,7 +740,8 @@ fn edge_edge_points(a: &Edge2, b: &Edge2) -> Vec<[f64; 2]> {
             let s = (qp[0] * e[1] - qp[1] * e[0]) / den;
             vec![[p[0] + s * d[0], p[1] + s * d[1]]]
         }
-        (Carrier::Line(p, d), Carrier::Circle(c, r)) | (Carrier::Circle(c, r), Carrier::Line(p, d)) => {
+        (Carrier::Line(p, d), Carrier::Circle(c, r))
+        | (Carrier::Circle(c, r), Carrier::Line(p, d)) => {
             let mut v = Vec::new();
             // treat tangency as touching: use a small tolerance on the discriminant
             let f = [p[0] - c[0], p[1] - c[1]];
@@ -680,7 +775,10 @@ fn edge_edge_points(a: &Edge2, b: &Edge2) -> Vec<[f64; 2]> {
             let h = (r1 * r1 - aa * aa).max(0.0).sqrt();
             let (ux, uy) = ((c2[0] - c1[0]) / dd, (c2[1] - c1[1]) / dd);
             let m = [c1[0] + aa * ux, c1[1] + aa * uy];
-            vec![[m[0] - h * uy, m[1] + h * ux], [m[0] + h * uy, m[1] - h * ux]]
+            vec![
+                [m[0] - h * uy, m[1] + h * ux],
+                [m[0] + h * uy, m[1] - h * ux],
+            ]
         }
     }
 }
@@ -707,7 +805,14 @@ mod tests {
 
     fn square(x0: f64, y0: f64, s: f64) -> Loop {
         let p = [[x0, y0], [x0 + s, y0], [x0 + s, y0 + s], [x0, y0 + s]];
-        Loop { edges: (0..4).map(|i| Edge2::Line { a: p[i], b: p[(i + 1) % 4] }).collect() }
+        Loop {
+            edges: (0..4)
+                .map(|i| Edge2::Line {
+                    a: p[i],
+                    b: p[(i + 1) % 4],
+                })
+                .collect(),
+        }
     }
     fn xy() -> Frame {
         Frame::from_cadquery([0.0; 3], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]).unwrap()
@@ -716,17 +821,41 @@ mod tests {
     #[test]
     fn arc3_semicircle_area() {
         let arc = Edge2::arc3([1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]).unwrap();
-        let l = Loop { edges: vec![arc, Edge2::Line { a: [-1.0, 0.0], b: [1.0, 0.0] }] };
+        let l = Loop {
+            edges: vec![
+                arc,
+                Edge2::Line {
+                    a: [-1.0, 0.0],
+                    b: [1.0, 0.0],
+                },
+            ],
+        };
         assert!((l.signed_area() - PI / 2.0).abs() < 1e-12);
         let cw = Edge2::arc3([1.0, 0.0], [0.0, -1.0], [-1.0, 0.0]).unwrap();
-        let l = Loop { edges: vec![cw, Edge2::Line { a: [-1.0, 0.0], b: [1.0, 0.0] }] };
+        let l = Loop {
+            edges: vec![
+                cw,
+                Edge2::Line {
+                    a: [-1.0, 0.0],
+                    b: [1.0, 0.0],
+                },
+            ],
+        };
         assert!((l.signed_area() + PI / 2.0).abs() < 1e-12);
-        assert_eq!(Edge2::arc3([0.0, 0.0], [1.0, 1.0], [2.0, 2.0]), Err(ProfileError::CollinearArc));
+        assert_eq!(
+            Edge2::arc3([0.0, 0.0], [1.0, 1.0], [2.0, 2.0]),
+            Err(ProfileError::CollinearArc)
+        );
     }
 
     #[test]
     fn square_with_hole_area_and_spans() {
-        let hole = Loop { edges: vec![Edge2::Circle { c: [0.5, 0.5], r: 0.25 }] };
+        let hole = Loop {
+            edges: vec![Edge2::Circle {
+                c: [0.5, 0.5],
+                r: 0.25,
+            }],
+        };
         let p = Prism::new(xy(), vec![square(0.0, 0.0, 1.0), hole], 0.0, 2.0).unwrap();
         assert!((p.area - (1.0 - PI / 16.0)).abs() < 1e-12);
         let (mut out, mut sc) = (Vec::new(), Vec::new());
@@ -747,7 +876,12 @@ mod tests {
     #[test]
     fn invalid_profiles() {
         let island = square(0.4, 0.4, 0.2);
-        let hole = Loop { edges: vec![Edge2::Circle { c: [0.5, 0.5], r: 0.3 }] };
+        let hole = Loop {
+            edges: vec![Edge2::Circle {
+                c: [0.5, 0.5],
+                r: 0.3,
+            }],
+        };
         assert!(matches!(
             Prism::new(xy(), vec![square(0.0, 0.0, 1.0), hole, island], 0.0, 1.0),
             Err(ProfileError::TooDeep(..))
@@ -758,7 +892,12 @@ mod tests {
             Prism::new(xy(), vec![square(0.0, 0.0, 1.0), touching], 0.0, 1.0),
             Err(ProfileError::Crossing(..))
         ));
-        let tangent = Loop { edges: vec![Edge2::Circle { c: [0.5, 0.25], r: 0.25 }] };
+        let tangent = Loop {
+            edges: vec![Edge2::Circle {
+                c: [0.5, 0.25],
+                r: 0.25,
+            }],
+        };
         assert!(matches!(
             Prism::new(xy(), vec![square(0.0, 0.0, 1.0), tangent], 0.0, 1.0),
             Err(ProfileError::Crossing(..))
@@ -768,19 +907,39 @@ mod tests {
         assert!(!p.exact_area);
         let bow = Loop {
             edges: vec![
-                Edge2::Line { a: [0.0, 0.0], b: [1.0, 1.0] },
-                Edge2::Line { a: [1.0, 1.0], b: [1.0, 0.0] },
-                Edge2::Line { a: [1.0, 0.0], b: [0.0, 1.0] },
-                Edge2::Line { a: [0.0, 1.0], b: [0.0, 0.0] },
+                Edge2::Line {
+                    a: [0.0, 0.0],
+                    b: [1.0, 1.0],
+                },
+                Edge2::Line {
+                    a: [1.0, 1.0],
+                    b: [1.0, 0.0],
+                },
+                Edge2::Line {
+                    a: [1.0, 0.0],
+                    b: [0.0, 1.0],
+                },
+                Edge2::Line {
+                    a: [0.0, 1.0],
+                    b: [0.0, 0.0],
+                },
             ],
         };
-        assert!(matches!(Prism::new(xy(), vec![bow], 0.0, 1.0), Err(ProfileError::SelfCrossing(0))));
+        assert!(matches!(
+            Prism::new(xy(), vec![bow], 0.0, 1.0),
+            Err(ProfileError::SelfCrossing(0))
+        ));
     }
 
     #[test]
     fn tilted_bbox_is_exact() {
         let f = Frame::from_cadquery([0.0; 3], [1.0, 0.0, 0.0], [0.0, 1.0, 1.0]).unwrap();
-        let c = Loop { edges: vec![Edge2::Circle { c: [0.0, 0.0], r: 1.0 }] };
+        let c = Loop {
+            edges: vec![Edge2::Circle {
+                c: [0.0, 0.0],
+                r: 1.0,
+            }],
+        };
         let p = Prism::new(f, vec![c], 0.0, 1.0).unwrap();
         let s = 0.5f64.sqrt();
         // y axis of the frame = z × x = (0, s, -s)... circle extent in y and z is s each side

@@ -19,7 +19,12 @@ use super::vec3::{Aabb, V3, add, cross, dot, normalize, scale, sub};
 /// The camera direction of the GenCAD-Code images (from the part towards the viewer), Z up.
 pub const GENCAD_VIEW: V3 = [1.0, -1.0, 1.0];
 /// cadrille's four view directions (tiles in reading order).
-pub const MULTIVIEW_VIEWS: [V3; 4] = [[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [1.0, -1.0, 1.0]];
+pub const MULTIVIEW_VIEWS: [V3; 4] = [
+    [1.0, 1.0, 1.0],
+    [-1.0, -1.0, -1.0],
+    [-1.0, 1.0, -1.0],
+    [1.0, -1.0, 1.0],
+];
 /// Framing of the GenCAD-Code images: the projected bounding box is fitted into a centred box of
 /// 400×300 pixels of the 448×448 image (width share, height share). Found on the real images: flat
 /// wide parts span 400 px, tall or cube-like ones 300 px, in between `300·w/h`.
@@ -61,7 +66,9 @@ impl std::str::FromStr for Style {
         match s {
             "gencad" => Ok(Style::Gencad),
             "multiview" | "cadrille" => Ok(Style::Multiview),
-            _ => Err(format!("unknown render style `{s}` (expected gencad or multiview)")),
+            _ => Err(format!(
+                "unknown render style `{s}` (expected gencad or multiview)"
+            )),
         }
     }
 }
@@ -86,7 +93,14 @@ pub struct RenderOptions {
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        RenderOptions { style: Style::Gencad, size: 448, fit: GENCAD_FIT, zoom: 1.0, shift: [0.0, 0.0], view: GENCAD_VIEW }
+        RenderOptions {
+            style: Style::Gencad,
+            size: 448,
+            fit: GENCAD_FIT,
+            zoom: 1.0,
+            shift: [0.0, 0.0],
+            view: GENCAD_VIEW,
+        }
     }
 }
 
@@ -97,7 +111,12 @@ impl RenderOptions {
             Style::Gencad => GENCAD_FIT,
             Style::Multiview => MULTIVIEW_FIT,
         };
-        RenderOptions { style, size: style.default_size(), fit, ..Default::default() }
+        RenderOptions {
+            style,
+            size: style.default_size(),
+            fit,
+            ..Default::default()
+        }
     }
 }
 
@@ -115,7 +134,11 @@ impl RgbImage {
         for _ in 0..width as usize * height as usize {
             pixels.extend_from_slice(&fill);
         }
-        RgbImage { width, height, pixels }
+        RgbImage {
+            width,
+            height,
+            pixels,
+        }
     }
     pub fn get(&self, x: u32, y: u32) -> [u8; 3] {
         let i = 3 * (y as usize * self.width as usize + x as usize);
@@ -156,16 +179,29 @@ impl Camera {
     pub fn basis(dir: V3) -> Option<(V3, V3, V3)> {
         let d = normalize(dir)?;
         let fwd = scale(d, -1.0);
-        let right = normalize(cross(fwd, [0.0, 0.0, 1.0])).or_else(|| normalize(cross(fwd, [0.0, 1.0, 0.0])))?;
+        let right = normalize(cross(fwd, [0.0, 0.0, 1.0]))
+            .or_else(|| normalize(cross(fwd, [0.0, 1.0, 0.0])))?;
         let up = cross(right, fwd);
         Some((d, right, up))
     }
 
     /// A camera from `dir` that fits the projected `bbox` into a centred box of `fit[0]·w` × `fit[1]·h`
     /// pixels (aspect kept), then shifts it by `shift` (shares of the side).
-    pub fn framing(dir: V3, bbox: &Aabb, w: u32, h: u32, fit: [f64; 2], shift: [f64; 2]) -> Option<Camera> {
+    pub fn framing(
+        dir: V3,
+        bbox: &Aabb,
+        w: u32,
+        h: u32,
+        fit: [f64; 2],
+        shift: [f64; 2],
+    ) -> Option<Camera> {
         let (dir, right, up) = Camera::basis(dir)?;
-        let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+        let (mut x0, mut x1, mut y0, mut y1) = (
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        );
         for k in 0..8 {
             let p = [
                 if k & 1 == 0 { bbox.min[0] } else { bbox.max[0] },
@@ -179,17 +215,30 @@ impl Camera {
             y1 = y1.max(y);
         }
         let side = w.min(h) as f64;
-        let ppu = (fit[0] * w as f64 / (x1 - x0).max(1e-9)).min(fit[1] * h as f64 / (y1 - y0).max(1e-9));
+        let ppu =
+            (fit[0] * w as f64 / (x1 - x0).max(1e-9)).min(fit[1] * h as f64 / (y1 - y0).max(1e-9));
         // shift the part by `shift`·side pixels: the image centre moves the opposite way
-        let centre = [0.5 * (x0 + x1) - shift[0] * side / ppu, 0.5 * (y0 + y1) + shift[1] * side / ppu];
-        Some(Camera { dir, right, up, centre, ppu })
+        let centre = [
+            0.5 * (x0 + x1) - shift[0] * side / ppu,
+            0.5 * (y0 + y1) + shift[1] * side / ppu,
+        ];
+        Some(Camera {
+            dir,
+            right,
+            up,
+            centre,
+            ppu,
+        })
     }
 
     /// World-space ray (origin outside `bbox`, unit direction) through the centre of pixel `(i, j)`.
     fn ray(&self, i: f64, j: f64, w: u32, h: u32, far: f64) -> (V3, V3) {
         let x = self.centre[0] + (i + 0.5 - 0.5 * w as f64) / self.ppu;
         let y = self.centre[1] - (j + 0.5 - 0.5 * h as f64) / self.ppu;
-        let o = add(add(scale(self.right, x), scale(self.up, y)), scale(self.dir, far));
+        let o = add(
+            add(scale(self.right, x), scale(self.up, y)),
+            scale(self.dir, far),
+        );
         (o, scale(self.dir, -1.0))
     }
 }
@@ -197,9 +246,16 @@ impl Camera {
 /// The geometric surface behind each surface tag, with coplanar / coaxial tags merged.
 #[derive(Clone, Copy, Debug)]
 enum SurfKind {
-    Plane { n: V3 },
+    Plane {
+        n: V3,
+    },
     /// A cylinder about the line `c + s·a`; `seam` = (x, y) frame of the angle when it is a full circle.
-    Cylinder { a: V3, c: V3, r: f64, seam: Option<(V3, V3)> },
+    Cylinder {
+        a: V3,
+        c: V3,
+        r: f64,
+        seam: Option<(V3, V3)>,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -224,7 +280,12 @@ fn q(x: f64) -> i64 {
 
 impl Surfaces {
     pub fn new(solid: &Solid) -> Surfaces {
-        let n_tags = solid.prisms.iter().map(|p| (p.tag_base + 2 + p.n_edges) as usize).max().unwrap_or(0);
+        let n_tags = solid
+            .prisms
+            .iter()
+            .map(|p| (p.tag_base + 2 + p.n_edges) as usize)
+            .max()
+            .unwrap_or(0);
         let mut by_tag = vec![None; n_tags];
         let mut ids: HashMap<(u8, [i64; 7]), u32> = HashMap::new();
         let mut intern = |key: (u8, [i64; 7])| {
@@ -238,7 +299,10 @@ impl Surfaces {
                 let n = canon_dir(z);
                 let d = dot(n, f.to_world(0.0, 0.0, w));
                 let id = intern((0, [q(n[0]), q(n[1]), q(n[2]), q(d), 0, 0, 0]));
-                by_tag[(p.tag_base + cap) as usize] = Some(Surf { id, kind: SurfKind::Plane { n: z } });
+                by_tag[(p.tag_base + cap) as usize] = Some(Surf {
+                    id,
+                    kind: SurfKind::Plane { n: z },
+                });
             }
             for (k, e) in p.loops.iter().flat_map(|l| l.edges.iter()).enumerate() {
                 let tag = (p.tag_base + 2 + k as u32) as usize;
@@ -249,7 +313,10 @@ impl Surfaces {
                         let n = canon_dir(nw);
                         let d = dot(n, f.to_world(a[0], a[1], 0.0));
                         let _ = b;
-                        Surf { id: intern((0, [q(n[0]), q(n[1]), q(n[2]), q(d), 0, 0, 0])), kind: SurfKind::Plane { n: nw } }
+                        Surf {
+                            id: intern((0, [q(n[0]), q(n[1]), q(n[2]), q(d), 0, 0, 0])),
+                            kind: SurfKind::Plane { n: nw },
+                        }
                     }
                     Edge2::Arc { c, r, .. } | Edge2::Circle { c, r } => {
                         let a = canon_dir(z);
@@ -260,8 +327,22 @@ impl Surfaces {
                             (sx, cross(z, sx))
                         });
                         let full = seam.is_some() as i64;
-                        let id = intern((1, [q(a[0]), q(a[1]), q(a[2]), q(c0[0]), q(c0[1]), q(c0[2]), q(r) * 2 + full]));
-                        Surf { id, kind: SurfKind::Cylinder { a, c: cw, r, seam } }
+                        let id = intern((
+                            1,
+                            [
+                                q(a[0]),
+                                q(a[1]),
+                                q(a[2]),
+                                q(c0[0]),
+                                q(c0[1]),
+                                q(c0[2]),
+                                q(r) * 2 + full,
+                            ],
+                        ));
+                        Surf {
+                            id,
+                            kind: SurfKind::Cylinder { a, c: cw, r, seam },
+                        }
                     }
                 };
                 by_tag[tag] = Some(s);
@@ -335,20 +416,39 @@ pub fn render(solid: &Solid, opts: &RenderOptions) -> Result<RgbImage, RenderErr
 }
 
 /// [`render`] with caller-owned ray buffers (reuse them across renders on one thread).
-pub fn render_with(solid: &Solid, opts: &RenderOptions, scratch: &mut RayScratch) -> Result<RgbImage, RenderError> {
+pub fn render_with(
+    solid: &Solid,
+    opts: &RenderOptions,
+    scratch: &mut RayScratch,
+) -> Result<RgbImage, RenderError> {
     if !(8..=8192).contains(&opts.size) {
         return Err(RenderError::BadSize(opts.size));
     }
-    if !(opts.fit.iter().all(|f| *f > 0.0 && f.is_finite()) && opts.zoom > 0.0 && opts.zoom.is_finite()) {
-        return Err(RenderError::BadOption(format!("fit {:?} and zoom {} must be positive", opts.fit, opts.zoom)));
+    if !(opts.fit.iter().all(|f| *f > 0.0 && f.is_finite())
+        && opts.zoom > 0.0
+        && opts.zoom.is_finite())
+    {
+        return Err(RenderError::BadOption(format!(
+            "fit {:?} and zoom {} must be positive",
+            opts.fit, opts.zoom
+        )));
     }
     if !opts.shift.iter().all(|s| s.is_finite() && s.abs() <= 1.0) {
-        return Err(RenderError::BadOption(format!("shift {:?} must be within ±1", opts.shift)));
+        return Err(RenderError::BadOption(format!(
+            "shift {:?} must be within ±1",
+            opts.shift
+        )));
     }
     if solid.is_empty() {
         return Err(RenderError::Empty);
     }
-    let bb = bbox(solid, &MeasureOptions { pieces: 8, component_grid: 0 });
+    let bb = bbox(
+        solid,
+        &MeasureOptions {
+            pieces: 8,
+            component_grid: 0,
+        },
+    );
     if bb.is_empty() {
         return Err(RenderError::Empty);
     }
@@ -357,9 +457,19 @@ pub fn render_with(solid: &Solid, opts: &RenderOptions, scratch: &mut RayScratch
     match opts.style {
         Style::Gencad => {
             let cam = Camera::framing(opts.view, &bb, opts.size, opts.size, fit, opts.shift)
-                .ok_or_else(|| RenderError::BadOption(format!("view direction {:?} is zero", opts.view)))?;
+                .ok_or_else(|| {
+                    RenderError::BadOption(format!("view direction {:?} is zero", opts.view))
+                })?;
             let mut img = RgbImage::new(opts.size, opts.size, [255; 3]);
-            draw_view(solid, &surfs, &bb, &cam, &mut img, (0, 0, opts.size, opts.size), scratch);
+            draw_view(
+                solid,
+                &surfs,
+                &bb,
+                &cam,
+                &mut img,
+                (0, 0, opts.size, opts.size),
+                scratch,
+            );
             Ok(img)
         }
         Style::Multiview => {
@@ -367,11 +477,17 @@ pub fn render_with(solid: &Solid, opts: &RenderOptions, scratch: &mut RayScratch
             let mut img = RgbImage::new(opts.size, opts.size, [255; 3]);
             for (k, v) in MULTIVIEW_VIEWS.iter().enumerate() {
                 let (x0, y0) = ((k as u32 % 2) * t, (k as u32 / 2) * t);
-                let cam = Camera::framing(*v, &bb, t, t, fit, opts.shift).expect("fixed non-zero views");
+                let cam =
+                    Camera::framing(*v, &bb, t, t, fit, opts.shift).expect("fixed non-zero views");
                 draw_view(solid, &surfs, &bb, &cam, &mut img, (x0, y0, t, t), scratch);
                 // thin border around the tile
                 for i in 0..t {
-                    for (x, y) in [(x0 + i, y0), (x0 + i, y0 + t - 1), (x0, y0 + i), (x0 + t - 1, y0 + i)] {
+                    for (x, y) in [
+                        (x0 + i, y0),
+                        (x0 + i, y0 + t - 1),
+                        (x0, y0 + i),
+                        (x0 + t - 1, y0 + i),
+                    ] {
                         img.put(x, y, [0; 3]);
                     }
                 }
@@ -382,7 +498,15 @@ pub fn render_with(solid: &Solid, opts: &RenderOptions, scratch: &mut RayScratch
 }
 
 /// Cast the rays of one view and draw it into the rectangle `(x0, y0, w, h)` of `img`.
-fn draw_view(solid: &Solid, surfs: &Surfaces, bb: &Aabb, cam: &Camera, img: &mut RgbImage, rect: (u32, u32, u32, u32), scratch: &mut RayScratch) {
+fn draw_view(
+    solid: &Solid,
+    surfs: &Surfaces,
+    bb: &Aabb,
+    cam: &Camera,
+    img: &mut RgbImage,
+    rect: (u32, u32, u32, u32),
+    scratch: &mut RayScratch,
+) {
     let (x0, y0, w, h) = rect;
     let (wu, hu) = (w as usize, h as usize);
     let far = {
@@ -398,7 +522,12 @@ fn draw_view(solid: &Solid, surfs: &Surfaces, bb: &Aabb, cam: &Camera, img: &mut
         m + 1.0 + 1e-3 * bb.max_extent()
     };
     // only pixels inside the projected bbox can hit anything
-    let (mut px0, mut px1, mut py0, mut py1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    let (mut px0, mut px1, mut py0, mut py1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
     for k in 0..8 {
         let p = [
             if k & 1 == 0 { bb.min[0] } else { bb.max[0] },
@@ -417,17 +546,31 @@ fn draw_view(solid: &Solid, surfs: &Surfaces, bb: &Aabb, cam: &Camera, img: &mut
     let (j0, j1) = (clampi(py0.floor() - 1.0, hu), clampi(py1.ceil() + 1.0, hu));
 
     let sliver = 1e-9 * (1.0 + bb.max_extent());
-    let bg = Hit { id: BG, depth: f32::INFINITY, facing: 0.0, angle: -1.0, tag: u32::MAX };
+    let bg = Hit {
+        id: BG,
+        depth: f32::INFINITY,
+        facing: 0.0,
+        angle: -1.0,
+        tag: u32::MAX,
+    };
     let mut hits = vec![bg; wu * hu];
     for j in j0..j1 {
         for i in i0..i1 {
             let (o, d) = cam.ray(i as f64, j as f64, w, h, far);
             let spans = solid.ray_spans(o, d, scratch);
             // skip slivers that coincident faces of a cut leave behind (length ~1e-16)
-            let Some(s) = spans.iter().find(|s| s.t1 > 0.0 && s.t1 - s.t0 > sliver) else { continue };
+            let Some(s) = spans.iter().find(|s| s.t1 > 0.0 && s.t1 - s.t0 > sliver) else {
+                continue;
+            };
             let t = s.t0.max(0.0);
             let p = add(o, scale(d, t));
-            let mut hit = Hit { id: UNKNOWN, depth: t as f32, facing: (1.0f64 / 3.0).sqrt() as f32, angle: -1.0, tag: s.f0 };
+            let mut hit = Hit {
+                id: UNKNOWN,
+                depth: t as f32,
+                facing: (1.0f64 / 3.0).sqrt() as f32,
+                angle: -1.0,
+                tag: s.f0,
+            };
             if let Some(Some(sf)) = surfs.by_tag.get(s.f0 as usize) {
                 hit.id = sf.id;
                 let n = match sf.kind {
@@ -453,7 +596,11 @@ fn draw_view(solid: &Solid, surfs: &Surfaces, bb: &Aabb, cam: &Camera, img: &mut
     // its (infinite) cylinder, the change is the smooth contour, which OpenCascade does not draw.
     let mut line = vec![false; wu * hu];
     let contour = |front: &Hit, bi: usize, bj: usize| -> bool {
-        let Some(Some(Surf { kind: SurfKind::Cylinder { a, c, r, .. }, .. })) = surfs.by_tag.get(front.tag as usize) else {
+        let Some(Some(Surf {
+            kind: SurfKind::Cylinder { a, c, r, .. },
+            ..
+        })) = surfs.by_tag.get(front.tag as usize)
+        else {
             return false;
         };
         let (o, d) = cam.ray(bi as f64, bj as f64, w, h, far);
@@ -516,7 +663,16 @@ fn thin_lines(line: &mut [bool], w: usize, h: usize) {
         return;
     }
     // neighbour ring in order: E, NE, N, NW, W, SW, S, SE
-    const RING: [(isize, isize); 8] = [(1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1)];
+    const RING: [(isize, isize); 8] = [
+        (1, 0),
+        (1, -1),
+        (0, -1),
+        (-1, -1),
+        (-1, 0),
+        (-1, 1),
+        (0, 1),
+        (1, 1),
+    ];
     for j in 1..h - 1 {
         for i in 1..w - 1 {
             if !line[j * w + i] {
@@ -552,7 +708,10 @@ fn thin_lines(line: &mut [bool], w: usize, h: usize) {
 /// Foreground mask of an image (pixels whose smallest channel is below `threshold`; the issue's
 /// golden check uses 230).
 pub fn foreground_mask(img: &RgbImage, threshold: u8) -> Vec<bool> {
-    img.pixels.chunks_exact(3).map(|p| p[0].min(p[1]).min(p[2]) < threshold).collect()
+    img.pixels
+        .chunks_exact(3)
+        .map(|p| p[0].min(p[1]).min(p[2]) < threshold)
+        .collect()
 }
 
 /// The inclusive pixel box `[x0, y0, x1, y1]` of a `w`×`h` mask's set pixels (`None` when empty).
@@ -575,7 +734,9 @@ pub fn mask_bbox(mask: &[bool], w: usize, h: usize) -> Option<[usize; 4]> {
 /// neighbour) so its larger side is `side` pixels with the aspect kept, centred in `side`×`side`.
 pub fn normalize_mask(mask: &[bool], w: usize, h: usize, side: usize) -> Vec<bool> {
     let mut out = vec![false; side * side];
-    let Some([x0, y0, x1, y1]) = mask_bbox(mask, w, h) else { return out };
+    let Some([x0, y0, x1, y1]) = mask_bbox(mask, w, h) else {
+        return out;
+    };
     let (bw, bh) = ((x1 - x0 + 1) as f64, (y1 - y0 + 1) as f64);
     let s = side as f64 / bw.max(bh);
     let (ow, oh) = (bw * s, bh * s);
@@ -612,7 +773,14 @@ mod tests {
     #[test]
     fn cube_is_grey_hexagon_with_black_outline() {
         let s = execute(BOX, &Limits::default()).unwrap();
-        let img = render(&s, &RenderOptions { size: 128, ..Default::default() }).unwrap();
+        let img = render(
+            &s,
+            &RenderOptions {
+                size: 128,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let (mut grey, mut black, mut white, mut other) = (0, 0, 0, 0);
         for p in img.pixels.chunks_exact(3) {
             match (p[0], p[1], p[2]) {
@@ -623,7 +791,10 @@ mod tests {
             }
         }
         assert_eq!(other, 0, "axis-aligned faces must all be the flat grey");
-        assert!(grey > 3000 && black > 100 && white > 5000, "grey {grey} black {black} white {white}");
+        assert!(
+            grey > 3000 && black > 100 && white > 5000,
+            "grey {grey} black {black} white {white}"
+        );
         // the centre pixel is the cube's front corner: inside the part
         assert_ne!(img.get(64, 64), [255, 255, 255]);
         // corners of the image are background
@@ -635,14 +806,24 @@ mod tests {
     fn framing_fills_the_requested_share() {
         let s = execute(BOX, &Limits::default()).unwrap();
         for size in [64u32, 200] {
-            let img = render(&s, &RenderOptions { size, ..Default::default() }).unwrap();
+            let img = render(
+                &s,
+                &RenderOptions {
+                    size,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             let m = foreground_mask(&img, 230);
             let w = size as usize;
             let rows: Vec<usize> = (0..w).filter(|&j| (0..w).any(|i| m[j * w + i])).collect();
             let ext = rows.last().unwrap() - rows.first().unwrap() + 1;
             // a cube's projected bbox (its hexagon) is taller than wide: the height limits the fit
             let want = GENCAD_FIT[1] * size as f64;
-            assert!((ext as f64 - want).abs() <= 2.0, "size {size}: extent {ext}, want {want}");
+            assert!(
+                (ext as f64 - want).abs() <= 2.0,
+                "size {size}: extent {ext}, want {want}"
+            );
         }
     }
 
@@ -652,7 +833,11 @@ mod tests {
         let img = render(&s, &RenderOptions::style(Style::Multiview)).unwrap();
         assert_eq!((img.width, img.height), (256, 256));
         for (cx, cy) in [(64, 64), (192, 64), (64, 192), (192, 192)] {
-            assert_ne!(img.get(cx, cy), [255, 255, 255], "tile centred at ({cx},{cy}) is empty");
+            assert_ne!(
+                img.get(cx, cy),
+                [255, 255, 255],
+                "tile centred at ({cx},{cy}) is empty"
+            );
             assert_eq!(img.get(cx - 60, cy - 60), [255, 255, 255]);
         }
         assert_eq!(img.get(128, 10), [0, 0, 0], "border between the tiles");
@@ -661,9 +846,36 @@ mod tests {
     #[test]
     fn bad_options_are_errors() {
         let s = execute(BOX, &Limits::default()).unwrap();
-        assert_eq!(render(&s, &RenderOptions { size: 2, ..Default::default() }), Err(RenderError::BadSize(2)));
-        assert!(matches!(render(&s, &RenderOptions { zoom: 0.0, ..Default::default() }), Err(RenderError::BadOption(_))));
-        assert!(matches!(render(&s, &RenderOptions { view: [0.0; 3], ..Default::default() }), Err(RenderError::BadOption(_))));
+        assert_eq!(
+            render(
+                &s,
+                &RenderOptions {
+                    size: 2,
+                    ..Default::default()
+                }
+            ),
+            Err(RenderError::BadSize(2))
+        );
+        assert!(matches!(
+            render(
+                &s,
+                &RenderOptions {
+                    zoom: 0.0,
+                    ..Default::default()
+                }
+            ),
+            Err(RenderError::BadOption(_))
+        ));
+        assert!(matches!(
+            render(
+                &s,
+                &RenderOptions {
+                    view: [0.0; 3],
+                    ..Default::default()
+                }
+            ),
+            Err(RenderError::BadOption(_))
+        ));
     }
 
     #[test]

@@ -18,7 +18,11 @@ pub fn dot(a: V3, b: V3) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 pub fn cross(a: V3, b: V3) -> V3 {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
 }
 pub fn norm(a: V3) -> f64 {
     dot(a, a).sqrt()
@@ -37,7 +41,10 @@ pub struct Aabb {
 }
 
 impl Aabb {
-    pub const EMPTY: Aabb = Aabb { min: [f64::INFINITY; 3], max: [f64::NEG_INFINITY; 3] };
+    pub const EMPTY: Aabb = Aabb {
+        min: [f64::INFINITY; 3],
+        max: [f64::NEG_INFINITY; 3],
+    };
 
     pub fn is_empty(&self) -> bool {
         (0..3).any(|i| self.min[i] > self.max[i])
@@ -76,7 +83,14 @@ impl Aabb {
     }
     /// `[xmin, ymin, zmin, xmax, ymax, zmax]`, the order CadQuery's reference files use.
     pub fn to_array(&self) -> [f64; 6] {
-        [self.min[0], self.min[1], self.min[2], self.max[0], self.max[1], self.max[2]]
+        [
+            self.min[0],
+            self.min[1],
+            self.min[2],
+            self.max[0],
+            self.max[1],
+            self.max[2],
+        ]
     }
     /// The ray parameter range `[t0, t1]` where `o + t d` is inside the box, if any.
     pub fn ray_range(&self, o: V3, d: V3) -> Option<(f64, f64)> {

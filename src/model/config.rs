@@ -117,25 +117,45 @@ impl VlmConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
         let e = |m: String| Err(ModelError::Config(m));
         if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
-            return e(format!("image_size {} must be a multiple of patch_size {}", self.image_size, self.patch_size));
+            return e(format!(
+                "image_size {} must be a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            ));
         }
         if self.merge == 0 || self.grid() % self.merge != 0 {
-            return e(format!("patches per side {} must be a multiple of merge {}", self.grid(), self.merge));
+            return e(format!(
+                "patches per side {} must be a multiple of merge {}",
+                self.grid(),
+                self.merge
+            ));
         }
         if self.vision_heads == 0 || self.vision_hidden % self.vision_heads != 0 {
-            return e(format!("vision_hidden {} must be a multiple of vision_heads {}", self.vision_hidden, self.vision_heads));
+            return e(format!(
+                "vision_hidden {} must be a multiple of vision_heads {}",
+                self.vision_hidden, self.vision_heads
+            ));
         }
         if self.heads == 0 || self.hidden % self.heads != 0 || self.head_dim() % 2 != 0 {
-            return e(format!("hidden {} must be a multiple of heads {} with an even head dim", self.hidden, self.heads));
+            return e(format!(
+                "hidden {} must be a multiple of heads {} with an even head dim",
+                self.hidden, self.heads
+            ));
         }
         if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
-            return e(format!("heads {} must be a multiple of kv_heads {}", self.heads, self.kv_heads));
+            return e(format!(
+                "heads {} must be a multiple of kv_heads {}",
+                self.heads, self.kv_heads
+            ));
         }
         if self.vocab_size < 8 {
             return e(format!("vocab_size {} is too small", self.vocab_size));
         }
         if self.max_seq_len <= self.n_image_tokens() + 2 {
-            return e(format!("max_seq_len {} leaves no room after {} image tokens", self.max_seq_len, self.n_image_tokens()));
+            return e(format!(
+                "max_seq_len {} leaves no room after {} image tokens",
+                self.max_seq_len,
+                self.n_image_tokens()
+            ));
         }
         Ok(())
     }

@@ -28,7 +28,12 @@ pub struct GenerateConfig {
 
 impl Default for GenerateConfig {
     fn default() -> Self {
-        GenerateConfig { max_new_tokens: 512, temperature: 0.0, top_p: 1.0, seed: 0 }
+        GenerateConfig {
+            max_new_tokens: 512,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -43,12 +48,24 @@ pub struct Generated {
 
 /// Pick the next token from `logits` (one row).
 pub fn sample_token(logits: &[f32], temperature: f32, top_p: f32, rng: &mut StdRng) -> u32 {
-    let argmax = || logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0 as u32;
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |a, (i, &v)| {
+                if v > a.1 { (i, v) } else { a }
+            })
+            .0 as u32
+    };
     if temperature <= 0.0 {
         return argmax();
     }
     let mx = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut p: Vec<(usize, f32)> = logits.iter().enumerate().map(|(i, &v)| (i, ((v - mx) / temperature).exp())).collect();
+    let mut p: Vec<(usize, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i, ((v - mx) / temperature).exp()))
+        .collect();
     let z: f32 = p.iter().map(|x| x.1).sum();
     p.sort_by(|a, b| b.1.total_cmp(&a.1));
     let mut kept = 0;
@@ -74,24 +91,49 @@ pub fn sample_token(logits: &[f32], temperature: f32, top_p: f32, rng: &mut StdR
 
 /// Generate one program per row of `image: [batch, n_image_tokens, hidden]`, every row starting with the
 /// same `prefix` tokens (the prompt and `<|begin|>`). Rows stop independently at `end`.
-pub fn generate<B: Backend>(model: &Vlm<B>, image: Tensor<B, 3>, prefix: &[u32], end: u32, max_seq_len: usize, cfg: &GenerateConfig) -> Vec<Generated> {
+pub fn generate<B: Backend>(
+    model: &Vlm<B>,
+    image: Tensor<B, 3>,
+    prefix: &[u32],
+    end: u32,
+    max_seq_len: usize,
+    cfg: &GenerateConfig,
+) -> Vec<Generated> {
     let [b, n, _] = image.dims();
     let device = image.device();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let ids: Vec<i64> = (0..b).flat_map(|_| prefix.iter().map(|&t| t as i64)).collect();
+    let ids: Vec<i64> = (0..b)
+        .flat_map(|_| prefix.iter().map(|&t| t as i64))
+        .collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, prefix.len()]), &device); // [batch, prefix]
     let cond = model.image_condition(&image); // [batch, 1, hidden]
     let x = Tensor::cat(vec![image, model.embed_text(ids, cond.as_ref())], 1); // [batch, n + prefix, hidden]
     let mut cache = KvCache::empty();
     let mut logits = model.step(x, &mut cache, n); // [batch, vocab]
-    let budget = cfg.max_new_tokens.min(max_seq_len.saturating_sub(n + prefix.len()));
-    let mut out: Vec<Generated> = (0..b).map(|_| Generated { tokens: Vec::new(), finished: false }).collect();
+    let budget = cfg
+        .max_new_tokens
+        .min(max_seq_len.saturating_sub(n + prefix.len()));
+    let mut out: Vec<Generated> = (0..b)
+        .map(|_| Generated {
+            tokens: Vec::new(),
+            finished: false,
+        })
+        .collect();
     for _ in 0..budget {
         let [_, v] = logits.dims();
-        let host: Vec<f32> = logits.into_data().convert::<f32>().to_vec().expect("f32 logits");
+        let host: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32 logits");
         let mut next = Vec::with_capacity(b);
         for (r, g) in out.iter_mut().enumerate() {
-            let t = sample_token(&host[r * v..(r + 1) * v], cfg.temperature, cfg.top_p, &mut rng);
+            let t = sample_token(
+                &host[r * v..(r + 1) * v],
+                cfg.temperature,
+                cfg.top_p,
+                &mut rng,
+            );
             if !g.finished {
                 if t == end {
                     g.finished = true;
@@ -136,7 +178,8 @@ pub fn generate_programs<B: Backend>(
 ) -> Result<Vec<Program>, ModelError> {
     let k = k.max(1);
     let per_batch = (batch / k).max(1);
-    let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = std::collections::BTreeMap::new();
+    let mut groups: std::collections::BTreeMap<&str, Vec<usize>> =
+        std::collections::BTreeMap::new();
     for (i, s) in samples.iter().enumerate() {
         groups.entry(s.prompt.as_str()).or_default().push(i);
     }
@@ -148,16 +191,29 @@ pub fn generate_programs<B: Backend>(
             let rows: Vec<&Sample> = chunk.iter().map(|&i| samples[i]).collect();
             let image = model.encode_image(patches_tensor::<B>(&rows, c, device)); // [chunk, n_img, hidden]
             let image = if k > 1 { repeat_rows(image, k) } else { image }; // [chunk·k, n_img, hidden]
-            let gen_cfg = GenerateConfig { seed: cfg.seed.wrapping_add(ci as u64), ..cfg.clone() };
-            for (r, g) in generate(model, image, &prefix, tok.end, c.max_seq_len, &gen_cfg).into_iter().enumerate() {
+            let gen_cfg = GenerateConfig {
+                seed: cfg.seed.wrapping_add(ci as u64),
+                ..cfg.clone()
+            };
+            for (r, g) in generate(model, image, &prefix, tok.end, c.max_seq_len, &gen_cfg)
+                .into_iter()
+                .enumerate()
+            {
                 let program = tok.decode(&g.tokens)?;
-                out[chunk[r / k] * k + r % k] = Some(Program { program, finished: g.finished, n_tokens: g.tokens.len() });
+                out[chunk[r / k] * k + r % k] = Some(Program {
+                    program,
+                    finished: g.finished,
+                    n_tokens: g.tokens.len(),
+                });
             }
             done += chunk.len();
             progress(done);
         }
     }
-    Ok(out.into_iter().map(|p| p.expect("every row generated")).collect())
+    Ok(out
+        .into_iter()
+        .map(|p| p.expect("every row generated"))
+        .collect())
 }
 
 #[cfg(test)]
@@ -174,7 +230,9 @@ mod tests {
             assert_eq!(sample_token(&l, 1.0, 0.01, &mut rng), 1);
         }
         // full sampling reaches other tokens
-        let seen: std::collections::HashSet<u32> = (0..200).map(|_| sample_token(&l, 2.0, 1.0, &mut rng)).collect();
+        let seen: std::collections::HashSet<u32> = (0..200)
+            .map(|_| sample_token(&l, 2.0, 1.0, &mut rng))
+            .collect();
         assert!(seen.len() >= 3, "{seen:?}");
     }
 }

@@ -16,10 +16,17 @@ pub fn prefix_tokens(tok: &CodeTokenizer, prompt: &str) -> Result<Vec<u32>, Toke
 }
 
 /// Patches of a batch of samples: `[batch, n_patches, patch_dim]`.
-pub fn patches_tensor<B: Backend>(samples: &[&Sample], c: &VlmConfig, device: &B::Device) -> Tensor<B, 3> {
+pub fn patches_tensor<B: Backend>(
+    samples: &[&Sample],
+    c: &VlmConfig,
+    device: &B::Device,
+) -> Tensor<B, 3> {
     let mut v = Vec::with_capacity(samples.len() * c.grid() * c.grid() * c.patch_dim());
     for s in samples {
         v.extend(image_to_patches(&s.rgb, s.width, s.height, c));
     }
-    Tensor::from_data(TensorData::new(v, [samples.len(), c.grid() * c.grid(), c.patch_dim()]), device) // [batch, n_patches, patch_dim]
+    Tensor::from_data(
+        TensorData::new(v, [samples.len(), c.grid() * c.grid(), c.patch_dim()]),
+        device,
+    ) // [batch, n_patches, patch_dim]
 }

@@ -24,7 +24,10 @@ pub struct RmsNorm<B: Backend> {
 
 impl<B: Backend> RmsNorm<B> {
     pub fn new(d: usize, eps: f64, device: &B::Device) -> Self {
-        RmsNorm { weight: Param::from_tensor(Tensor::ones([d], device)), eps }
+        RmsNorm {
+            weight: Param::from_tensor(Tensor::ones([d], device)),
+            eps,
+        }
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -63,7 +66,13 @@ impl<B: Backend> LayerNorm<B> {
 }
 
 /// Rotary tables for positions `start..start+len`: `(cos, sin)`, each `[len, head_dim]` (halves repeated, as HF).
-pub fn rope_tables<B: Backend>(start: usize, len: usize, head_dim: usize, theta: f64, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+pub fn rope_tables<B: Backend>(
+    start: usize,
+    len: usize,
+    head_dim: usize,
+    theta: f64,
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let half = head_dim / 2;
     let mut cos = Vec::with_capacity(len * head_dim);
     let mut sin = Vec::with_capacity(len * head_dim);
@@ -85,19 +94,29 @@ pub fn rope_tables<B: Backend>(start: usize, len: usize, head_dim: usize, theta:
 }
 
 /// Apply rotary embeddings: `x·cos + rotate_half(x)·sin`.
-pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 4> {
+pub fn apply_rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+) -> Tensor<B, 4> {
     // x: [batch, heads, seq, head_dim]; cos/sin: [seq, head_dim]
     let [_, _, _, d] = x.dims();
     let half = d / 2;
     let x1 = x.clone().narrow(3, 0, half); // [batch, heads, seq, half]
     let x2 = x.clone().narrow(3, half, half);
     let rot = Tensor::cat(vec![x2.neg(), x1], 3); // [batch, heads, seq, head_dim]
-    x.mul(cos.clone().unsqueeze::<4>()).add(rot.mul(sin.clone().unsqueeze::<4>()))
+    x.mul(cos.clone().unsqueeze::<4>())
+        .add(rot.mul(sin.clone().unsqueeze::<4>()))
 }
 
 /// Softmax attention. `q: [batch, heads, tq, d]`, `k, v: [batch, kv_heads, tk, d]`, `bias: [tq, tk]` additive
 /// (0 or a large negative); kv heads are shared by `heads / kv_heads` query heads each (HF `repeat_kv`).
-pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, bias: Option<&Tensor<B, 2>>) -> Tensor<B, 4> {
+pub fn attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Option<&Tensor<B, 2>>,
+) -> Tensor<B, 4> {
     let [b, h, _tq, d] = q.dims();
     let [_, kvh, tk, _] = k.dims();
     let (k, v) = if kvh != h {
@@ -111,7 +130,9 @@ pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
     } else {
         (k, v)
     };
-    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt()); // [batch, heads, tq, tk]
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .mul_scalar(1.0 / (d as f64).sqrt()); // [batch, heads, tq, tk]
     let scores = match bias {
         Some(m) => scores.add(m.clone().unsqueeze::<4>()),
         None => scores,
@@ -121,7 +142,12 @@ pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
 
 /// Additive mask `[tq, tk]` for queries at positions `tk-tq..tk`: causal, except that the first
 /// `prefix` keys (the image) are visible to every query (prefix-LM).
-pub fn prefix_causal_bias<B: Backend>(tq: usize, tk: usize, prefix: usize, device: &B::Device) -> Tensor<B, 2> {
+pub fn prefix_causal_bias<B: Backend>(
+    tq: usize,
+    tk: usize,
+    prefix: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
     let off = tk - tq;
     let mut m = vec![0f32; tq * tk];
     for i in 0..tq {

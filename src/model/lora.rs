@@ -57,9 +57,17 @@ impl Default for LoraConfig {
             rank: 16,
             alpha: 32.0,
             dropout: 0.05,
-            targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-                .map(String::from)
-                .to_vec(),
+            targets: [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -67,15 +75,27 @@ impl Default for LoraConfig {
 impl LoraConfig {
     /// Whether the layer at `path` is a target.
     pub fn matches(&self, path: &str) -> bool {
-        self.targets.iter().any(|t| t == "all-linear" || path == t || path.strip_suffix(t.as_str()).is_some_and(|p| p.ends_with('.')))
+        self.targets.iter().any(|t| {
+            t == "all-linear"
+                || path == t
+                || path
+                    .strip_suffix(t.as_str())
+                    .is_some_and(|p| p.ends_with('.'))
+        })
     }
 
     pub fn validate(&self) -> Result<(), LoraError> {
         if self.rank > 0 && !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return Err(LoraError::Config(format!("alpha must be positive, got {}", self.alpha)));
+            return Err(LoraError::Config(format!(
+                "alpha must be positive, got {}",
+                self.alpha
+            )));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(LoraError::Config(format!("dropout must be in [0, 1), got {}", self.dropout)));
+            return Err(LoraError::Config(format!(
+                "dropout must be in [0, 1), got {}",
+                self.dropout
+            )));
         }
         if self.rank > 0 && self.targets.is_empty() {
             return Err(LoraError::Config("rank > 0 but no targets".into()));
@@ -104,7 +124,10 @@ pub enum LoraError {
 }
 
 fn ferr(path: &Path, msg: impl std::fmt::Display) -> LoraError {
-    LoraError::File { path: path.display().to_string(), msg: msg.to_string() }
+    LoraError::File {
+        path: path.display().to_string(),
+        msg: msg.to_string(),
+    }
 }
 
 thread_local! {
@@ -166,7 +189,13 @@ impl<B: Backend> LoraLinear<B> {
     }
 
     /// As [`Self::new`] with `W ~ N(0, scale² / in)`.
-    pub fn new_scaled(d_in: usize, d_out: usize, bias: bool, scale: f64, device: &B::Device) -> Self {
+    pub fn new_scaled(
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        scale: f64,
+        device: &B::Device,
+    ) -> Self {
         let std = scale * (1.0 / d_in as f64).sqrt();
         let weight = Tensor::random([d_out, d_in], Distribution::Normal(0.0, std), device); // [out, in]
         let bias = bias.then(|| Tensor::zeros([d_out], device));
@@ -224,7 +253,10 @@ impl<B: Backend> LoraLinear<B> {
     pub fn base_weight(&self, device: &B::Device) -> Tensor<B, 2> {
         match (&self.weight, &self.qweight) {
             (Some(w), _) => w.val(),
-            (None, Some(q)) => Tensor::from_data(TensorData::new(q.dequantize_fast(), [self.d_out, self.d_in]), device),
+            (None, Some(q)) => Tensor::from_data(
+                TensorData::new(q.dequantize_fast(), [self.d_out, self.d_in]),
+                device,
+            ),
             (None, None) => Tensor::zeros([self.d_out, self.d_in], device),
         }
     }
@@ -248,7 +280,11 @@ impl<B: Backend> LoraLinear<B> {
         {
             w = w.sub(d);
         }
-        let y = burn::tensor::module::linear(x.clone(), w.transpose(), self.bias.as_ref().map(|b| b.val())); // [..., out]
+        let y = burn::tensor::module::linear(
+            x.clone(),
+            w.transpose(),
+            self.bias.as_ref().map(|b| b.val()),
+        ); // [..., out]
         match (&self.lora_a, &self.lora_b) {
             (Some(a), Some(b)) if on && !self.merged => {
                 let p = self.lora_dropout;
@@ -269,7 +305,11 @@ impl<B: Backend> LoraLinear<B> {
     /// Attaches a fresh adapter (A ~ U(±1/√in), B = 0, as PEFT) and freezes the base and bias.
     pub fn add_adapter(&mut self, rank: usize, alpha: f64, dropout: f64, device: &B::Device) {
         let bound = 1.0 / (self.d_in as f64).sqrt();
-        let a = Tensor::random([rank, self.d_in], Distribution::Uniform(-bound, bound), device); // [rank, in]
+        let a = Tensor::random(
+            [rank, self.d_in],
+            Distribution::Uniform(-bound, bound),
+            device,
+        ); // [rank, in]
         let b = Tensor::zeros([self.d_out, rank], device); // [out, rank]
         self.set_adapter(a, b, alpha, dropout);
     }
@@ -312,8 +352,15 @@ impl<B: Backend> LoraLinear<B> {
         if self.merged {
             return Err(LoraError::AlreadyMerged(String::new()));
         }
-        let Some(w) = self.weight.take() else { return Ok(()) };
-        let data = w.val().into_data().convert::<f32>().to_vec::<f32>().map_err(|e| LoraError::Config(format!("{e:?}")))?;
+        let Some(w) = self.weight.take() else {
+            return Ok(());
+        };
+        let data = w
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| LoraError::Config(format!("{e:?}")))?;
         match QTensor::quantize(&data, self.d_out, self.d_in, f) {
             Ok(q) => {
                 self.qweight = Some(Arc::new(q));
@@ -330,7 +377,10 @@ impl<B: Backend> LoraLinear<B> {
     /// Replaces a quantized base by its dequantized f32 weight (frozen).
     pub fn dequantize_base(&mut self, device: &B::Device) {
         if let Some(q) = self.qweight.take() {
-            let w = Tensor::from_data(TensorData::new(q.dequantize(), [self.d_out, self.d_in]), device);
+            let w = Tensor::from_data(
+                TensorData::new(q.dequantize(), [self.d_out, self.d_in]),
+                device,
+            );
             self.weight = Some(Param::from_tensor(w).set_require_grad(false));
         }
     }
@@ -343,7 +393,9 @@ impl<B: Backend> LoraLinear<B> {
         if self.qweight.is_some() {
             return Err(LoraError::QuantizedBase(String::new()));
         }
-        let (Some(d), Some(w)) = (self.delta_weight(), self.weight.take()) else { return Ok(()) };
+        let (Some(d), Some(w)) = (self.delta_weight(), self.weight.take()) else {
+            return Ok(());
+        };
         let grad = w.is_require_grad();
         self.weight = Some(Param::from_tensor(w.val().add(d)).set_require_grad(grad));
         self.merged = true;
@@ -355,7 +407,9 @@ impl<B: Backend> LoraLinear<B> {
         if !self.merged {
             return Err(LoraError::NotMerged(String::new()));
         }
-        let (Some(d), Some(w)) = (self.delta_weight(), self.weight.take()) else { return Ok(()) };
+        let (Some(d), Some(w)) = (self.delta_weight(), self.weight.take()) else {
+            return Ok(());
+        };
         let grad = w.is_require_grad();
         self.weight = Some(Param::from_tensor(w.val().sub(d)).set_require_grad(grad));
         self.merged = false;
@@ -365,10 +419,21 @@ impl<B: Backend> LoraLinear<B> {
     /// Bytes this layer keeps for its weights: f32 parameters (base, bias, adapter) + quantized storage.
     pub fn stored_bytes(&self) -> usize {
         let p = |n: usize| 4 * n;
-        self.weight.as_ref().map_or(0, |w| p(w.shape().num_elements()))
-            + self.bias.as_ref().map_or(0, |b| p(b.shape().num_elements()))
-            + self.lora_a.as_ref().map_or(0, |a| p(a.shape().num_elements()))
-            + self.lora_b.as_ref().map_or(0, |b| p(b.shape().num_elements()))
+        self.weight
+            .as_ref()
+            .map_or(0, |w| p(w.shape().num_elements()))
+            + self
+                .bias
+                .as_ref()
+                .map_or(0, |b| p(b.shape().num_elements()))
+            + self
+                .lora_a
+                .as_ref()
+                .map_or(0, |a| p(a.shape().num_elements()))
+            + self
+                .lora_b
+                .as_ref()
+                .map_or(0, |b| p(b.shape().num_elements()))
             + self.qweight.as_ref().map_or(0, |q| q.storage_bytes())
     }
 }
@@ -383,7 +448,11 @@ pub trait LinearLayers<B: Backend> {
 /// Attaches adapters to every layer that [`LoraConfig::matches`]; returns how many. Only the
 /// adapters of those layers are made trainable by this call: freeze the rest of the model with
 /// [`Module::no_grad`] first (then call this) for LoRA / QLoRA training.
-pub fn apply_lora<B: Backend, M: LinearLayers<B>>(model: &mut M, cfg: &LoraConfig, device: &B::Device) -> Result<usize, LoraError> {
+pub fn apply_lora<B: Backend, M: LinearLayers<B>>(
+    model: &mut M,
+    cfg: &LoraConfig,
+    device: &B::Device,
+) -> Result<usize, LoraError> {
     cfg.validate()?;
     if cfg.rank == 0 {
         return Ok(0);
@@ -459,7 +528,10 @@ fn for_each_adapter<B: Backend, M: LinearLayers<B>>(
 /// every adapter is merged into its base (`W + (α/r) B A`, exactly the trained forward) and dropped.
 /// Afterwards the model has only the keys `weight` / `bias` of an unadapted model, so it saves and
 /// loads as one. Returns the number of adapters merged.
-pub fn merge_and_unload<B: Backend, M: LinearLayers<B>>(model: &mut M, device: &B::Device) -> Result<usize, LoraError> {
+pub fn merge_and_unload<B: Backend, M: LinearLayers<B>>(
+    model: &mut M,
+    device: &B::Device,
+) -> Result<usize, LoraError> {
     let (mut n, mut err) = (0, None);
     model.for_each_linear(&mut |path, l| {
         if err.is_some() {
@@ -485,7 +557,9 @@ pub fn merge_and_unload<B: Backend, M: LinearLayers<B>>(model: &mut M, device: &
 /// Weight memory of a whole model: `(as f32, as stored)` in bytes. Every float parameter (embeddings,
 /// norms, biases, f32 bases, adapters) counts 4 bytes a value in both; a quantized base counts
 /// `4 · out · in` as f32 and its packed storage (codes + scales) as stored.
-pub fn model_weight_bytes<B: Backend, M: Module<B> + LinearLayers<B>>(model: &mut M) -> (usize, usize) {
+pub fn model_weight_bytes<B: Backend, M: Module<B> + LinearLayers<B>>(
+    model: &mut M,
+) -> (usize, usize) {
     struct Count(usize);
     impl<B: Backend> burn::module::ModuleVisitor<B> for Count {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
@@ -511,19 +585,31 @@ pub fn linear_weight_bytes<B: Backend, M: LinearLayers<B>>(model: &mut M) -> (us
     model.for_each_linear(&mut |_, l| {
         let q = l.qweight.as_ref().map_or(0, |q| q.storage_bytes());
         stored += l.stored_bytes();
-        f32_bytes += l.stored_bytes() - q + if l.qweight.is_some() { 4 * l.d_in * l.d_out } else { 0 };
+        f32_bytes += l.stored_bytes() - q
+            + if l.qweight.is_some() {
+                4 * l.d_in * l.d_out
+            } else {
+                0
+            };
     });
     (f32_bytes, stored)
 }
 
 fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 tensor data")
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 tensor data")
 }
 
 /// Saves the adapters alone: `<path>.lora_A.weight` `[r, in]` and `<path>.lora_B.weight`
 /// `[out, r]` for every layer with one, and the LoRA settings as metadata (`lora_config`, JSON).
 /// Returns the number of adapters written.
-pub fn save_adapters<B: Backend, M: LinearLayers<B>>(model: &mut M, cfg: &LoraConfig, path: &Path) -> Result<usize, LoraError> {
+pub fn save_adapters<B: Backend, M: LinearLayers<B>>(
+    model: &mut M,
+    cfg: &LoraConfig,
+    path: &Path,
+) -> Result<usize, LoraError> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut alphas = BTreeSet::new();
     model.for_each_linear(&mut |p, l| {
@@ -537,15 +623,24 @@ pub fn save_adapters<B: Backend, M: LinearLayers<B>>(model: &mut M, cfg: &LoraCo
         }
     });
     if alphas.len() > 1 {
-        return Err(LoraError::Config("adapters with different alphas cannot share one [lora] section".into()));
+        return Err(LoraError::Config(
+            "adapters with different alphas cannot share one [lora] section".into(),
+        ));
     }
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(k, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (k.clone(), v)).map_err(|e| ferr(path, e)))
+        .map(|(k, s, b)| {
+            TensorView::new(Dtype::F32, s.clone(), b)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| ferr(path, e))
+        })
         .collect::<Result<_, _>>()?;
     let meta = std::collections::HashMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("lora_config".to_string(), serde_json::to_string(cfg).map_err(|e| ferr(path, e))?),
+        (
+            "lora_config".to_string(),
+            serde_json::to_string(cfg).map_err(|e| ferr(path, e))?,
+        ),
     ]);
     let data = safetensors::serialize(views, Some(meta)).map_err(|e| ferr(path, e))?;
     let tmp = path.with_extension("safetensors.tmp");
@@ -557,7 +652,11 @@ pub fn save_adapters<B: Backend, M: LinearLayers<B>>(model: &mut M, cfg: &LoraCo
 /// Loads adapters written by [`save_adapters`] into the layers of the same paths (replacing any
 /// adapter they had; their bases are frozen). Every adapter in the file must find its layer, with
 /// matching shapes. Returns the settings stored in the file.
-pub fn load_adapters<B: Backend, M: LinearLayers<B>>(model: &mut M, path: &Path, device: &B::Device) -> Result<LoraConfig, LoraError> {
+pub fn load_adapters<B: Backend, M: LinearLayers<B>>(
+    model: &mut M,
+    path: &Path,
+    device: &B::Device,
+) -> Result<LoraConfig, LoraError> {
     let bytes = std::fs::read(path).map_err(|e| ferr(path, e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| ferr(path, e))?;
     let cfg: LoraConfig = meta
@@ -570,9 +669,16 @@ pub fn load_adapters<B: Backend, M: LinearLayers<B>>(model: &mut M, path: &Path,
     let mut named: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
-            return Err(ferr(path, format!("{name}: dtype {:?}, expected F32", view.dtype())));
+            return Err(ferr(
+                path,
+                format!("{name}: dtype {:?}, expected F32", view.dtype()),
+            ));
         }
-        let v = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let v = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         named.insert(name, (view.shape().to_vec(), v));
     }
     let mut err = None;
@@ -583,7 +689,13 @@ pub fn load_adapters<B: Backend, M: LinearLayers<B>>(model: &mut M, path: &Path,
             (Some((sa, a)), Some((sb, b))) => {
                 let r = sa[0];
                 if sa != &[r, l.d_in] || sb != &[l.d_out, r] {
-                    err.get_or_insert(ferr(path, format!("{p}: adapter shapes {sa:?}, {sb:?} do not fit a {}×{} layer", l.d_out, l.d_in)));
+                    err.get_or_insert(ferr(
+                        path,
+                        format!(
+                            "{p}: adapter shapes {sa:?}, {sb:?} do not fit a {}×{} layer",
+                            l.d_out, l.d_in
+                        ),
+                    ));
                     return;
                 }
                 let ta = Tensor::from_data(TensorData::new(a.clone(), [r, l.d_in]), device);
@@ -596,7 +708,10 @@ pub fn load_adapters<B: Backend, M: LinearLayers<B>>(model: &mut M, path: &Path,
             }
             (None, None) => {}
             _ => {
-                err.get_or_insert(ferr(path, format!("{p}: only one of lora_A / lora_B present")));
+                err.get_or_insert(ferr(
+                    path,
+                    format!("{p}: only one of lora_A / lora_B present"),
+                ));
             }
         }
     });
@@ -604,7 +719,14 @@ pub fn load_adapters<B: Backend, M: LinearLayers<B>>(model: &mut M, path: &Path,
         return Err(e);
     }
     if used != named.len() {
-        return Err(ferr(path, format!("{} of {} tensors match no linear layer of the model", named.len() - used, named.len())));
+        return Err(ferr(
+            path,
+            format!(
+                "{} of {} tensors match no linear layer of the model",
+                named.len() - used,
+                named.len()
+            ),
+        ));
     }
     Ok(cfg)
 }

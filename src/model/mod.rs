@@ -3,10 +3,10 @@
 //! (`lora`), safetensors I/O keyed by module path (`weights`) and generation. No training, no
 //! evaluation: those layers sit above and import from here.
 
-#[cfg(feature = "parallel")]
-pub mod quant;
 #[cfg(feature = "model")]
 pub mod lora;
+#[cfg(feature = "parallel")]
+pub mod quant;
 
 #[cfg(feature = "model")]
 mod config;

@@ -57,7 +57,10 @@ pub struct KvCache<B: Backend> {
 
 impl<B: Backend> KvCache<B> {
     pub fn empty() -> Self {
-        KvCache { layers: Vec::new(), len: 0 }
+        KvCache {
+            layers: Vec::new(),
+            len: 0,
+        }
     }
 }
 
@@ -85,7 +88,13 @@ impl<B: Backend> TextModel<B> {
             })
             .collect();
         TextModel {
-            embed_tokens: Embedding { weight: Param::from_tensor(Tensor::random([c.vocab_size, h], Distribution::Normal(0.0, 0.02), device)) },
+            embed_tokens: Embedding {
+                weight: Param::from_tensor(Tensor::random(
+                    [c.vocab_size, h],
+                    Distribution::Normal(0.0, 0.02),
+                    device,
+                )),
+            },
             layers,
             norm: RmsNorm::new(h, c.rms_eps, device),
             rope_theta: c.rope_theta,
@@ -99,7 +108,12 @@ impl<B: Backend> TextModel<B> {
 
     /// Run the blocks over `x: [batch, seq, hidden]` at positions `cache.len..`, attending to the cache
     /// (when given, it is extended) with `bias: [seq, cache.len + seq]`. Returns the final-normed states.
-    pub fn forward(&self, x: Tensor<B, 3>, bias: Option<&Tensor<B, 2>>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        bias: Option<&Tensor<B, 2>>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
         let [_, t, _] = x.dims();
         let start = cache.as_ref().map_or(0, |c| c.len);
         let sa = &self.layers[0].self_attn;
@@ -108,10 +122,14 @@ impl<B: Backend> TextModel<B> {
         let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());
-            let a = layer.self_attn.forward(h, &cos, &sin, bias, cache.as_deref_mut(), i);
+            let a = layer
+                .self_attn
+                .forward(h, &cos, &sin, bias, cache.as_deref_mut(), i);
             x = x.add(a);
             let h = layer.post_attention_layernorm.forward(x.clone());
-            let m = layer.mlp.down_proj.forward(silu(layer.mlp.gate_proj.forward(h.clone())).mul(layer.mlp.up_proj.forward(h)));
+            let m = layer.mlp.down_proj.forward(
+                silu(layer.mlp.gate_proj.forward(h.clone())).mul(layer.mlp.up_proj.forward(h)),
+            );
             x = x.add(m); // [batch, seq, hidden]
         }
         if let Some(c) = cache {
@@ -133,9 +151,21 @@ impl<B: Backend> SelfAttention<B> {
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let hd = self.q_proj.out_features() / self.heads;
-        let q = self.q_proj.forward(x.clone()).reshape([b, t, self.heads, hd]).swap_dims(1, 2); // [batch, heads, seq, hd]
-        let k = self.k_proj.forward(x.clone()).reshape([b, t, self.kv_heads, hd]).swap_dims(1, 2); // [batch, kv_heads, seq, hd]
-        let v = self.v_proj.forward(x).reshape([b, t, self.kv_heads, hd]).swap_dims(1, 2); // [batch, kv_heads, seq, hd]
+        let q = self
+            .q_proj
+            .forward(x.clone())
+            .reshape([b, t, self.heads, hd])
+            .swap_dims(1, 2); // [batch, heads, seq, hd]
+        let k = self
+            .k_proj
+            .forward(x.clone())
+            .reshape([b, t, self.kv_heads, hd])
+            .swap_dims(1, 2); // [batch, kv_heads, seq, hd]
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([b, t, self.kv_heads, hd])
+            .swap_dims(1, 2); // [batch, kv_heads, seq, hd]
         let q = apply_rope(q, cos, sin);
         let k = apply_rope(k, cos, sin);
         let (k, v) = match cache {
@@ -154,6 +184,7 @@ impl<B: Backend> SelfAttention<B> {
             None => (k, v),
         };
         let o = attention(q, k, v, bias); // [batch, heads, seq, hd]
-        self.o_proj.forward(o.swap_dims(1, 2).reshape([b, t, self.heads * hd])) // [batch, seq, hidden]
+        self.o_proj
+            .forward(o.swap_dims(1, 2).reshape([b, t, self.heads * hd])) // [batch, seq, hidden]
     }
 }

@@ -10,7 +10,10 @@ use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerImpl};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    TokenizerImpl,
+};
 
 pub const PAD: &str = "<|pad|>";
 pub const IMAGE: &str = "<|image|>";
@@ -41,7 +44,10 @@ pub struct TokenizerConfig {
 
 impl Default for TokenizerConfig {
     fn default() -> Self {
-        TokenizerConfig { vocab_size: 1024, min_frequency: 2 }
+        TokenizerConfig {
+            vocab_size: 1024,
+            min_frequency: 2,
+        }
     }
 }
 
@@ -60,11 +66,17 @@ fn tok_err(e: impl std::fmt::Display) -> TokenizerError {
 }
 
 /// Train a BPE tokenizer on `corpus` (program texts).
-pub fn train<S: AsRef<str> + Send + Sync>(corpus: &[S], cfg: &TokenizerConfig) -> Result<CodeTokenizer, TokenizerError> {
+pub fn train<S: AsRef<str> + Send + Sync>(
+    corpus: &[S],
+    cfg: &TokenizerConfig,
+) -> Result<CodeTokenizer, TokenizerError> {
     if corpus.is_empty() {
         return Err(TokenizerError::EmptyCorpus);
     }
-    let specials: Vec<AddedToken> = [PAD, IMAGE, BEGIN, END].iter().map(|s| AddedToken::from(*s, true)).collect();
+    let specials: Vec<AddedToken> = [PAD, IMAGE, BEGIN, END]
+        .iter()
+        .map(|s| AddedToken::from(*s, true))
+        .collect();
     let alphabet: HashSet<char> = ByteLevel::alphabet().into_iter().collect();
     let mut trainer = BpeTrainerBuilder::new()
         .vocab_size(cfg.vocab_size)
@@ -77,31 +89,52 @@ pub fn train<S: AsRef<str> + Send + Sync>(corpus: &[S], cfg: &TokenizerConfig) -
         PreTokenizerWrapper::Digits(Digits::new(true)),
         PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
     ]);
-    let mut tk: TokenizerImpl<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper> =
-        TokenizerImpl::new(BPE::default());
+    let mut tk: TokenizerImpl<
+        BPE,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    > = TokenizerImpl::new(BPE::default());
     tk.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(pre)));
     tk.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
-    tk.train(&mut trainer, corpus.iter().map(|s| s.as_ref())).map_err(tok_err)?;
+    tk.train(&mut trainer, corpus.iter().map(|s| s.as_ref()))
+        .map_err(tok_err)?;
     tk.add_special_tokens(specials).map_err(tok_err)?;
     CodeTokenizer::from_tokenizer(tk.into())
 }
 
 impl CodeTokenizer {
     pub fn from_tokenizer(inner: tokenizers::Tokenizer) -> Result<Self, TokenizerError> {
-        let id = |s: &'static str| inner.token_to_id(s).ok_or(TokenizerError::MissingSpecial(s));
-        Ok(CodeTokenizer { pad: id(PAD)?, image: id(IMAGE)?, begin: id(BEGIN)?, end: id(END)?, inner })
+        let id = |s: &'static str| {
+            inner
+                .token_to_id(s)
+                .ok_or(TokenizerError::MissingSpecial(s))
+        };
+        Ok(CodeTokenizer {
+            pad: id(PAD)?,
+            image: id(IMAGE)?,
+            begin: id(BEGIN)?,
+            end: id(END)?,
+            inner,
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| TokenizerError::File { path: path.display().to_string(), msg: e.to_string() })?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::File {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
         Self::from_tokenizer(inner)
     }
 
     /// Write `tokenizer.json` atomically.
     pub fn save(&self, path: &Path) -> Result<(), TokenizerError> {
         let tmp = path.with_extension("json.tmp");
-        let ferr = |e: &dyn std::fmt::Display| TokenizerError::File { path: path.display().to_string(), msg: e.to_string() };
+        let ferr = |e: &dyn std::fmt::Display| TokenizerError::File {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        };
         self.inner.save(&tmp, false).map_err(|e| ferr(&e))?;
         std::fs::rename(&tmp, path).map_err(|e| ferr(&e))
     }
@@ -112,7 +145,12 @@ impl CodeTokenizer {
 
     /// Token ids of `text` (no special tokens added).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        Ok(self.inner.encode(text, false).map_err(tok_err)?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
     }
 
     /// Text of `ids`, special tokens skipped.
@@ -130,7 +168,14 @@ mod tests {
     #[test]
     fn round_trips_and_splits_digits() {
         let corpus = vec![P.to_string(); 20];
-        let t = train(&corpus, &TokenizerConfig { vocab_size: 400, min_frequency: 2 }).unwrap();
+        let t = train(
+            &corpus,
+            &TokenizerConfig {
+                vocab_size: 400,
+                min_frequency: 2,
+            },
+        )
+        .unwrap();
         let ids = t.encode(P).unwrap();
         assert_eq!(t.decode(&ids).unwrap(), P);
         // every digit is its own token
@@ -146,7 +191,10 @@ mod tests {
         t.save(&path).unwrap();
         let t2 = CodeTokenizer::load(&path).unwrap();
         assert_eq!(t2.encode(P).unwrap(), ids);
-        assert_eq!((t2.pad, t2.image, t2.begin, t2.end), (t.pad, t.image, t.begin, t.end));
+        assert_eq!(
+            (t2.pad, t2.image, t2.begin, t2.end),
+            (t.pad, t.image, t.begin, t.end)
+        );
         assert!(t.encode("<|end|>").unwrap() == vec![t.end]);
     }
 }

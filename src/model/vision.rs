@@ -10,8 +10,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
 use super::VlmConfig;
-use crate::data::images::resize_rgb;
 use super::layers::{LayerNorm, Linear, attention};
+use crate::data::images::resize_rgb;
 
 #[derive(Module, Debug)]
 pub struct PatchEmbed<B: Backend> {
@@ -69,17 +69,29 @@ impl<B: Backend> VisionEncoder<B> {
                     heads: c.vision_heads,
                 },
                 norm2: LayerNorm::new(vh, device),
-                mlp: VisionMlp { fc1: Linear::new(vh, c.vision_mlp, true, device), fc2: Linear::new_scaled(c.vision_mlp, vh, true, res, device) },
+                mlp: VisionMlp {
+                    fc1: Linear::new(vh, c.vision_mlp, true, device),
+                    fc2: Linear::new_scaled(c.vision_mlp, vh, true, res, device),
+                },
             })
             .collect();
         let m2 = c.merge * c.merge;
         VisionEncoder {
-            patch_embed: PatchEmbed { proj: Linear::new(c.patch_dim(), vh, true, device) },
-            pos_embed: Param::from_tensor(Tensor::random([n, vh], Distribution::Normal(0.0, 0.02), device)),
+            patch_embed: PatchEmbed {
+                proj: Linear::new(c.patch_dim(), vh, true, device),
+            },
+            pos_embed: Param::from_tensor(Tensor::random(
+                [n, vh],
+                Distribution::Normal(0.0, 0.02),
+                device,
+            )),
             blocks,
             merger: Merger {
                 ln_q: LayerNorm::new(vh, device),
-                mlp: VisionMlp { fc1: Linear::new(m2 * vh, m2 * vh, true, device), fc2: Linear::new(m2 * vh, c.hidden, true, device) },
+                mlp: VisionMlp {
+                    fc1: Linear::new(m2 * vh, m2 * vh, true, device),
+                    fc2: Linear::new(m2 * vh, c.hidden, true, device),
+                },
                 merge: c.merge,
             },
         }
@@ -90,14 +102,22 @@ impl<B: Backend> VisionEncoder<B> {
         let mut x = self.patch_embed.proj.forward(patches); // [batch, n_patches, vh]
         x = x.add(self.pos_embed.val().unsqueeze::<3>());
         for blk in &self.blocks {
-            x = x.clone().add(blk.attn.forward(blk.norm1.forward(x.clone())));
-            let h = blk.mlp.fc2.forward(gelu(blk.mlp.fc1.forward(blk.norm2.forward(x.clone()))));
+            x = x
+                .clone()
+                .add(blk.attn.forward(blk.norm1.forward(x.clone())));
+            let h = blk
+                .mlp
+                .fc2
+                .forward(gelu(blk.mlp.fc1.forward(blk.norm2.forward(x.clone()))));
             x = x.add(h); // [batch, n_patches, vh]
         }
         let [b, n, vh] = x.dims();
         let m2 = self.merger.merge * self.merger.merge;
         let x = self.merger.ln_q.forward(x).reshape([b, n / m2, m2 * vh]); // [batch, n_image_tokens, 4·vh]
-        self.merger.mlp.fc2.forward(gelu(self.merger.mlp.fc1.forward(x))) // [batch, n_image_tokens, hidden]
+        self.merger
+            .mlp
+            .fc2
+            .forward(gelu(self.merger.mlp.fc1.forward(x))) // [batch, n_image_tokens, hidden]
     }
 }
 
@@ -106,7 +126,12 @@ impl<B: Backend> VisionAttention<B> {
         let [b, n, vh] = x.dims();
         let hd = vh / self.heads;
         let qkv = self.qkv.forward(x).reshape([b, n, 3, self.heads, hd]); // [batch, n, 3, heads, hd]
-        let part = |i: usize| qkv.clone().narrow(2, i, 1).reshape([b, n, self.heads, hd]).swap_dims(1, 2); // [batch, heads, n, hd]
+        let part = |i: usize| {
+            qkv.clone()
+                .narrow(2, i, 1)
+                .reshape([b, n, self.heads, hd])
+                .swap_dims(1, 2)
+        }; // [batch, heads, n, hd]
         let o = attention(part(0), part(1), part(2), None); // [batch, heads, n, hd]
         self.proj.forward(o.swap_dims(1, 2).reshape([b, n, vh])) // [batch, n, vh]
     }
@@ -156,7 +181,8 @@ mod tests {
         }
         let p = image_to_patches(&rgb, s, s, &c);
         assert_eq!(p.len(), 16 * c.patch_dim());
-        let first_red = |i: usize| ((p[i * c.patch_dim()] * 0.5 + 0.5) * 255.0 / 10.0).round() as usize;
+        let first_red =
+            |i: usize| ((p[i * c.patch_dim()] * 0.5 + 0.5) * 255.0 / 10.0).round() as usize;
         let order: Vec<usize> = (0..16).map(first_red).collect();
         assert_eq!(&order[..8], &[0, 1, 4, 5, 2, 3, 6, 7]);
     }

@@ -47,7 +47,12 @@ pub struct TokenBatch {
 impl TokenBatch {
     /// Rows of `(prefix, code)`: the loss covers `code` (which should end with `<|end|>`).
     pub fn from_rows(rows: &[(Vec<u32>, Vec<u32>)], pad: u32) -> TokenBatch {
-        let seq = rows.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(1).max(2);
+        let seq = rows
+            .iter()
+            .map(|(p, c)| p.len() + c.len())
+            .max()
+            .unwrap_or(1)
+            .max(2);
         let mut ids = Vec::with_capacity(rows.len() * seq);
         let mut mask = Vec::with_capacity(rows.len() * (seq - 1));
         for (p, c) in rows {
@@ -58,7 +63,12 @@ impl TokenBatch {
                 mask.push(if t >= p.len() && t < n { 1.0 } else { 0.0 });
             }
         }
-        TokenBatch { batch: rows.len(), seq, ids, target_mask: mask }
+        TokenBatch {
+            batch: rows.len(),
+            seq,
+            ids,
+            target_mask: mask,
+        }
     }
 
     /// Number of tokens the loss covers.
@@ -72,14 +82,19 @@ impl TokenBatch {
     }
 
     pub fn mask_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
-        Tensor::from_data(TensorData::new(self.target_mask.clone(), [self.batch, self.seq - 1]), device) // [batch, seq-1]
+        Tensor::from_data(
+            TensorData::new(self.target_mask.clone(), [self.batch, self.seq - 1]),
+            device,
+        ) // [batch, seq-1]
     }
 }
 
 /// Repeat each row of `x: [batch, n, hidden]` `times` times along the batch (`[a, b]` → `[a, a, b, b]`).
 pub fn repeat_rows<B: Backend>(x: Tensor<B, 3>, times: usize) -> Tensor<B, 3> {
     let [b, n, h] = x.dims();
-    x.unsqueeze_dim::<4>(1).expand([b, times, n, h]).reshape([b * times, n, h]) // [batch·times, n, hidden]
+    x.unsqueeze_dim::<4>(1)
+        .expand([b, times, n, h])
+        .reshape([b * times, n, h]) // [batch·times, n, hidden]
 }
 
 impl VlmConfig {
@@ -96,8 +111,11 @@ impl<B: Backend> Vlm<B> {
             model: TextModel::new(c, device),
             lm_head: Linear::new(c.hidden, c.vocab_size, false, device),
             // zero-initialised: training starts from the plain prefix-LM and opens the path as it helps
-            image_cond: c.image_cond.then(|| Linear::new_scaled(c.hidden, c.hidden, true, 0.0, device)),
-            aux_head: (c.aux_outputs > 0).then(|| Linear::new(c.hidden, c.aux_outputs, true, device)),
+            image_cond: c
+                .image_cond
+                .then(|| Linear::new_scaled(c.hidden, c.hidden, true, 0.0, device)),
+            aux_head: (c.aux_outputs > 0)
+                .then(|| Linear::new(c.hidden, c.aux_outputs, true, device)),
             n_image_tokens: c.n_image_tokens(),
         }
     }
@@ -110,14 +128,19 @@ impl<B: Backend> Vlm<B> {
     /// The per-image vector added to every text embedding: `[batch, 1, hidden]`, or `None` without
     /// `image_cond`.
     pub fn image_condition(&self, image: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
-        self.image_cond.as_ref().map(|l| l.forward(image.clone().mean_dim(1))) // [batch, 1, hidden]
+        self.image_cond
+            .as_ref()
+            .map(|l| l.forward(image.clone().mean_dim(1))) // [batch, 1, hidden]
     }
 
     /// Shape descriptors predicted from image tokens `[batch, n, hidden]`: `[batch, aux_outputs]`, or
     /// `None` without an auxiliary head.
     pub fn aux_predict(&self, image: &Tensor<B, 3>) -> Option<Tensor<B, 2>> {
         let [b, _, _] = image.dims();
-        self.aux_head.as_ref().map(|l| l.forward(image.clone().mean_dim(1)).reshape([b, l.out_features()])) // [batch, aux_outputs]
+        self.aux_head.as_ref().map(|l| {
+            l.forward(image.clone().mean_dim(1))
+                .reshape([b, l.out_features()])
+        }) // [batch, aux_outputs]
     }
 
     /// Token embeddings `[batch, seq, hidden]` plus the image condition (from [`Vlm::image_condition`]).
@@ -151,7 +174,12 @@ impl<B: Backend> Vlm<B> {
 
     /// The SFT loss and, given shape targets `[batch, aux_outputs]` and an auxiliary head, the mean
     /// squared error of [`Vlm::aux_predict`] against them.
-    pub fn sft_losses(&self, patches: Tensor<B, 3>, batch: &TokenBatch, aux_targets: Option<Tensor<B, 2>>) -> (Tensor<B, 1>, Option<Tensor<B, 1>>) {
+    pub fn sft_losses(
+        &self,
+        patches: Tensor<B, 3>,
+        batch: &TokenBatch,
+        aux_targets: Option<Tensor<B, 2>>,
+    ) -> (Tensor<B, 1>, Option<Tensor<B, 1>>) {
         let device = patches.device();
         let image = self.encode_image(patches); // [batch, n_image_tokens, hidden]
         let aux = match (aux_targets, self.aux_predict(&image)) {
@@ -171,7 +199,9 @@ impl<B: Backend> Vlm<B> {
     pub fn sequence_logprobs(&self, image: Tensor<B, 3>, batch: &TokenBatch) -> Tensor<B, 1> {
         let device = image.device();
         let lp = self.token_logprobs(image, batch.ids_tensor(&device)); // [batch, seq-1]
-        lp.mul(batch.mask_tensor::<B>(&device)).sum_dim(1).reshape([batch.batch]) // [batch]
+        lp.mul(batch.mask_tensor::<B>(&device))
+            .sum_dim(1)
+            .reshape([batch.batch]) // [batch]
     }
 
     /// One incremental decoding step: `x: [batch, seq, hidden]` embeddings appended after the cache;
@@ -191,13 +221,27 @@ impl<B: Backend> Vlm<B> {
 pub fn linear_paths(c: &VlmConfig) -> Vec<String> {
     let mut out = vec!["visual.patch_embed.proj".to_string()];
     for i in 0..c.vision_layers {
-        out.extend(["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"].map(|n| format!("visual.blocks.{i}.{n}")));
+        out.extend(
+            ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
+                .map(|n| format!("visual.blocks.{i}.{n}")),
+        );
     }
-    out.extend(["visual.merger.mlp.fc1".to_string(), "visual.merger.mlp.fc2".to_string()]);
+    out.extend([
+        "visual.merger.mlp.fc1".to_string(),
+        "visual.merger.mlp.fc2".to_string(),
+    ]);
     for i in 0..c.layers {
         out.extend(
-            ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-                .map(|n| format!("model.layers.{i}.{n}")),
+            [
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ]
+            .map(|n| format!("model.layers.{i}.{n}")),
         );
     }
     out.push("lm_head".to_string());
@@ -232,9 +276,15 @@ impl<B: Backend> LinearLayers<B> for Vlm<B> {
             f(&format!("model.layers.{i}.self_attn.k_proj"), &mut a.k_proj);
             f(&format!("model.layers.{i}.self_attn.v_proj"), &mut a.v_proj);
             f(&format!("model.layers.{i}.self_attn.o_proj"), &mut a.o_proj);
-            f(&format!("model.layers.{i}.mlp.gate_proj"), &mut l.mlp.gate_proj);
+            f(
+                &format!("model.layers.{i}.mlp.gate_proj"),
+                &mut l.mlp.gate_proj,
+            );
             f(&format!("model.layers.{i}.mlp.up_proj"), &mut l.mlp.up_proj);
-            f(&format!("model.layers.{i}.mlp.down_proj"), &mut l.mlp.down_proj);
+            f(
+                &format!("model.layers.{i}.mlp.down_proj"),
+                &mut l.mlp.down_proj,
+            );
         }
         f("lm_head", &mut self.lm_head);
         if let Some(l) = self.image_cond.as_mut() {
@@ -265,6 +315,14 @@ mod tests {
             assert_eq!(keys[&format!("{p}.weight")].0[0], *out, "{p}");
         }
         // and every other `.weight` key belongs to a norm or an embedding: no linear layer is missed
-        assert!(keys.keys().filter(|k| k.ends_with(".weight")).all(|k| k.contains("norm") || k.contains("embed") || k.contains("ln_q") || walked.iter().any(|(p, _)| *k == format!("{p}.weight"))), "{keys:?}");
+        assert!(
+            keys.keys()
+                .filter(|k| k.ends_with(".weight"))
+                .all(|k| k.contains("norm")
+                    || k.contains("embed")
+                    || k.contains("ln_q")
+                    || walked.iter().any(|(p, _)| *k == format!("{p}.weight"))),
+            "{keys:?}"
+        );
     }
 }

@@ -29,14 +29,21 @@ impl<B: Backend> ModuleVisitor<B> for Collect {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let t = param.val();
         let shape = t.dims().to_vec();
-        let data = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+        let data = t
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32 data");
         self.out.insert(self.path.join("."), (shape, data));
     }
 }
 
 /// All float parameters of `module` by key.
 pub fn named_params<B: Backend, M: Module<B>>(module: &M) -> Named {
-    let mut c = Collect { path: Vec::new(), out: Named::new() };
+    let mut c = Collect {
+        path: Vec::new(),
+        out: Named::new(),
+    };
     module.visit(&mut c);
     c.out
 }
@@ -65,13 +72,19 @@ impl<B: Backend> ModuleMapper<B> for Assign<'_> {
                 t
             }
             Some((shape, _)) if shape.as_slice() != t.dims().as_slice() => {
-                self.errors.push(format!("tensor {key} has shape {shape:?}, the model wants {:?}", t.dims()));
+                self.errors.push(format!(
+                    "tensor {key} has shape {shape:?}, the model wants {:?}",
+                    t.dims()
+                ));
                 t
             }
             Some((shape, v)) => {
                 self.used += 1;
                 let grad = t.is_require_grad();
-                let n = Tensor::<B, D>::from_data(TensorData::new(v.clone(), shape.clone()), &t.device());
+                let n = Tensor::<B, D>::from_data(
+                    TensorData::new(v.clone(), shape.clone()),
+                    &t.device(),
+                );
                 if grad { n.require_grad() } else { n }
             }
         };
@@ -80,25 +93,57 @@ impl<B: Backend> ModuleMapper<B> for Assign<'_> {
 }
 
 /// Replace `module`'s parameters by the tensors of `src` whose keys are `prefix` + the module path.
-pub fn assign_params<B: Backend, M: Module<B>>(module: M, src: &Named, prefix: &str) -> Result<M, String> {
-    let mut a = Assign { path: Vec::new(), src, prefix, errors: Vec::new(), used: 0 };
+pub fn assign_params<B: Backend, M: Module<B>>(
+    module: M,
+    src: &Named,
+    prefix: &str,
+) -> Result<M, String> {
+    let mut a = Assign {
+        path: Vec::new(),
+        src,
+        prefix,
+        errors: Vec::new(),
+        used: 0,
+    };
     let m = module.map(&mut a);
-    if a.errors.is_empty() { Ok(m) } else { Err(a.errors.join("; ")) }
+    if a.errors.is_empty() {
+        Ok(m)
+    } else {
+        Err(a.errors.join("; "))
+    }
 }
 
 fn werr(path: &Path, msg: impl std::fmt::Display) -> ModelError {
-    ModelError::Weights { path: path.display().to_string(), msg: msg.to_string() }
+    ModelError::Weights {
+        path: path.display().to_string(),
+        msg: msg.to_string(),
+    }
 }
 
 /// Write tensors as one safetensors file, atomically (tmp + rename), with string metadata.
-pub fn write_safetensors(path: &Path, tensors: &Named, metadata: BTreeMap<String, String>) -> Result<(), ModelError> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &Named,
+    metadata: BTreeMap<String, String>,
+) -> Result<(), ModelError> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
-        .map(|(k, (shape, v))| (k.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), shape.clone()))
+        .map(|(k, (shape, v))| {
+            (
+                k.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                shape.clone(),
+            )
+        })
         .collect();
     let views: Vec<(String, TensorView)> = bytes
         .iter()
-        .map(|(k, b, s)| Ok((k.clone(), TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| werr(path, e))?)))
+        .map(|(k, b, s)| {
+            Ok((
+                k.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| werr(path, e))?,
+            ))
+        })
         .collect::<Result<_, ModelError>>()?;
     let meta: std::collections::HashMap<String, String> = metadata.into_iter().collect();
     let data = safetensors::serialize(views, Some(meta)).map_err(|e| werr(path, e))?;
@@ -115,9 +160,20 @@ pub fn read_safetensors(path: &Path) -> Result<Named, ModelError> {
     for (name, view) in st.tensors() {
         let d = view.data();
         let v: Vec<f32> = match view.dtype() {
-            Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::BF16 => d.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
-            other => return Err(werr(path, format!("tensor {name}: dtype {other:?} is not supported (F32, BF16)"))),
+            Dtype::F32 => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::BF16 => d
+                .chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                .collect(),
+            other => {
+                return Err(werr(
+                    path,
+                    format!("tensor {name}: dtype {other:?} is not supported (F32, BF16)"),
+                ));
+            }
         };
         out.insert(name, (view.shape().to_vec(), v));
     }
@@ -126,7 +182,11 @@ pub fn read_safetensors(path: &Path) -> Result<Named, ModelError> {
 
 /// Save `module`'s parameters to `path`.
 pub fn save_module<B: Backend, M: Module<B>>(module: &M, path: &Path) -> Result<(), ModelError> {
-    write_safetensors(path, &named_params(module), BTreeMap::from([("format".to_string(), "pt".to_string())]))
+    write_safetensors(
+        path,
+        &named_params(module),
+        BTreeMap::from([("format".to_string(), "pt".to_string())]),
+    )
 }
 
 /// Load `module`'s parameters from `path` (every parameter must be present with its shape).

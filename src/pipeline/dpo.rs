@@ -17,7 +17,13 @@ use crate::train::dpo::{DpoConfig, train_dpo_adapted, train_dpo_policy};
 use crate::train::{TrainError, ioerr};
 
 /// Train (or resume) DPO from the SFT model; reused when `dpo/` holds a finished model.
-pub fn stage<AB: AutodiffBackend>(r: &Recipe, run_dir: &Path, device: &AB::Device, show_progress: bool, rep: &mut RunReport) -> Result<(), RecipeError> {
+pub fn stage<AB: AutodiffBackend>(
+    r: &Recipe,
+    run_dir: &Path,
+    device: &AB::Device,
+    show_progress: bool,
+    rep: &mut RunReport,
+) -> Result<(), RecipeError> {
     let Some(d) = &r.dpo else { return Ok(()) };
     let dir = Stage::Dpo.dir(run_dir);
     if finished(r, run_dir, Stage::Dpo) {
@@ -28,18 +34,38 @@ pub fn stage<AB: AutodiffBackend>(r: &Recipe, run_dir: &Path, device: &AB::Devic
     let mut cfg: DpoConfig = d.clone();
     cfg.rollout.sandbox = r.sandbox.clone();
     let pool = (cfg.images_per_round * cfg.rounds).min(r.data.n_train.max(1));
-    let images = load_samples(&split_dir(r, run_dir, "train"), Some(pool)).map_err(|e| stage_err("dpo", e))?;
+    let images = load_samples(&split_dir(r, run_dir, "train"), Some(pool))
+        .map_err(|e| stage_err("dpo", e))?;
     let t = Instant::now();
     let out = match r.family() {
         Family::Vlm(_) => {
             let (c, tok) = read_run_config(run_dir).map_err(|e| stage_err("dpo", e))?;
-            train_dpo_adapted::<AB>(&dir, &cfg, &c, &r.adaptation(), &tok, &run_dir.join("model.safetensors"), &images, device, None, show_progress)
+            train_dpo_adapted::<AB>(
+                &dir,
+                &cfg,
+                &c,
+                &r.adaptation(),
+                &tok,
+                &run_dir.join("model.safetensors"),
+                &images,
+                device,
+                None,
+                show_progress,
+            )
         }
         Family::Qwen(_) => (|| {
             AB::seed(device, cfg.seed);
             let mut policy = qwen_policy::<AB>(r, run_dir, Stage::Dpo, cfg.optim.clone(), device)?;
             let executor = crate::exec::executor(&cfg.rollout.sandbox)?;
-            train_dpo_policy(&mut policy, &dir, &cfg, &images, executor.as_ref(), None, show_progress)
+            train_dpo_policy(
+                &mut policy,
+                &dir,
+                &cfg,
+                &images,
+                executor.as_ref(),
+                None,
+                show_progress,
+            )
         })(),
     }
     .map_err(|e| stage_err("dpo", e))?;
@@ -63,10 +89,16 @@ pub fn stage<AB: AutodiffBackend>(r: &Recipe, run_dir: &Path, device: &AB::Devic
 /// stages are "reused". Evaluations are not copied: the recipe evaluates the SFT model itself, with
 /// its own decoding.
 pub fn adopt_sft_run(r: &Recipe, run: &Path, rep: &mut RunReport) -> Result<(), RecipeError> {
-    let Some(src) = r.dpo.as_ref().and_then(|d| d.sft_run.as_ref()) else { return Ok(()) };
+    let Some(src) = r.dpo.as_ref().and_then(|d| d.sft_run.as_ref()) else {
+        return Ok(());
+    };
     let got = adopt(src, run).map_err(|e| stage_err("sft_run", e))?;
     if !got.is_empty() {
-        rep.push("sft_run", "done", format!("from {}: {}", src.display(), got.join(", ")));
+        rep.push(
+            "sft_run",
+            "done",
+            format!("from {}: {}", src.display(), got.join(", ")),
+        );
     }
     Ok(())
 }
@@ -82,14 +114,25 @@ fn adopt(src: &Path, run: &Path) -> Result<Vec<String>, TrainError> {
     let mut done = Vec::new();
     let data = run.join("data");
     if !data.exists() && src.join("data").exists() {
-        let abs = std::fs::canonicalize(src.join("data")).map_err(|e| ioerr(&src.join("data"), e))?;
+        let abs =
+            std::fs::canonicalize(src.join("data")).map_err(|e| ioerr(&src.join("data"), e))?;
         #[cfg(unix)]
         std::os::unix::fs::symlink(&abs, &data).map_err(|e| ioerr(&data, e))?;
         #[cfg(not(unix))]
-        return Err(TrainError::Data(format!("dpo.sft_run: cannot link {} on this platform; copy it to {}", abs.display(), data.display())));
+        return Err(TrainError::Data(format!(
+            "dpo.sft_run: cannot link {} on this platform; copy it to {}",
+            abs.display(),
+            data.display()
+        )));
         done.push("data".to_string());
     }
-    for f in ["tokenizer.json", "config.json", "model.safetensors", "metrics.jsonl", "metrics.parquet"] {
+    for f in [
+        "tokenizer.json",
+        "config.json",
+        "model.safetensors",
+        "metrics.jsonl",
+        "metrics.parquet",
+    ] {
         let (a, b) = (src.join(f), run.join(f));
         if a.exists() && !b.exists() {
             let tmp = run.join(format!("{f}.tmp"));

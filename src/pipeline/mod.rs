@@ -45,17 +45,40 @@ pub fn run(r: &Recipe, runs_root: &Path, show_progress: bool) -> Result<RunRepor
     let resolved = run_dir.join("recipe.resolved.toml");
     std::fs::write(&resolved, r.to_toml()).map_err(|e| stage_err("setup", e))?;
     match r.backend {
-        BackendKind::Ndarray => run_on::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(r, &run_dir, &Default::default(), show_progress),
-        BackendKind::Flex => run_on::<burn::backend::Autodiff<burn::backend::Flex>>(r, &run_dir, &Default::default(), show_progress),
+        BackendKind::Ndarray => run_on::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
+            r,
+            &run_dir,
+            &Default::default(),
+            show_progress,
+        ),
+        BackendKind::Flex => run_on::<burn::backend::Autodiff<burn::backend::Flex>>(
+            r,
+            &run_dir,
+            &Default::default(),
+            show_progress,
+        ),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => run_on::<burn::backend::Autodiff<burn::backend::Cuda>>(r, &run_dir, &Default::default(), show_progress),
+        BackendKind::Cuda => run_on::<burn::backend::Autodiff<burn::backend::Cuda>>(
+            r,
+            &run_dir,
+            &Default::default(),
+            show_progress,
+        ),
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => Err(stage_err("setup", "backend cuda needs --features cuda")),
     }
 }
 
-fn run_on<AB: AutodiffBackend>(r: &Recipe, run_dir: &Path, device: &AB::Device, show_progress: bool) -> Result<RunReport, RecipeError> {
-    let mut rep = RunReport { run: run_dir.to_path_buf(), stages: Vec::new() };
+fn run_on<AB: AutodiffBackend>(
+    r: &Recipe,
+    run_dir: &Path,
+    device: &AB::Device,
+    show_progress: bool,
+) -> Result<RunReport, RecipeError> {
+    let mut rep = RunReport {
+        run: run_dir.to_path_buf(),
+        stages: Vec::new(),
+    };
     if let Family::Qwen(dir) = r.family()
         && let Some(est) = r.qwen_memory(&dir)
     {
@@ -70,11 +93,34 @@ fn run_on<AB: AutodiffBackend>(r: &Recipe, run_dir: &Path, device: &AB::Device, 
     data::stage(r, run_dir, show_progress, &mut rep)?;
     let (train, val) = data::load_train_val(r, run_dir)?;
     let tok = tokenizer::stage(r, run_dir, &train, &mut rep)?;
-    sft::stage::<AB>(r, run_dir, tok.as_ref(), train, val, device, show_progress, &mut rep)?;
-    eval::stage::<AB>(r, run_dir, policy::Stage::Sft, device, show_progress, &mut rep)?;
+    sft::stage::<AB>(
+        r,
+        run_dir,
+        tok.as_ref(),
+        train,
+        val,
+        device,
+        show_progress,
+        &mut rep,
+    )?;
+    eval::stage::<AB>(
+        r,
+        run_dir,
+        policy::Stage::Sft,
+        device,
+        show_progress,
+        &mut rep,
+    )?;
     if r.dpo.is_some() {
         dpo::stage::<AB>(r, run_dir, device, show_progress, &mut rep)?;
-        eval::stage::<AB>(r, run_dir, policy::Stage::Dpo, device, show_progress, &mut rep)?;
+        eval::stage::<AB>(
+            r,
+            run_dir,
+            policy::Stage::Dpo,
+            device,
+            show_progress,
+            &mut rep,
+        )?;
     }
     if r.report {
         report::stage(run_dir, &mut rep)?;

@@ -47,18 +47,46 @@ pub fn finished(r: &Recipe, run_dir: &Path, stage: Stage) -> bool {
 
 /// A Qwen policy as `stage` trains it: the checkpoint (quantized), the adapters of the stages
 /// before folded in, fresh adapters seeded from the data seed.
-pub fn qwen_policy<AB: AutodiffBackend>(r: &Recipe, run_dir: &Path, stage: Stage, optim: OptimConfig, device: &AB::Device) -> Result<QwenPolicy<AB>, TrainError> {
-    let Family::Qwen(base) = r.family() else { return Err(TrainError::Data("not a Qwen recipe".into())) };
-    let lora = r.lora.clone().ok_or_else(|| TrainError::Data("a Qwen recipe needs [lora]".into()))?;
+pub fn qwen_policy<AB: AutodiffBackend>(
+    r: &Recipe,
+    run_dir: &Path,
+    stage: Stage,
+    optim: OptimConfig,
+    device: &AB::Device,
+) -> Result<QwenPolicy<AB>, TrainError> {
+    let Family::Qwen(base) = r.family() else {
+        return Err(TrainError::Data("not a Qwen recipe".into()));
+    };
+    let lora = r
+        .lora
+        .clone()
+        .ok_or_else(|| TrainError::Data("a Qwen recipe needs [lora]".into()))?;
     let (fold, seed) = match stage {
         Stage::Sft => (Vec::new(), r.data.seed),
-        Stage::Dpo => (vec![run_dir.join(ADAPTERS_FILE)], r.data.seed.wrapping_add(1)),
+        Stage::Dpo => (
+            vec![run_dir.join(ADAPTERS_FILE)],
+            r.data.seed.wrapping_add(1),
+        ),
     };
-    QwenPolicy::new(&base, r.model.quantize, &lora, &fold, seed, optim, r.sft.max_code_tokens, device)
+    QwenPolicy::new(
+        &base,
+        r.model.quantize,
+        &lora,
+        &fold,
+        seed,
+        optim,
+        r.sft.max_code_tokens,
+        device,
+    )
 }
 
 /// The model `stage` trained, as a policy for generation.
-pub fn load<AB: AutodiffBackend>(r: &Recipe, run_dir: &Path, stage: Stage, device: &AB::Device) -> Result<Box<dyn Policy>, TrainError> {
+pub fn load<AB: AutodiffBackend>(
+    r: &Recipe,
+    run_dir: &Path,
+    stage: Stage,
+    device: &AB::Device,
+) -> Result<Box<dyn Policy>, TrainError> {
     let dir = stage.dir(run_dir);
     Ok(match r.family() {
         Family::Vlm(_) => Box::new(VlmPolicy::<AB>::load_run(&dir, device)?),
@@ -68,4 +96,58 @@ pub fn load<AB: AutodiffBackend>(r: &Recipe, run_dir: &Path, stage: Stage, devic
             Box::new(p)
         }
     })
+}
+
+/// The model in `dir`, as a policy for generation, whichever it is: a small-VLM run folder
+/// (`model.safetensors` + `config.json` + `tokenizer.json`, e.g. `models/sft-cpu-small` or a run's
+/// `dpo/`), a Qwen run folder of this project (`recipe.resolved.toml` + adapters: its DPO model when
+/// it has one, else its SFT model), or a Hugging Face Qwen2-VL / Qwen2.5-VL checkpoint directory.
+pub fn load_any<AB: AutodiffBackend>(
+    dir: &Path,
+    device: &AB::Device,
+) -> Result<Box<dyn Policy>, TrainError> {
+    let recipe = dir.join("recipe.resolved.toml");
+    if dir.join("model.safetensors").exists()
+        && dir.join("tokenizer.json").exists()
+        && !dir.join(ADAPTERS_FILE).exists()
+    {
+        return Ok(Box::new(VlmPolicy::<AB>::load_run(dir, device)?));
+    }
+    if recipe.exists() {
+        let r = Recipe::load(&recipe, &[]).map_err(|e| TrainError::Data(e.to_string()))?;
+        let stage = if Stage::Dpo.dir(dir).join(ADAPTERS_FILE).exists()
+            || Stage::Dpo.dir(dir).join("model.safetensors").exists()
+        {
+            Stage::Dpo
+        } else {
+            Stage::Sft
+        };
+        if !finished(&r, dir, stage) {
+            return Err(TrainError::Data(format!(
+                "{}: the run has no trained model yet (run `cadvlm recipe` to the end first)",
+                dir.display()
+            )));
+        }
+        return load::<AB>(&r, dir, stage, device);
+    }
+    let config = dir.join("config.json");
+    let is_qwen = std::fs::read_to_string(&config)
+        .is_ok_and(|t| t.contains("\"qwen2_vl\"") || t.contains("\"qwen2_5_vl\""));
+    if is_qwen {
+        let lora = crate::model::lora::LoraConfig::default();
+        return Ok(Box::new(QwenPolicy::<AB>::new(
+            dir,
+            crate::model::quant::Quantize::None,
+            &lora,
+            &[],
+            0,
+            OptimConfig::default(),
+            512,
+            device,
+        )?));
+    }
+    Err(TrainError::Data(format!(
+        "{}: not a model folder (expected a small-VLM run with model.safetensors + tokenizer.json, a run with recipe.resolved.toml, or a Qwen2-VL / Qwen2.5-VL checkpoint with config.json)",
+        dir.display()
+    )))
 }

@@ -61,7 +61,9 @@ impl std::str::FromStr for BackendKind {
             "ndarray" => Ok(BackendKind::Ndarray),
             "flex" => Ok(BackendKind::Flex),
             "cuda" => Ok(BackendKind::Cuda),
-            _ => Err(format!("unknown backend `{s}` (expected ndarray, flex or cuda)")),
+            _ => Err(format!(
+                "unknown backend `{s}` (expected ndarray, flex or cuda)"
+            )),
         }
     }
 }
@@ -180,18 +182,33 @@ pub struct EvalStage {
     pub top_p: f32,
     pub batch: usize,
     pub max_new_tokens: usize,
+    /// `[eval.search]`: render-and-compare search (greedy + sampled proposals, refined against the
+    /// image); the evaluation then reports the greedy and the searched programs side by side.
+    pub search: Option<crate::search::SearchConfig>,
 }
 
 impl Default for EvalStage {
     fn default() -> Self {
-        EvalStage { synth_test: true, dirs: Vec::new(), limit: None, samples: 1, temperature: 0.0, top_p: 1.0, batch: 16, max_new_tokens: 448 }
+        EvalStage {
+            synth_test: true,
+            dirs: Vec::new(),
+            limit: None,
+            samples: 1,
+            temperature: 0.0,
+            top_p: 1.0,
+            batch: 16,
+            max_new_tokens: 448,
+            search: None,
+        }
     }
 }
 
 /// Apply one `section.key=value` override to a TOML document. The value is read as TOML
 /// (`3`, `1e-3`, `true`, `"x"`, `[1, 2]`) and otherwise taken as a string.
 pub fn apply_set(doc: &mut toml::Table, set: &str) -> Result<(), String> {
-    let (key, value) = set.split_once('=').ok_or_else(|| format!("--set {set:?}: expected section.key=value"))?;
+    let (key, value) = set
+        .split_once('=')
+        .ok_or_else(|| format!("--set {set:?}: expected section.key=value"))?;
     let parts: Vec<&str> = key.trim().split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(format!("--set {set:?}: empty key part"));
@@ -202,8 +219,12 @@ pub fn apply_set(doc: &mut toml::Table, set: &str) -> Result<(), String> {
         .unwrap_or_else(|| toml::Value::String(value.trim().to_string()));
     let mut t = doc;
     for p in &parts[..parts.len() - 1] {
-        let e = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = e.as_table_mut().ok_or_else(|| format!("--set {set:?}: {p} is not a section"))?;
+        let e = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = e
+            .as_table_mut()
+            .ok_or_else(|| format!("--set {set:?}: {p} is not a section"))?;
     }
     t.insert(parts[parts.len() - 1].to_string(), v);
     Ok(())
@@ -212,26 +233,47 @@ pub fn apply_set(doc: &mut toml::Table, set: &str) -> Result<(), String> {
 impl Recipe {
     /// Parse `text` (from `path`, for messages), apply `sets`, validate.
     pub fn parse(text: &str, path: &Path, sets: &[String]) -> Result<Recipe, RecipeError> {
-        let inv = |msg: String| RecipeError::Invalid { path: path.display().to_string(), msg };
+        let inv = |msg: String| RecipeError::Invalid {
+            path: path.display().to_string(),
+            msg,
+        };
         let mut doc: toml::Table = toml::from_str(text).map_err(|e| inv(e.to_string()))?;
         for s in sets {
             apply_set(&mut doc, s).map_err(inv)?;
         }
-        let r: Recipe = toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| inv(e.to_string()))?;
+        let r: Recipe = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| inv(e.to_string()))?;
         r.validate(path)?;
         Ok(r)
     }
 
     pub fn load(path: &Path, sets: &[String]) -> Result<Recipe, RecipeError> {
-        let text = std::fs::read_to_string(path).map_err(|e| RecipeError::Invalid { path: path.display().to_string(), msg: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| RecipeError::Invalid {
+            path: path.display().to_string(),
+            msg: e.to_string(),
+        })?;
         Recipe::parse(&text, path, sets)
     }
 
     /// Every check that can fail before work starts, with how to fix it.
     pub fn validate(&self, path: &Path) -> Result<(), RecipeError> {
-        let inv = |msg: String| Err(RecipeError::Invalid { path: path.display().to_string(), msg });
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return inv(format!("name = {:?}: use letters, digits, '-' and '_' (it names runs/<name>/)", self.name));
+        let inv = |msg: String| {
+            Err(RecipeError::Invalid {
+                path: path.display().to_string(),
+                msg,
+            })
+        };
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return inv(format!(
+                "name = {:?}: use letters, digits, '-' and '_' (it names runs/<name>/)",
+                self.name
+            ));
         }
         let family = match (&self.model.size, &self.model.path) {
             (Some(s), None) if SIZES.contains(&s.as_str()) => Family::Vlm(s.clone()),
@@ -241,7 +283,11 @@ impl Recipe {
             (None, None) => return inv(format!("[model] needs size = one of {} (the small VLM) or path = \"<Qwen2-VL checkpoint dir>\"", SIZES.join(", "))),
         };
         if let Family::Qwen(dir) = &family {
-            self.check_checkpoint(dir).map_err(|m| RecipeError::Invalid { path: path.display().to_string(), msg: m })?;
+            self.check_checkpoint(dir)
+                .map_err(|m| RecipeError::Invalid {
+                    path: path.display().to_string(),
+                    msg: m,
+                })?;
         }
         match self.data.source {
             DataSource::Dir => match &self.data.dir {
@@ -268,30 +314,51 @@ impl Recipe {
             return inv("backend = \"cuda\" needs a build with `--features cuda`; or set backend = \"ndarray\"".into());
         }
         if self.tokenizer.vocab_size < 300 {
-            return inv(format!("tokenizer.vocab_size = {}: use at least 300 (256 bytes + specials + merges)", self.tokenizer.vocab_size));
+            return inv(format!(
+                "tokenizer.vocab_size = {}: use at least 300 (256 bytes + specials + merges)",
+                self.tokenizer.vocab_size
+            ));
         }
         let s = &self.sft;
-        for (k, v) in [("sft.steps", s.steps), ("sft.batch_size", s.batch_size), ("sft.grad_accum", s.grad_accum), ("sft.max_code_tokens", s.max_code_tokens)] {
+        for (k, v) in [
+            ("sft.steps", s.steps),
+            ("sft.batch_size", s.batch_size),
+            ("sft.grad_accum", s.grad_accum),
+            ("sft.max_code_tokens", s.max_code_tokens),
+        ] {
             if v == 0 {
                 return inv(format!("{k} must be > 0"));
             }
         }
         if !(s.optim.lr > 0.0 && s.optim.lr < 1.0) {
-            return inv(format!("sft.optim.lr = {}: use a value in (0, 1), e.g. 1e-3", s.optim.lr));
+            return inv(format!(
+                "sft.optim.lr = {}: use a value in (0, 1), e.g. 1e-3",
+                s.optim.lr
+            ));
         }
         if s.decimals > 8 {
             return inv(format!("sft.decimals = {}: use 0..=8", s.decimals));
         }
         if !(s.aux_weight.is_finite() && s.aux_weight >= 0.0) {
-            return inv(format!("sft.aux_weight = {}: use a value >= 0 (0 = no auxiliary shape loss, e.g. 1.0)", s.aux_weight));
+            return inv(format!(
+                "sft.aux_weight = {}: use a value >= 0 (0 = no auxiliary shape loss, e.g. 1.0)",
+                s.aux_weight
+            ));
         }
         match &family {
             Family::Vlm(size) => {
-                let c = VlmConfig::named(size, self.tokenizer.vocab_size).map_err(|e| RecipeError::Invalid { path: path.display().to_string(), msg: e.to_string() })?;
+                let c = VlmConfig::named(size, self.tokenizer.vocab_size).map_err(|e| {
+                    RecipeError::Invalid {
+                        path: path.display().to_string(),
+                        msg: e.to_string(),
+                    }
+                })?;
                 if s.max_code_tokens + c.n_image_tokens() + 40 > c.max_seq_len {
                     return inv(format!(
                         "sft.max_code_tokens = {} does not fit model.size {size:?} (max_seq_len {}, {} image tokens, ~40 prompt tokens)",
-                        s.max_code_tokens, c.max_seq_len, c.n_image_tokens()
+                        s.max_code_tokens,
+                        c.max_seq_len,
+                        c.n_image_tokens()
                     ));
                 }
                 if let Err(m) = self.adaptation().validate(&c) {
@@ -302,14 +369,22 @@ impl Recipe {
                 if self.adaptation().lora_cfg().is_none() {
                     return inv("model.path (a Qwen2-VL checkpoint) trains LoRA adapters only: add a [lora] section with rank > 0".into());
                 }
-                let qc = read_config(dir).map_err(|e| RecipeError::Invalid { path: path.display().to_string(), msg: e.to_string() })?;
-                if let Err(m) = self.adaptation().validate_for(&crate::model::qwen2vl::linear_paths(&qc)) {
+                let qc = read_config(dir).map_err(|e| RecipeError::Invalid {
+                    path: path.display().to_string(),
+                    msg: e.to_string(),
+                })?;
+                if let Err(m) = self
+                    .adaptation()
+                    .validate_for(&crate::model::qwen2vl::linear_paths(&qc))
+                {
                     return inv(m);
                 }
                 if self.data.source != DataSource::Dir {
                     return inv("model.path (a Qwen2-VL checkpoint) trains on existing data: set data.source = \"dir\" and data.dir".into());
                 }
-                if self.dpo.as_ref().is_some_and(|d| d.reset_reference || d.label_smoothing != 0.0 || d.sft_run.is_some()) {
+                if self.dpo.as_ref().is_some_and(|d| {
+                    d.reset_reference || d.label_smoothing != 0.0 || d.sft_run.is_some()
+                }) {
                     return inv("[dpo] with model.path: reset_reference, label_smoothing and sft_run are not supported (the reference is the SFT model, adapters off)".into());
                 }
             }
@@ -323,19 +398,38 @@ impl Recipe {
             return inv("eval.samples and eval.batch must be > 0".into());
         }
         if self.eval.samples > 1 && self.eval.temperature <= 0.0 {
-            return inv(format!("eval.samples = {} with temperature 0 gives identical programs; set eval.temperature > 0", self.eval.samples));
+            return inv(format!(
+                "eval.samples = {} with temperature 0 gives identical programs; set eval.temperature > 0",
+                self.eval.samples
+            ));
         }
         if let Err(e) = self.sandbox.validate() {
             return inv(format!("[sandbox] {e}"));
         }
+        if let Some(sc) = &self.eval.search {
+            if let Err(e) = sc.validate() {
+                return inv(format!("[eval.search] {}", e.replace("search.", "")));
+            }
+            if self.eval.samples > 1 {
+                return inv(format!(
+                    "eval.samples = {} with [eval.search]: the search samples its own proposals (eval.search.samples); set eval.samples = 1",
+                    self.eval.samples
+                ));
+            }
+        }
         if let Some(d) = &self.dpo {
-            if let Err(m) = d.validate().and_then(|_| crate::train::dpo::validate_with(d, &self.adaptation())) {
+            if let Err(m) = d
+                .validate()
+                .and_then(|_| crate::train::dpo::validate_with(d, &self.adaptation()))
+            {
                 return inv(m);
             }
             if let Some(src) = &d.sft_run
                 && !src.join("model.safetensors").exists()
             {
-                return inv(format!("dpo.sft_run = {src:?}: no finished SFT run there (model.safetensors); run its recipe first"));
+                return inv(format!(
+                    "dpo.sft_run = {src:?}: no finished SFT run there (model.safetensors); run its recipe first"
+                ));
             }
         }
         Ok(())
@@ -363,7 +457,10 @@ impl Recipe {
         }
         for f in ["config.json", "tokenizer.json", "preprocessor_config.json"] {
             if !m.join(f).is_file() {
-                return Err(format!("{}: missing checkpoint file. {get}", m.join(f).display()));
+                return Err(format!(
+                    "{}: missing checkpoint file. {get}",
+                    m.join(f).display()
+                ));
             }
         }
         shard_files(m).map_err(|e| format!("{}: missing weights ({e}). {get}", m.display()))?;
@@ -373,14 +470,28 @@ impl Recipe {
     /// The memory a Qwen checkpoint's training needs (weights, adapters, optimizer, activations).
     pub fn qwen_memory(&self, dir: &Path) -> Option<MemoryEstimate> {
         let c = read_config(dir).ok()?;
-        let format = if self.model.quantize == Quantize::Nf4 { WeightFormat::Nf4 } else { WeightFormat::F32 };
+        let format = if self.model.quantize == Quantize::Nf4 {
+            WeightFormat::Nf4
+        } else {
+            WeightFormat::F32
+        };
         let rank = self.lora.as_ref().map_or(0, |l| l.rank) as u64;
-        Some(estimate_memory(&c, format, rank, self.sft.batch_size as u64, (self.sft.max_code_tokens + 512) as u64, false))
+        Some(estimate_memory(
+            &c,
+            format,
+            rank,
+            self.sft.batch_size as u64,
+            (self.sft.max_code_tokens + 512) as u64,
+            false,
+        ))
     }
 
     /// How SFT and DPO train: `[model] quantize` + `[lora]`.
     pub fn adaptation(&self) -> Adaptation {
-        Adaptation { quantize: self.model.quantize, lora: self.lora.clone() }
+        Adaptation {
+            quantize: self.model.quantize,
+            lora: self.lora.clone(),
+        }
     }
 
     pub fn to_toml(&self) -> String {
@@ -397,13 +508,31 @@ mod tests {
     #[test]
     fn parses_sets_and_rejects_unknown_keys() {
         let p = Path::new("r.toml");
-        let r = Recipe::parse(R, p, &["sft.steps=7".into(), "sft.optim.lr=2e-3".into(), "model.size=mini".into()]).unwrap();
-        assert_eq!((r.sft.steps, r.sft.optim.lr, r.model.size.as_deref()), (7, 2e-3, Some("mini")));
-        let e = Recipe::parse(&format!("{R}stepz = 3\n"), p, &[]).unwrap_err().to_string();
+        let r = Recipe::parse(
+            R,
+            p,
+            &[
+                "sft.steps=7".into(),
+                "sft.optim.lr=2e-3".into(),
+                "model.size=mini".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (r.sft.steps, r.sft.optim.lr, r.model.size.as_deref()),
+            (7, 2e-3, Some("mini"))
+        );
+        let e = Recipe::parse(&format!("{R}stepz = 3\n"), p, &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("stepz"), "{e}");
-        let e = Recipe::parse(R, p, &["model.size=huge".into()]).unwrap_err().to_string();
+        let e = Recipe::parse(R, p, &["model.size=huge".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("choose one of"), "{e}");
-        let e = Recipe::parse(R, p, &["sft.steps=0".into()]).unwrap_err().to_string();
+        let e = Recipe::parse(R, p, &["sft.steps=0".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sft.steps"), "{e}");
         // the resolved form parses back to the same recipe
         assert_eq!(Recipe::parse(&r.to_toml(), p, &[]).unwrap(), r);
@@ -417,29 +546,56 @@ mod tests {
         assert_eq!(q.model.quantize, Quantize::Nf4);
         assert_eq!(q.lora.as_ref().map(|l| l.rank), Some(4));
         assert_eq!(Recipe::parse(&q.to_toml(), p, &[]).unwrap(), q);
-        let e = Recipe::parse(R, p, &["model.quantize=nf5".into()]).unwrap_err().to_string();
+        let e = Recipe::parse(R, p, &["model.quantize=nf5".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nf5") && e.contains("nf4"), "{e}");
-        let e = Recipe::parse(R, p, &["model.quantize=int4".into()]).unwrap_err().to_string();
+        let e = Recipe::parse(R, p, &["model.quantize=int4".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("model.quantize") && e.contains("[lora]"), "{e}");
-        let e = Recipe::parse(&format!("{R}{lora}"), p, &["lora.targets=[\"q_prj\"]".into()]).unwrap_err().to_string();
+        let e = Recipe::parse(
+            &format!("{R}{lora}"),
+            p,
+            &["lora.targets=[\"q_prj\"]".into()],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("lora.targets") && e.contains("q_prj"), "{e}");
-        let e = Recipe::parse(&format!("{R}{lora}"), p, &["lora.dropout=1.0".into()]).unwrap_err().to_string();
+        let e = Recipe::parse(&format!("{R}{lora}"), p, &["lora.dropout=1.0".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lora.dropout"), "{e}");
-        let e = Recipe::parse(&format!("{R}{lora}"), p, &["lora.rnak=2".into()]).unwrap_err().to_string();
+        let e = Recipe::parse(&format!("{R}{lora}"), p, &["lora.rnak=2".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("rnak"), "{e}");
     }
 }
 
 fn has_samples(p: &Path) -> bool {
     p.join("index.jsonl").is_file()
-        || std::fs::read_dir(p).map(|it| it.filter_map(|e| e.ok()).any(|e| e.path().extension().is_some_and(|x| x == "parquet"))).unwrap_or(false)
+        || std::fs::read_dir(p)
+            .map(|it| {
+                it.filter_map(|e| e.ok())
+                    .any(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+            })
+            .unwrap_or(false)
 }
 
 /// `(train, test)` folders of a data directory: `train/` or `data/train/` (parquet shards or an
 /// `index.jsonl` folder), else `d` itself when it holds an `index.jsonl`; test is `test/`,
 /// `validation/` or `val/` when one has samples, else the training folder. `None`: no training data.
 pub fn data_splits(d: &Path) -> Option<(PathBuf, PathBuf)> {
-    let train = ["train", "data/train"].iter().map(|s| d.join(s)).find(|p| p.is_dir() && has_samples(p)).or_else(|| d.join("index.jsonl").is_file().then(|| d.to_path_buf()))?;
-    let test = ["test", "validation", "val", "data/test", "data/validation"].iter().map(|s| d.join(s)).find(|p| p.is_dir() && has_samples(p)).unwrap_or_else(|| train.clone());
+    let train = ["train", "data/train"]
+        .iter()
+        .map(|s| d.join(s))
+        .find(|p| p.is_dir() && has_samples(p))
+        .or_else(|| d.join("index.jsonl").is_file().then(|| d.to_path_buf()))?;
+    let test = ["test", "validation", "val", "data/test", "data/validation"]
+        .iter()
+        .map(|s| d.join(s))
+        .find(|p| p.is_dir() && has_samples(p))
+        .unwrap_or_else(|| train.clone());
     Some((train, test))
 }

@@ -31,7 +31,10 @@ pub enum ReportError {
 }
 
 fn derr(path: &Path, e: impl std::fmt::Display) -> ReportError {
-    ReportError::Draw { path: path.display().to_string(), msg: e.to_string() }
+    ReportError::Draw {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    }
 }
 
 /// Register the embedded font with plotters (once per process).
@@ -39,7 +42,8 @@ pub fn init_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // the bytes are a valid TTF compiled into the binary; a failure here is a build problem
-        plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT).unwrap_or_else(|_| panic!("embedded DejaVuSans.ttf is not a valid font"));
+        plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT)
+            .unwrap_or_else(|_| panic!("embedded DejaVuSans.ttf is not a valid font"));
     });
 }
 
@@ -62,7 +66,10 @@ pub struct Series {
 }
 
 fn bounds(series: &[&Series]) -> Option<(f64, f64, f64, f64)> {
-    let pts = series.iter().flat_map(|s| s.points.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
+    let pts = series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|p| p.0.is_finite() && p.1.is_finite());
     let mut b: Option<(f64, f64, f64, f64)> = None;
     for &(x, y) in pts {
         b = Some(match b {
@@ -71,7 +78,10 @@ fn bounds(series: &[&Series]) -> Option<(f64, f64, f64, f64)> {
         });
     }
     b.map(|(x0, x1, y0, y1)| {
-        let (x1, y1) = (if x1 > x0 { x1 } else { x0 + 1.0 }, if y1 > y0 { y1 } else { y0 + 1.0 });
+        let (x1, y1) = (
+            if x1 > x0 { x1 } else { x0 + 1.0 },
+            if y1 > y0 { y1 } else { y0 + 1.0 },
+        );
         let pad = 0.05 * (y1 - y0);
         (x0, x1, y0 - pad, y1 + pad)
     })
@@ -87,7 +97,12 @@ fn line_panel<DB: DrawingBackend>(
     hline: Option<(f64, &str)>,
 ) -> Result<(), String> {
     let Some((x0, x1, mut y0, mut y1)) = bounds(series) else {
-        area.draw(&Text::new(format!("{title}: no data"), (20, 20), (FONT_NAME, 18).into_font())).map_err(|e| e.to_string())?;
+        area.draw(&Text::new(
+            format!("{title}: no data"),
+            (20, 20),
+            (FONT_NAME, 18).into_font(),
+        ))
+        .map_err(|e| e.to_string())?;
         return Ok(());
     };
     if let Some((h, _)) = hline {
@@ -105,7 +120,13 @@ fn line_panel<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc(xlabel)
         .y_desc(ylabel)
-        .x_label_formatter(&|v: &f64| if (x1 - x0) >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") })
+        .x_label_formatter(&|v: &f64| {
+            if (x1 - x0) >= 10.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            }
+        })
         .label_style((FONT_NAME, 14))
         .axis_desc_style((FONT_NAME, 15))
         .light_line_style(RGBColor(235, 235, 235))
@@ -121,11 +142,21 @@ fn line_panel<DB: DrawingBackend>(
     }
     for (i, s) in series.iter().enumerate() {
         let col = PALETTE[i % PALETTE.len()];
-        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
-        let ann = chart.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2))).map_err(|e| e.to_string())?;
-        ann.label(s.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+        let pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .copied()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .collect();
+        let ann = chart
+            .draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))
+            .map_err(|e| e.to_string())?;
+        ann.label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
         if pts.len() <= 40 {
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, col.filled()))).map_err(|e| e.to_string())?;
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, col.filled())))
+                .map_err(|e| e.to_string())?;
         }
     }
     chart
@@ -140,7 +171,12 @@ fn line_panel<DB: DrawingBackend>(
 }
 
 /// A line chart: `panels` side by side, each (title, y label, series, optional reference line).
-pub fn line_figure(path: &Path, xlabel: &str, panels: &[(&str, &str, Vec<Series>, Option<(f64, &str)>)], panel_size: (u32, u32)) -> Result<(), ReportError> {
+pub fn line_figure(
+    path: &Path,
+    xlabel: &str,
+    panels: &[(&str, &str, Vec<Series>, Option<(f64, &str)>)],
+    panel_size: (u32, u32),
+) -> Result<(), ReportError> {
     init_font();
     if panels.is_empty() {
         return Err(ReportError::Empty(path.display().to_string()));
@@ -187,12 +223,19 @@ pub fn histogram_figure(
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| derr(path, e))?;
     let w = (hi - lo) / bins as f64;
-    let x0 = if fail_label.is_some() { lo - 1.5 * w } else { lo };
+    let x0 = if fail_label.is_some() {
+        lo - 1.5 * w
+    } else {
+        lo
+    };
     let mut shares: Vec<(Vec<f64>, f64)> = Vec::new();
     let mut ymax: f64 = 0.0;
     for (_, v, fails) in series {
         let n = (v.len() + fails).max(1) as f64;
-        let s: Vec<f64> = histogram_counts(v, lo, hi, bins).iter().map(|&c| c as f64 / n).collect();
+        let s: Vec<f64> = histogram_counts(v, lo, hi, bins)
+            .iter()
+            .map(|&c| c as f64 / n)
+            .collect();
         let f = *fails as f64 / n;
         ymax = ymax.max(s.iter().cloned().fold(f, f64::max));
         shares.push((s, f));
@@ -227,16 +270,31 @@ pub fn histogram_figure(
             .enumerate()
             .map(|(b, &y)| {
                 let xl = lo + b as f64 * w + i as f64 * bw;
-                Rectangle::new([(xl + 0.05 * bw, 0.0), (xl + 0.95 * bw, y)], col.mix(0.8).filled())
+                Rectangle::new(
+                    [(xl + 0.05 * bw, 0.0), (xl + 0.95 * bw, y)],
+                    col.mix(0.8).filled(),
+                )
             })
             .collect();
         if fail_label.is_some() {
             let xl = lo - 1.25 * w + i as f64 * bw;
-            rects.push(Rectangle::new([(xl + 0.05 * bw, 0.0), (xl + 0.95 * bw, *f)], col.mix(0.45).filled()));
+            rects.push(Rectangle::new(
+                [(xl + 0.05 * bw, 0.0), (xl + 0.95 * bw, *f)],
+                col.mix(0.45).filled(),
+            ));
         }
-        let mean = if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+        let mean = if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        };
         let label = if fail_label.is_some() {
-            format!("{name}: n {}, {} failed, mean (valid) {:.3}", v.len() + fails, fails, mean)
+            format!(
+                "{name}: n {}, {} failed, mean (valid) {:.3}",
+                v.len() + fails,
+                fails,
+                mean
+            )
         } else {
             format!("{name}: n {}, mean {:.3}", v.len(), mean)
         };
@@ -244,7 +302,9 @@ pub fn histogram_figure(
             .draw_series(rects)
             .map_err(|e| derr(path, e))?
             .label(label)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], col.mix(0.8).filled()));
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 6), (x + 16, y + 6)], col.mix(0.8).filled())
+            });
     }
     chart
         .configure_series_labels()
@@ -260,14 +320,19 @@ pub fn histogram_figure(
 /// Grouped bars: one group per category (x), one bar per series, values printed on the bars.
 /// `panels` are drawn side by side: (title, y label, y max, categories, series of (name, values)).
 #[allow(clippy::type_complexity)]
-pub fn bar_figure(path: &Path, panels: &[(&str, &str, f64, Vec<String>, Vec<(String, Vec<f64>)>)]) -> Result<(), ReportError> {
+pub fn bar_figure(
+    path: &Path,
+    panels: &[(&str, &str, f64, Vec<String>, Vec<(String, Vec<f64>)>)],
+) -> Result<(), ReportError> {
     init_font();
     if panels.is_empty() {
         return Err(ReportError::Empty(path.display().to_string()));
     }
     let root = BitMapBackend::new(path, (560 * panels.len() as u32, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| derr(path, e))?;
-    for (area, (title, ylabel, ymax, cats, series)) in root.split_evenly((1, panels.len())).iter().zip(panels) {
+    for (area, (title, ylabel, ymax, cats, series)) in
+        root.split_evenly((1, panels.len())).iter().zip(panels)
+    {
         let n = cats.len().max(1);
         let mut chart = ChartBuilder::on(area)
             .caption(*title, (FONT_NAME, 20))
@@ -295,7 +360,12 @@ pub fn bar_figure(path: &Path, panels: &[(&str, &str, f64, Vec<String>, Vec<(Str
             for (ci, cat) in cats.iter().enumerate() {
                 let cx = xr.start + ((ci as f64 + 0.5) * seg) as i32;
                 let est = (cat.chars().count() as i32) * 4; // ~half the text width at 14 px
-                root.draw(&Text::new(cat.clone(), (cx - est, yr.end + 6), (FONT_NAME, 14).into_font())).map_err(|e| derr(path, e))?;
+                root.draw(&Text::new(
+                    cat.clone(),
+                    (cx - est, yr.end + 6),
+                    (FONT_NAME, 14).into_font(),
+                ))
+                .map_err(|e| derr(path, e))?;
             }
         }
         for (si, (name, vals)) in series.iter().enumerate() {
@@ -318,9 +388,14 @@ pub fn bar_figure(path: &Path, panels: &[(&str, &str, f64, Vec<String>, Vec<(Str
                 })
                 .collect();
             for &(x0, x1, top, base, v) in &drawn {
-                root.draw(&Rectangle::new([(x0, top), (x1, base)], col.filled())).map_err(|e| derr(path, e))?;
-                root.draw(&Text::new(format!("{v:.3}"), ((x0 + x1) / 2 - 18, top - 18), (FONT_NAME, 13).into_font()))
+                root.draw(&Rectangle::new([(x0, top), (x1, base)], col.filled()))
                     .map_err(|e| derr(path, e))?;
+                root.draw(&Text::new(
+                    format!("{v:.3}"),
+                    ((x0 + x1) / 2 - 18, top - 18),
+                    (FONT_NAME, 13).into_font(),
+                ))
+                .map_err(|e| derr(path, e))?;
             }
             chart
                 .draw_series(std::iter::empty::<Rectangle<(SegmentValue<usize>, f64)>>())
@@ -348,15 +423,16 @@ pub struct Tile {
     pub height: u32,
 }
 
-/// One gallery row: the target image and the SFT / DPO programs rendered (None: it failed to execute).
+/// One gallery row: the target image and two programs rendered (SFT / DPO, or greedy / searched;
+/// None: it failed to execute).
 #[derive(Clone, Debug)]
 pub struct GalleryRow {
     pub id: String,
     pub target: Tile,
-    pub sft: Option<Tile>,
-    pub dpo: Option<Tile>,
-    pub sft_iou: Option<f64>,
-    pub dpo_iou: Option<f64>,
+    pub a: Option<Tile>,
+    pub b: Option<Tile>,
+    pub a_iou: Option<f64>,
+    pub b_iou: Option<f64>,
 }
 
 /// Nearest-neighbour resize to a `side`×`side` tile (letterboxed on white).
@@ -364,7 +440,10 @@ pub fn fit_tile(t: &Tile, side: u32) -> Tile {
     let s = side as usize;
     let (w, h) = (t.width as usize, t.height as usize);
     let scale = (s as f64 / w.max(1) as f64).min(s as f64 / h.max(1) as f64);
-    let (nw, nh) = (((w as f64 * scale) as usize).max(1), ((h as f64 * scale) as usize).max(1));
+    let (nw, nh) = (
+        ((w as f64 * scale) as usize).max(1),
+        ((h as f64 * scale) as usize).max(1),
+    );
     let (ox, oy) = ((s - nw.min(s)) / 2, (s - nh.min(s)) / 2);
     let mut out = vec![255u8; s * s * 3];
     for y in 0..nh.min(s) {
@@ -377,11 +456,24 @@ pub fn fit_tile(t: &Tile, side: u32) -> Tile {
             out[o..o + 3].copy_from_slice(&t.rgb[i..i + 3]);
         }
     }
-    Tile { rgb: out, width: side, height: side }
+    Tile {
+        rgb: out,
+        width: side,
+        height: side,
+    }
 }
 
 /// The gallery: `cols` samples per row, each as target | SFT | DPO with the IoUs under them.
-pub fn gallery_figure(path: &Path, title: &str, rows: &[GalleryRow], cols: usize, side: u32, iou_name: &str) -> Result<(), ReportError> {
+/// `labels`: the column heads (target, first program, second program).
+pub fn gallery_figure(
+    path: &Path,
+    title: &str,
+    rows: &[GalleryRow],
+    cols: usize,
+    side: u32,
+    iou_name: &str,
+    labels: [&str; 3],
+) -> Result<(), ReportError> {
     init_font();
     if rows.is_empty() {
         return Err(ReportError::Empty(path.display().to_string()));
@@ -392,50 +484,84 @@ pub fn gallery_figure(path: &Path, title: &str, rows: &[GalleryRow], cols: usize
     let cell_w = 3 * side + 2 * 4 + gap;
     let cell_h = side + 50;
     let head = 70u32;
-    let (w, h) = (cols as u32 * cell_w + gap, head + nrows as u32 * cell_h + 10);
+    let (w, h) = (
+        cols as u32 * cell_w + gap,
+        head + nrows as u32 * cell_h + 10,
+    );
     let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| derr(path, e))?;
     let font = |s: u32| (FONT_NAME, s).into_font();
-    root.draw(&Text::new(title.to_string(), (gap as i32, 10), font(22))).map_err(|e| derr(path, e))?;
+    root.draw(&Text::new(title.to_string(), (gap as i32, 10), font(22)))
+        .map_err(|e| derr(path, e))?;
     for c in 0..cols {
-        for (j, name) in ["target image", "SFT program", "DPO program"].iter().enumerate() {
+        for (j, name) in labels.iter().enumerate() {
             let x = (gap + c as u32 * cell_w + j as u32 * (side + 4)) as i32;
-            root.draw(&Text::new(name.to_string(), (x + 4, 44), font(15))).map_err(|e| derr(path, e))?;
+            root.draw(&Text::new(name.to_string(), (x + 4, 44), font(15)))
+                .map_err(|e| derr(path, e))?;
         }
     }
     for (k, r) in rows.iter().enumerate() {
         let (c, rr) = ((k % cols) as u32, (k / cols) as u32);
         let x0 = gap + c * cell_w;
         let y0 = head + rr * cell_h;
-        for (j, t) in [Some(&r.target), r.sft.as_ref(), r.dpo.as_ref()].into_iter().enumerate() {
+        for (j, t) in [Some(&r.target), r.a.as_ref(), r.b.as_ref()]
+            .into_iter()
+            .enumerate()
+        {
             let x = (x0 + j as u32 * (side + 4)) as i32;
             match t {
                 Some(t) => {
                     let t = fit_tile(t, side);
-                    let el = BitMapElement::<(i32, i32)>::with_owned_buffer((x, y0 as i32), (side, side), t.rgb)
-                        .ok_or_else(|| derr(path, "tile buffer too small"))?;
+                    let el = BitMapElement::<(i32, i32)>::with_owned_buffer(
+                        (x, y0 as i32),
+                        (side, side),
+                        t.rgb,
+                    )
+                    .ok_or_else(|| derr(path, "tile buffer too small"))?;
                     root.draw(&el).map_err(|e| derr(path, e))?;
                 }
                 None => {
-                    root.draw(&Rectangle::new([(x, y0 as i32), (x + side as i32, (y0 + side) as i32)], RGBColor(250, 228, 228).filled()))
-                        .map_err(|e| derr(path, e))?;
-                    root.draw(&Text::new("does not execute", (x + 10, (y0 + side / 2) as i32 - 8), font(15))).map_err(|e| derr(path, e))?;
+                    root.draw(&Rectangle::new(
+                        [(x, y0 as i32), (x + side as i32, (y0 + side) as i32)],
+                        RGBColor(250, 228, 228).filled(),
+                    ))
+                    .map_err(|e| derr(path, e))?;
+                    root.draw(&Text::new(
+                        "does not execute",
+                        (x + 10, (y0 + side / 2) as i32 - 8),
+                        font(15),
+                    ))
+                    .map_err(|e| derr(path, e))?;
                 }
             }
-            root.draw(&Rectangle::new([(x, y0 as i32), (x + side as i32, (y0 + side) as i32)], RGBColor(200, 200, 200))).map_err(|e| derr(path, e))?;
+            root.draw(&Rectangle::new(
+                [(x, y0 as i32), (x + side as i32, (y0 + side) as i32)],
+                RGBColor(200, 200, 200),
+            ))
+            .map_err(|e| derr(path, e))?;
         }
         let iou = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.3}"));
         let y = (y0 + side + 6) as i32;
         let short: String = r.id.chars().take(18).collect();
-        root.draw(&Text::new(short, (x0 as i32 + 2, y), font(14))).map_err(|e| derr(path, e))?;
-        root.draw(&Text::new(format!("{iou_name} {}", iou(r.sft_iou)), ((x0 + side + 4) as i32 + 2, y), font(14))).map_err(|e| derr(path, e))?;
-        let better = match (r.sft_iou, r.dpo_iou) {
+        root.draw(&Text::new(short, (x0 as i32 + 2, y), font(14)))
+            .map_err(|e| derr(path, e))?;
+        root.draw(&Text::new(
+            format!("{iou_name} {}", iou(r.a_iou)),
+            ((x0 + side + 4) as i32 + 2, y),
+            font(14),
+        ))
+        .map_err(|e| derr(path, e))?;
+        let better = match (r.a_iou, r.b_iou) {
             (Some(a), Some(b)) if b > a + 1e-9 => RGBColor(0, 130, 60),
             (_, Some(_)) | (None, None) => BLACK,
             (Some(_), None) => RGBColor(190, 30, 30),
         };
-        root.draw(&Text::new(format!("{iou_name} {}", iou(r.dpo_iou)), ((x0 + 2 * (side + 4)) as i32 + 2, y), font(14).color(&better)))
-            .map_err(|e| derr(path, e))?;
+        root.draw(&Text::new(
+            format!("{iou_name} {}", iou(r.b_iou)),
+            ((x0 + 2 * (side + 4)) as i32 + 2, y),
+            font(14).color(&better),
+        ))
+        .map_err(|e| derr(path, e))?;
     }
     root.present().map_err(|e| derr(path, e))
 }
@@ -447,21 +573,44 @@ mod tests {
     #[test]
     fn paired_difference_matches_ids_and_counts_failures_as_zero() {
         use super::run::{EvalRow, paired_difference};
-        let row = |id: &str, iou: Option<f64>| EvalRow { id: id.into(), program: String::new(), ok: iou.is_some(), iou_unitcube: iou, iou_best: iou };
-        let a = vec![row("x", Some(0.5)), row("y", Some(0.2)), row("z", None), row("x", Some(0.9))];
-        let b = vec![row("z", Some(0.4)), row("y", Some(0.2)), row("x", None), row("w", Some(1.0))];
+        let row = |id: &str, iou: Option<f64>| EvalRow {
+            id: id.into(),
+            program: String::new(),
+            ok: iou.is_some(),
+            iou_unitcube: iou,
+            iou_best: iou,
+        };
+        let a = vec![
+            row("x", Some(0.5)),
+            row("y", Some(0.2)),
+            row("z", None),
+            row("x", Some(0.9)),
+        ];
+        let b = vec![
+            row("z", Some(0.4)),
+            row("y", Some(0.2)),
+            row("x", None),
+            row("w", Some(1.0)),
+        ];
         let p = paired_difference(&a, &b, |r| r.iou_unitcube).unwrap();
         // z: 0.4 − 0, y: 0, x: 0 − 0.5 (the first x of a); w has no partner
         assert_eq!((p.n, p.better, p.worse, p.tied), (3, 1, 1, 1));
         assert!((p.mean - (-0.1 / 3.0)).abs() < 1e-12);
-        let var = ((0.4f64 + 0.1 / 3.0).powi(2) + (0.1f64 / 3.0).powi(2) + (-0.5f64 + 0.1 / 3.0).powi(2)) / 2.0;
+        let var =
+            ((0.4f64 + 0.1 / 3.0).powi(2) + (0.1f64 / 3.0).powi(2) + (-0.5f64 + 0.1 / 3.0).powi(2))
+                / 2.0;
         assert!((p.se - (var / 3.0).sqrt()).abs() < 1e-12);
         assert!(paired_difference(&a[..1], &b, |r| r.iou_best).is_none());
     }
 
     #[test]
     fn histogram_counts_bins_and_clamps() {
-        let c = histogram_counts(&[0.0, 0.05, 0.1, 0.95, 1.0, 1.5, -0.2, f64::NAN], 0.0, 1.0, 10);
+        let c = histogram_counts(
+            &[0.0, 0.05, 0.1, 0.95, 1.0, 1.5, -0.2, f64::NAN],
+            0.0,
+            1.0,
+            10,
+        );
         assert_eq!(c.iter().sum::<usize>(), 7);
         assert_eq!(c[0], 3); // 0.0, 0.05, -0.2 clamped
         assert_eq!(c[1], 1);
@@ -470,7 +619,11 @@ mod tests {
 
     #[test]
     fn fit_tile_letterboxes() {
-        let t = Tile { rgb: vec![0u8; 4 * 2 * 3], width: 4, height: 2 };
+        let t = Tile {
+            rgb: vec![0u8; 4 * 2 * 3],
+            width: 4,
+            height: 2,
+        };
         let f = fit_tile(&t, 8);
         assert_eq!((f.width, f.height, f.rgb.len()), (8, 8, 8 * 8 * 3));
         // rows 0-1 are white padding, row 4 is the (black) image

@@ -10,12 +10,18 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::{GalleryRow, ReportError, Series, Tile, bar_figure, gallery_figure, histogram_figure, line_figure};
+use super::{
+    GalleryRow, ReportError, Series, Tile, bar_figure, gallery_figure, histogram_figure,
+    line_figure,
+};
 use crate::eval::EvalSummary;
 use crate::train::metrics::{DpoMetricRow, MetricRow};
 
 fn ioerr(path: &Path, e: impl std::fmt::Display) -> ReportError {
-    ReportError::Io { path: path.display().to_string(), msg: e.to_string() }
+    ReportError::Io {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    }
 }
 
 /// One evaluated program, as read back from `samples.parquet`.
@@ -33,11 +39,17 @@ pub fn read_eval_rows(path: &Path) -> Result<Vec<EvalRow>, ReportError> {
     use polars::prelude::*;
     let f = std::fs::File::open(path).map_err(|e| ioerr(path, e))?;
     let df = ParquetReader::new(f).finish().map_err(|e| ioerr(path, e))?;
-    let col = |n: &str| df.column(n).map_err(|e| ioerr(path, format!("column {n}: {e}")));
+    let col = |n: &str| {
+        df.column(n)
+            .map_err(|e| ioerr(path, format!("column {n}: {e}")))
+    };
     let id = col("id")?.str().map_err(|e| ioerr(path, e))?.clone();
     let program = col("program")?.str().map_err(|e| ioerr(path, e))?.clone();
     let ok = col("ok")?.bool().map_err(|e| ioerr(path, e))?.clone();
-    let uc = col("iou_unitcube")?.f64().map_err(|e| ioerr(path, e))?.clone();
+    let uc = col("iou_unitcube")?
+        .f64()
+        .map_err(|e| ioerr(path, e))?
+        .clone();
     let best = col("iou_best")?.f64().map_err(|e| ioerr(path, e))?.clone();
     Ok((0..df.height())
         .map(|i| EvalRow {
@@ -64,13 +76,23 @@ pub struct Paired {
 }
 
 /// Pair two evaluations image by image (see [`Paired`]); `None` when they share fewer than 2 ids.
-pub fn paired_difference(a: &[EvalRow], b: &[EvalRow], iou: fn(&EvalRow) -> Option<f64>) -> Option<Paired> {
+pub fn paired_difference(
+    a: &[EvalRow],
+    b: &[EvalRow],
+    iou: fn(&EvalRow) -> Option<f64>,
+) -> Option<Paired> {
     let mut first: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
     for r in a {
-        first.entry(r.id.as_str()).or_insert_with(|| iou(r).unwrap_or(0.0));
+        first
+            .entry(r.id.as_str())
+            .or_insert_with(|| iou(r).unwrap_or(0.0));
     }
     let mut seen = std::collections::HashSet::new();
-    let d: Vec<f64> = b.iter().filter(|r| seen.insert(r.id.as_str())).filter_map(|r| Some(iou(r).unwrap_or(0.0) - first.get(r.id.as_str())?)).collect();
+    let d: Vec<f64> = b
+        .iter()
+        .filter(|r| seen.insert(r.id.as_str()))
+        .filter_map(|r| Some(iou(r).unwrap_or(0.0) - first.get(r.id.as_str())?))
+        .collect();
     let n = d.len();
     if n < 2 {
         return None;
@@ -89,7 +111,11 @@ pub fn paired_difference(a: &[EvalRow], b: &[EvalRow], iou: fn(&EvalRow) -> Opti
 }
 
 fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 fn read_summary(path: &Path) -> Option<EvalSummary> {
@@ -125,9 +151,16 @@ fn render_program(program: &str, side: u32) -> Option<Tile> {
     if solid.is_empty() {
         return None;
     }
-    let opts = crate::geom::render::RenderOptions { size: side, ..Default::default() };
+    let opts = crate::geom::render::RenderOptions {
+        size: side,
+        ..Default::default()
+    };
     let img = crate::geom::render::render(&solid, &opts).ok()?;
-    Some(Tile { rgb: img.pixels, width: img.width, height: img.height })
+    Some(Tile {
+        rgb: img.pixels,
+        width: img.width,
+        height: img.height,
+    })
 }
 
 /// `n` evenly spaced elements of `ids` (sorted): a gallery that is not cherry-picked.
@@ -144,16 +177,26 @@ fn fmt3(v: f64) -> String {
 
 /// A signed difference with 3 decimals, without a "-0.000".
 fn delta3(v: f64) -> String {
-    if v.abs() < 5e-4 { "±0.000".to_string() } else { format!("{v:+.3}") }
+    if v.abs() < 5e-4 {
+        "±0.000".to_string()
+    } else {
+        format!("{v:+.3}")
+    }
 }
 
 /// Write every figure and `README.md` of `run` into `run/report/`.
 pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
     let out = run.join("report");
     std::fs::create_dir_all(&out).map_err(|e| ioerr(&out, e))?;
-    let mut rep = ReportOutcome { dir: out.clone(), ..Default::default() };
+    let mut rep = ReportOutcome {
+        dir: out.clone(),
+        ..Default::default()
+    };
     let mut md = String::new();
-    let name = run.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = run
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let _ = writeln!(md, "# Run `{name}`\n");
     let dpo_dir = run.join("dpo");
 
@@ -169,7 +212,11 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
     };
     let mut table: Vec<(String, Option<EvalSummary>, Option<EvalSummary>)> = Vec::new();
     for s in &sets {
-        table.push((s.clone(), read_summary(&run.join("eval").join(s).join("eval.json")), read_summary(&dpo_dir.join("eval").join(s).join("eval.json"))));
+        table.push((
+            s.clone(),
+            read_summary(&run.join("eval").join(s).join("eval.json")),
+            read_summary(&dpo_dir.join("eval").join(s).join("eval.json")),
+        ));
     }
     if !table.is_empty() {
         let _ = writeln!(md, "## Evaluation: SFT vs DPO (same sets, same decoding)\n");
@@ -177,7 +224,10 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
             md,
             "IoU over *all* programs counts a failure as 0; over *valid* programs it averages the ones that executed (as CAD-Coder reports).\n"
         );
-        let _ = writeln!(md, "| set | model | n | VSR | IoU_unitcube all | IoU_unitcube valid | IoU_best all | IoU_best valid |");
+        let _ = writeln!(
+            md,
+            "| set | model | n | VSR | IoU_unitcube all | IoU_unitcube valid | IoU_best all | IoU_best valid |"
+        );
         let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
         for (s, a, b) in &table {
             for (m, e) in [("SFT", a), ("DPO", b)] {
@@ -213,7 +263,13 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
             let a = read_eval_rows(&run.join("eval").join(s).join("samples.parquet")).ok();
             let b = read_eval_rows(&dpo_dir.join("eval").join(s).join("samples.parquet")).ok();
             let (Some(a), Some(b)) = (a, b) else { continue };
-            for (name, f) in [("IoU_unitcube", (|r: &EvalRow| r.iou_unitcube) as fn(&EvalRow) -> Option<f64>), ("IoU_best", |r: &EvalRow| r.iou_best)] {
+            for (name, f) in [
+                (
+                    "IoU_unitcube",
+                    (|r: &EvalRow| r.iou_unitcube) as fn(&EvalRow) -> Option<f64>,
+                ),
+                ("IoU_best", |r: &EvalRow| r.iou_best),
+            ] {
                 if let Some(p) = paired_difference(&a, &b, f) {
                     lines.push(format!(
                         "- {s}, {name}: {} ± {:.3} (s.e., n {}); DPO better on {}, worse on {}, tied on {}",
@@ -228,27 +284,65 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
             }
         }
         if !lines.is_empty() {
-            let _ = writeln!(md, "Per image, DPO − SFT (failures = 0; first program per image):\n\n{}\n", lines.join("\n"));
+            let _ = writeln!(
+                md,
+                "Per image, DPO − SFT (failures = 0; first program per image):\n\n{}\n",
+                lines.join("\n")
+            );
         }
         // bars
         let cats: Vec<String> = table.iter().map(|t| t.0.clone()).collect();
         let pick = |f: &dyn Fn(&EvalSummary) -> f64, which: usize| -> Vec<f64> {
-            table.iter().map(|t| if which == 0 { t.1.as_ref() } else { t.2.as_ref() }.map_or(0.0, f)).collect()
+            table
+                .iter()
+                .map(|t| {
+                    if which == 0 {
+                        t.1.as_ref()
+                    } else {
+                        t.2.as_ref()
+                    }
+                    .map_or(0.0, f)
+                })
+                .collect()
         };
-        let series = |f: &dyn Fn(&EvalSummary) -> f64| vec![("SFT".to_string(), pick(f, 0)), ("DPO".to_string(), pick(f, 1))];
+        let series = |f: &dyn Fn(&EvalSummary) -> f64| {
+            vec![
+                ("SFT".to_string(), pick(f, 0)),
+                ("DPO".to_string(), pick(f, 1)),
+            ]
+        };
         let p = out.join("vsr_iou.png");
         bar_figure(
             &p,
             &[
-                ("Valid syntax rate", "VSR", 1.3, cats.clone(), series(&|e| e.vsr)), // headroom: the legend sits above bars at 1.0
-                ("Mean IoU_unitcube (failures = 0)", "mean IoU", 1.1, cats.clone(), series(&|e| e.iou_unitcube_mean_all)),
-                ("Mean IoU_best (failures = 0)", "mean IoU", 1.1, cats.clone(), series(&|e| e.iou_best_mean_all)),
+                (
+                    "Valid syntax rate",
+                    "VSR",
+                    1.3,
+                    cats.clone(),
+                    series(&|e| e.vsr),
+                ), // headroom: the legend sits above bars at 1.0
+                (
+                    "Mean IoU_unitcube (failures = 0)",
+                    "mean IoU",
+                    1.1,
+                    cats.clone(),
+                    series(&|e| e.iou_unitcube_mean_all),
+                ),
+                (
+                    "Mean IoU_best (failures = 0)",
+                    "mean IoU",
+                    1.1,
+                    cats.clone(),
+                    series(&|e| e.iou_best_mean_all),
+                ),
             ],
         )?;
         let _ = writeln!(md, "![VSR and mean IoU](vsr_iou.png)\n");
         rep.figures.push(p);
     } else {
-        rep.notes.push("no evaluation results (eval/ or dpo/eval/)".into());
+        rep.notes
+            .push("no evaluation results (eval/ or dpo/eval/)".into());
     }
 
     // --- IoU histograms per set
@@ -259,14 +353,27 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         for (m, rows) in [("SFT", &a), ("DPO", &b)] {
             if let Some(rows) = rows {
                 let v: Vec<f64> = rows.iter().filter_map(|r| r.iou_unitcube).collect();
-                series.push((m.to_string(), v, rows.iter().filter(|r| r.iou_unitcube.is_none()).count()));
+                series.push((
+                    m.to_string(),
+                    v,
+                    rows.iter().filter(|r| r.iou_unitcube.is_none()).count(),
+                ));
             }
         }
         if series.is_empty() {
             continue;
         }
         let p = out.join(format!("iou_hist_{s}.png"));
-        histogram_figure(&p, &format!("IoU_unitcube of generated programs: {s}"), "IoU_unitcube", &series, 0.0, 1.0, 10, Some("did not execute"))?;
+        histogram_figure(
+            &p,
+            &format!("IoU_unitcube of generated programs: {s}"),
+            "IoU_unitcube",
+            &series,
+            0.0,
+            1.0,
+            10,
+            Some("did not execute"),
+        )?;
         let _ = writeln!(md, "![IoU histogram {s}](iou_hist_{s}.png)\n");
         rep.figures.push(p);
     }
@@ -274,21 +381,62 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
     // --- SFT loss
     let sft: Vec<MetricRow> = read_jsonl(&run.join("metrics.jsonl"));
     if sft.iter().any(|r| r.loss.is_some()) {
-        let loss = Series { name: "train loss (code tokens)".into(), points: sft.iter().filter_map(|r| Some((r.step as f64, r.loss?))).collect() };
+        let loss = Series {
+            name: "train loss (code tokens)".into(),
+            points: sft
+                .iter()
+                .filter_map(|r| Some((r.step as f64, r.loss?)))
+                .collect(),
+        };
         let mut panels = vec![("SFT loss", "cross-entropy (nats/token)", vec![loss], None)];
-        let aux: Vec<(f64, f64)> = sft.iter().filter_map(|r| Some((r.step as f64, r.aux_loss?))).collect();
+        let aux: Vec<(f64, f64)> = sft
+            .iter()
+            .filter_map(|r| Some((r.step as f64, r.aux_loss?)))
+            .collect();
         if !aux.is_empty() {
-            panels.push(("SFT auxiliary shape loss", "MSE (unweighted)", vec![Series { name: "shape descriptors from the image".into(), points: aux }], None));
+            panels.push((
+                "SFT auxiliary shape loss",
+                "MSE (unweighted)",
+                vec![Series {
+                    name: "shape descriptors from the image".into(),
+                    points: aux,
+                }],
+                None,
+            ));
         }
-        let val: Vec<(f64, f64)> = sft.iter().filter_map(|r| Some((r.step as f64, r.val_iou_unitcube?))).collect();
+        let val: Vec<(f64, f64)> = sft
+            .iter()
+            .filter_map(|r| Some((r.step as f64, r.val_iou_unitcube?)))
+            .collect();
         if !val.is_empty() {
-            let vsr = Series { name: "val VSR".into(), points: sft.iter().filter_map(|r| Some((r.step as f64, r.val_vsr?))).collect() };
-            panels.push(("SFT validation (greedy)", "rate / mean IoU", vec![vsr, Series { name: "val IoU_unitcube (all)".into(), points: val }], None));
+            let vsr = Series {
+                name: "val VSR".into(),
+                points: sft
+                    .iter()
+                    .filter_map(|r| Some((r.step as f64, r.val_vsr?)))
+                    .collect(),
+            };
+            panels.push((
+                "SFT validation (greedy)",
+                "rate / mean IoU",
+                vec![
+                    vsr,
+                    Series {
+                        name: "val IoU_unitcube (all)".into(),
+                        points: val,
+                    },
+                ],
+                None,
+            ));
         }
         let p = out.join("sft_loss.png");
         line_figure(&p, "optimizer step", &panels, (700, 460))?;
         let last = sft.iter().rev().find_map(|r| r.loss).unwrap_or(f64::NAN);
-        let _ = writeln!(md, "## SFT\n\n{} logged steps, last loss {last:.4}.\n\n![SFT loss](sft_loss.png)\n", sft.len());
+        let _ = writeln!(
+            md,
+            "## SFT\n\n{} logged steps, last loss {last:.4}.\n\n![SFT loss](sft_loss.png)\n",
+            sft.len()
+        );
         rep.figures.push(p);
     } else {
         rep.notes.push("no SFT metrics.jsonl".into());
@@ -300,32 +448,53 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
     if !steps.is_empty() {
         let s = |name: &str, f: &dyn Fn(&DpoMetricRow) -> Option<f64>| Series {
             name: name.into(),
-            points: steps.iter().filter_map(|r| Some((r.step as f64, f(r)?))).collect(),
+            points: steps
+                .iter()
+                .filter_map(|r| Some((r.step as f64, f(r)?)))
+                .collect(),
         };
         let p = out.join("dpo_training.png");
         line_figure(
             &p,
             "DPO optimizer step",
             &[
-                ("DPO loss", "sigmoid DPO loss", vec![s("loss", &|r| r.loss)], Some((std::f64::consts::LN_2, "ln 2 (policy = reference)"))),
+                (
+                    "DPO loss",
+                    "sigmoid DPO loss",
+                    vec![s("loss", &|r| r.loss)],
+                    Some((std::f64::consts::LN_2, "ln 2 (policy = reference)")),
+                ),
                 (
                     "Implicit rewards β·log(π/π_ref)",
                     "reward",
-                    vec![s("rewards/margins", &|r| r.rewards_margins), s("rewards/chosen", &|r| r.rewards_chosen), s("rewards/rejected", &|r| r.rewards_rejected)],
+                    vec![
+                        s("rewards/margins", &|r| r.rewards_margins),
+                        s("rewards/chosen", &|r| r.rewards_chosen),
+                        s("rewards/rejected", &|r| r.rewards_rejected),
+                    ],
                     Some((0.0, "0")),
                 ),
-                ("Preference accuracy", "rewards/accuracies", vec![s("rewards/accuracies", &|r| r.rewards_accuracies)], Some((0.5, "chance"))),
+                (
+                    "Preference accuracy",
+                    "rewards/accuracies",
+                    vec![s("rewards/accuracies", &|r| r.rewards_accuracies)],
+                    Some((0.5, "chance")),
+                ),
             ],
             (620, 460),
         )?;
         let _ = writeln!(md, "## DPO\n\n![DPO training](dpo_training.png)\n");
         rep.figures.push(p);
     } else {
-        rep.notes.push("no DPO training steps in dpo/metrics.jsonl".into());
+        rep.notes
+            .push("no DPO training steps in dpo/metrics.jsonl".into());
     }
     let rounds: Vec<&DpoMetricRow> = dpo.iter().filter(|r| r.rollout_pairs.is_some()).collect();
     if !rounds.is_empty() {
-        let _ = writeln!(md, "| round | policy step | rollout mean reward | rollout VSR | rollout IoU_unitcube (all) | pairs |");
+        let _ = writeln!(
+            md,
+            "| round | policy step | rollout mean reward | rollout VSR | rollout IoU_unitcube (all) | pairs |"
+        );
         let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|");
         for r in &rounds {
             let _ = writeln!(
@@ -344,27 +513,51 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
     // rollout rewards per round
     let mut rseries = Vec::new();
     let mut round_files: Vec<PathBuf> = std::fs::read_dir(dpo_dir.join("rollouts"))
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+                .collect()
+        })
         .unwrap_or_default();
     round_files.sort();
     for f in &round_files {
         if let Ok(rs) = crate::train::rollout::read_rollouts(f) {
             let round = rs.first().map_or(0, |r| r.round);
             let v: Vec<f64> = rs.iter().filter_map(|r| r.iou).collect();
-            rseries.push((format!("round {round}"), v, rs.iter().filter(|r| r.iou.is_none()).count()));
+            rseries.push((
+                format!("round {round}"),
+                v,
+                rs.iter().filter(|r| r.iou.is_none()).count(),
+            ));
         }
     }
     if !rseries.is_empty() {
         let p = out.join("rollout_rewards.png");
-        histogram_figure(&p, "Rollout rewards per round (sampled programs, IoU_unitcube)", "reward = IoU_unitcube", &rseries, 0.0, 1.0, 10, Some("invalid: penalty"))?;
+        histogram_figure(
+            &p,
+            "Rollout rewards per round (sampled programs, IoU_unitcube)",
+            "reward = IoU_unitcube",
+            &rseries,
+            0.0,
+            1.0,
+            10,
+            Some("invalid: penalty"),
+        )?;
         let _ = writeln!(md, "![Rollout rewards](rollout_rewards.png)\n");
         rep.figures.push(p);
     }
 
     // --- gallery: target | SFT | DPO, on the first set with both (real data preferred)
     let set_dirs: BTreeMap<String, PathBuf> =
-        std::fs::read_to_string(dpo_dir.join("eval").join("sets.json")).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
-    let mut gallery_sets: Vec<&(String, Option<EvalSummary>, Option<EvalSummary>)> = table.iter().filter(|t| t.1.is_some() && t.2.is_some()).collect();
+        std::fs::read_to_string(dpo_dir.join("eval").join("sets.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+    let mut gallery_sets: Vec<&(String, Option<EvalSummary>, Option<EvalSummary>)> = table
+        .iter()
+        .filter(|t| t.1.is_some() && t.2.is_some())
+        .collect();
     gallery_sets.sort_by_key(|t| t.0.starts_with("synth")); // real images first
     let mut gallery_done = false;
     for (s, _, _) in gallery_sets {
@@ -375,8 +568,11 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         ) else {
             continue;
         };
-        let Ok(samples) = crate::data::load_samples(dir, None) else { continue };
-        let by_id: BTreeMap<&str, &crate::data::Sample> = samples.iter().map(|x| (x.id.as_str(), x)).collect();
+        let Ok(samples) = crate::data::load_samples(dir, None) else {
+            continue;
+        };
+        let by_id: BTreeMap<&str, &crate::data::Sample> =
+            samples.iter().map(|x| (x.id.as_str(), x)).collect();
         let first = |rows: &[EvalRow]| -> BTreeMap<String, EvalRow> {
             let mut m = BTreeMap::new();
             for r in rows {
@@ -385,7 +581,11 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
             m
         };
         let (ma, mb) = (first(&a), first(&b));
-        let ids: Vec<String> = ma.keys().filter(|k| mb.contains_key(*k) && by_id.contains_key(k.as_str())).cloned().collect();
+        let ids: Vec<String> = ma
+            .keys()
+            .filter(|k| mb.contains_key(*k) && by_id.contains_key(k.as_str()))
+            .cloned()
+            .collect();
         let side = 180;
         let rows: Vec<GalleryRow> = spread(&ids, 12)
             .into_iter()
@@ -394,11 +594,23 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
                 let (ra, rb) = (&ma[&id], &mb[&id]);
                 GalleryRow {
                     id: id.clone(),
-                    target: Tile { rgb: t.rgb.clone(), width: t.width as u32, height: t.height as u32 },
-                    sft: if ra.ok { render_program(&ra.program, side) } else { None },
-                    dpo: if rb.ok { render_program(&rb.program, side) } else { None },
-                    sft_iou: ra.iou_unitcube,
-                    dpo_iou: rb.iou_unitcube,
+                    target: Tile {
+                        rgb: t.rgb.clone(),
+                        width: t.width as u32,
+                        height: t.height as u32,
+                    },
+                    a: if ra.ok {
+                        render_program(&ra.program, side)
+                    } else {
+                        None
+                    },
+                    b: if rb.ok {
+                        render_program(&rb.program, side)
+                    } else {
+                        None
+                    },
+                    a_iou: ra.iou_unitcube,
+                    b_iou: rb.iou_unitcube,
                 }
             })
             .collect();
@@ -406,15 +618,28 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
             continue;
         }
         let p = out.join("gallery.png");
-        gallery_figure(&p, &format!("{s}: target | SFT | DPO (first program per image, evenly spaced ids, not selected by IoU)"), &rows, 2, side, "IoU_uc")?;
+        gallery_figure(
+            &p,
+            &format!(
+                "{s}: target | SFT | DPO (first program per image, evenly spaced ids, not selected by IoU)"
+            ),
+            &rows,
+            2,
+            side,
+            "IoU_uc",
+            ["target image", "SFT program", "DPO program"],
+        )?;
         let _ = writeln!(md, "## Gallery ({s})\n\n![gallery](gallery.png)\n");
         rep.figures.push(p);
         gallery_done = true;
         break;
     }
     if !gallery_done {
-        rep.notes.push("no gallery: needs SFT and DPO evaluations of one set and dpo/eval/sets.json".into());
+        rep.notes.push(
+            "no gallery: needs SFT and DPO evaluations of one set and dpo/eval/sets.json".into(),
+        );
     }
+    search_section(run, &out, &mut md, &mut rep)?;
     if !rep.notes.is_empty() {
         let _ = writeln!(md, "## Notes\n");
         for n in &rep.notes {
@@ -424,4 +649,153 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
     let p = out.join("README.md");
     std::fs::write(&p, md).map_err(|e| ioerr(&p, e))?;
     Ok(rep)
+}
+
+/// Searched evaluations (`eval.json` with `search`): a table greedy | searched, the IoU-vs-renders
+/// curves, and a gallery input | greedy | searched on the first set (real images first).
+fn search_section(
+    run: &Path,
+    out: &Path,
+    md: &mut String,
+    rep: &mut ReportOutcome,
+) -> Result<(), ReportError> {
+    let mut found: Vec<(String, crate::eval::SearchSummary, PathBuf, Option<PathBuf>)> = Vec::new();
+    for (stage, dir) in [("SFT", run.to_path_buf()), ("DPO", run.join("dpo"))] {
+        let set_dirs: BTreeMap<String, PathBuf> =
+            std::fs::read_to_string(dir.join("eval").join("sets.json"))
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default();
+        for s in eval_sets(&dir) {
+            let ed = dir.join("eval").join(&s);
+            if let Some(x) = read_summary(&ed.join("eval.json")).and_then(|e| e.search) {
+                found.push((format!("{stage} {s}"), x, ed, set_dirs.get(&s).cloned()));
+            }
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    let _ = writeln!(md, "## Render-and-compare search\n");
+    let _ = writeln!(
+        md,
+        "Mean over all images (failures count 0). The search sees the image only; IoU is measured afterwards.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| model / set | greedy IoU_best | searched IoU_best | greedy IoU_unitcube | searched IoU_unitcube | VSR greedy / searched | renders/image | s/image (propose + search) | Spearman(image score, IoU_best) | pick of proposals / oracle |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut panels = Vec::new();
+    for (name, x, ed, _) in &found {
+        let e = read_summary(&ed.join("eval.json"));
+        let (sb, su, sv) = e.as_ref().map_or((f64::NAN, f64::NAN, f64::NAN), |e| {
+            (e.iou_best_mean_all, e.iou_unitcube_mean_all, e.vsr)
+        });
+        let _ = writeln!(
+            md,
+            "| {name} | {} | **{}** | {} | {} | {} / {} | {:.0} | {:.1} + {:.2} | {} | {} / {} |",
+            fmt3(x.greedy_iou_best_mean_all),
+            fmt3(sb),
+            fmt3(x.greedy_iou_unitcube_mean_all),
+            fmt3(su),
+            fmt3(x.greedy_vsr),
+            fmt3(sv),
+            x.renders_mean,
+            x.propose_seconds_per_image,
+            x.search_seconds_per_image,
+            x.spearman_mean.map_or("n/a".into(), fmt3),
+            fmt3(x.proposals_pick_iou_best),
+            fmt3(x.proposals_oracle_iou_best)
+        );
+        let pts = |c: &[(usize, f64)]| {
+            c.iter()
+                .map(|(b, v)| ((*b as f64).log2(), *v))
+                .collect::<Vec<_>>()
+        };
+        panels.push((
+            name.clone(),
+            vec![
+                Series {
+                    name: "IoU_best".into(),
+                    points: pts(&x.curve),
+                },
+                Series {
+                    name: "IoU_unitcube".into(),
+                    points: pts(&x.curve_unitcube),
+                },
+            ],
+            x.greedy_iou_best_mean_all,
+        ));
+    }
+    let p = out.join("search_curve.png");
+    let panel_refs: Vec<(&str, &str, Vec<Series>, Option<(f64, &str)>)> = panels
+        .iter()
+        .map(|(n, s, g)| {
+            (
+                n.as_str(),
+                "mean IoU (all images)",
+                s.clone(),
+                Some((*g, "greedy IoU_best")),
+            )
+        })
+        .collect();
+    line_figure(&p, "log2(renders per image)", &panel_refs, (560, 380))?;
+    let _ = writeln!(md, "\n![IoU vs renders](search_curve.png)\n");
+    rep.figures.push(p);
+
+    let mut order: Vec<&(String, crate::eval::SearchSummary, PathBuf, Option<PathBuf>)> =
+        found.iter().filter(|f| f.3.is_some()).collect();
+    order.sort_by_key(|f| f.0.contains("synth"));
+    for (name, _, ed, dir) in order {
+        let lines: Vec<crate::eval::SearchLine> = read_jsonl(&ed.join("search.jsonl"));
+        let Some(dir) = dir else { continue };
+        let Ok(samples) = crate::data::load_samples(dir, None) else {
+            continue;
+        };
+        let by_id: BTreeMap<&str, &crate::data::Sample> =
+            samples.iter().map(|x| (x.id.as_str(), x)).collect();
+        let lines: Vec<&crate::eval::SearchLine> = lines
+            .iter()
+            .filter(|l| by_id.contains_key(l.id.as_str()))
+            .collect();
+        let side = 180;
+        let rows: Vec<GalleryRow> = spread(&lines, 12)
+            .into_iter()
+            .map(|l| {
+                let t = by_id[l.id.as_str()];
+                GalleryRow {
+                    id: l.id.clone(),
+                    target: Tile {
+                        rgb: t.rgb.clone(),
+                        width: t.width as u32,
+                        height: t.height as u32,
+                    },
+                    a: l.greedy_iou_best
+                        .and_then(|_| render_program(&l.greedy_program, side)),
+                    b: l.iou_best
+                        .and_then(|_| l.program.as_deref().and_then(|p| render_program(p, side))),
+                    a_iou: l.greedy_iou_best,
+                    b_iou: l.iou_best,
+                }
+            })
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let p = out.join("search_gallery.png");
+        gallery_figure(
+            &p,
+            &format!("{name}: input | greedy | searched (evenly spaced ids, not selected by IoU)"),
+            &rows,
+            2,
+            side,
+            "IoU_best",
+            ["input image", "greedy program", "searched program"],
+        )?;
+        let _ = writeln!(md, "![search gallery](search_gallery.png)\n");
+        rep.figures.push(p);
+        break;
+    }
+    Ok(())
 }

@@ -19,7 +19,9 @@ use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::model::VlmConfig;
-use crate::model::lora::{LoraConfig, LoraError, apply_lora, merge_and_unload, quantize_linears, save_adapters};
+use crate::model::lora::{
+    LoraConfig, LoraError, apply_lora, merge_and_unload, quantize_linears, save_adapters,
+};
 use crate::model::quant::Quantize;
 use crate::model::vlm::{Vlm, linear_paths};
 
@@ -76,7 +78,10 @@ impl Adaptation {
             None => Ok(()),
             Some(l) => {
                 for t in &l.targets {
-                    let one = LoraConfig { targets: vec![t.clone()], ..l.clone() };
+                    let one = LoraConfig {
+                        targets: vec![t.clone()],
+                        ..l.clone()
+                    };
                     if !paths.iter().any(|p| one.matches(p)) {
                         return Err(format!(
                             "lora.targets: {t:?} matches no linear layer; use \"all-linear\" or layer names such as q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, qkv, proj, fc1, fc2, lm_head"
@@ -90,7 +95,11 @@ impl Adaptation {
 
     /// Freezes `model`, quantizes its linear bases (all but [`KEEP_F32`]) and attaches the adapters.
     /// Full fine-tuning returns the model unchanged.
-    pub fn prepare<B: Backend>(&self, model: Vlm<B>, device: &B::Device) -> Result<Vlm<B>, LoraError> {
+    pub fn prepare<B: Backend>(
+        &self,
+        model: Vlm<B>,
+        device: &B::Device,
+    ) -> Result<Vlm<B>, LoraError> {
         if self.is_full() {
             return Ok(model);
         }
@@ -104,7 +113,12 @@ impl Adaptation {
 
     /// Writes `adapters.safetensors` into `dir` (when there are adapters) and returns the model as a
     /// plain f32 model (see the module doc).
-    pub fn export<B: Backend>(&self, model: Vlm<B>, dir: &Path, device: &B::Device) -> Result<Vlm<B>, LoraError> {
+    pub fn export<B: Backend>(
+        &self,
+        model: Vlm<B>,
+        dir: &Path,
+        device: &B::Device,
+    ) -> Result<Vlm<B>, LoraError> {
         if self.is_full() {
             return Ok(model);
         }
@@ -134,21 +148,54 @@ mod tests {
     fn validate_names_the_field_and_the_fix() {
         let c = VlmConfig::named("tiny", 300).unwrap();
         assert!(Adaptation::default().validate(&c).is_ok());
-        let q = Adaptation { quantize: Quantize::Nf4, lora: None };
+        let q = Adaptation {
+            quantize: Quantize::Nf4,
+            lora: None,
+        };
         let e = q.validate(&c).unwrap_err();
         assert!(e.contains("model.quantize") && e.contains("[lora]"), "{e}");
-        let ok = Adaptation { quantize: Quantize::Nf4, lora: Some(LoraConfig::default()) };
+        let ok = Adaptation {
+            quantize: Quantize::Nf4,
+            lora: Some(LoraConfig::default()),
+        };
         assert!(ok.validate(&c).is_ok());
-        let bad = Adaptation { lora: Some(LoraConfig { targets: vec!["qproj".into()], ..LoraConfig::default() }), ..ok.clone() };
+        let bad = Adaptation {
+            lora: Some(LoraConfig {
+                targets: vec!["qproj".into()],
+                ..LoraConfig::default()
+            }),
+            ..ok.clone()
+        };
         let e = bad.validate(&c).unwrap_err();
         assert!(e.contains("lora.targets") && e.contains("qproj"), "{e}");
-        let bad = Adaptation { lora: Some(LoraConfig { dropout: 1.5, ..LoraConfig::default() }), ..ok.clone() };
+        let bad = Adaptation {
+            lora: Some(LoraConfig {
+                dropout: 1.5,
+                ..LoraConfig::default()
+            }),
+            ..ok.clone()
+        };
         let e = bad.validate(&c).unwrap_err();
         assert!(e.starts_with("lora.dropout"), "{e}");
         // rank 0 means no adapters: fine with an f32 base, refused with a quantized one
-        let r0 = Adaptation { quantize: Quantize::None, lora: Some(LoraConfig { rank: 0, ..LoraConfig::default() }) };
+        let r0 = Adaptation {
+            quantize: Quantize::None,
+            lora: Some(LoraConfig {
+                rank: 0,
+                ..LoraConfig::default()
+            }),
+        };
         assert!(r0.validate(&c).is_ok() && r0.is_full());
-        assert!(r0.same_training(&Adaptation::default()) && !ok.same_training(&Adaptation::default()));
-        assert!(Adaptation { quantize: Quantize::Int8, ..r0 }.validate(&c).is_err());
+        assert!(
+            r0.same_training(&Adaptation::default()) && !ok.same_training(&Adaptation::default())
+        );
+        assert!(
+            Adaptation {
+                quantize: Quantize::Int8,
+                ..r0
+            }
+            .validate(&c)
+            .is_err()
+        );
     }
 }

@@ -8,8 +8,8 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::model::weights::{self, Named};
 use super::adapt::Adaptation;
+use crate::model::weights::{self, Named};
 use crate::model::{ModelError, VlmConfig};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -37,7 +37,10 @@ pub enum CheckpointError {
 }
 
 fn cerr(path: &Path, msg: impl std::fmt::Display) -> CheckpointError {
-    CheckpointError::Io { path: path.display().to_string(), msg: msg.to_string() }
+    CheckpointError::Io {
+        path: path.display().to_string(),
+        msg: msg.to_string(),
+    }
 }
 
 pub fn step_dir(run: &Path, step: usize) -> PathBuf {
@@ -46,7 +49,14 @@ pub fn step_dir(run: &Path, step: usize) -> PathBuf {
 
 /// Write model, optimizer state and meta (the small VLM's [`CheckpointMeta`], or a policy's own)
 /// for `step`; keeps the newest `keep` checkpoints.
-pub fn save<B: Backend, M: Module<B>, T: Serialize>(run: &Path, step: usize, model: &M, optim: &Named, meta: &T, keep: usize) -> Result<PathBuf, CheckpointError> {
+pub fn save<B: Backend, M: Module<B>, T: Serialize>(
+    run: &Path,
+    step: usize,
+    model: &M,
+    optim: &Named,
+    meta: &T,
+    keep: usize,
+) -> Result<PathBuf, CheckpointError> {
     let dir = step_dir(run, step);
     let tmp = dir.with_extension("tmp");
     if tmp.exists() {
@@ -54,7 +64,11 @@ pub fn save<B: Backend, M: Module<B>, T: Serialize>(run: &Path, step: usize, mod
     }
     std::fs::create_dir_all(&tmp).map_err(|e| cerr(&tmp, e))?;
     weights::save_module(model, &tmp.join("model.safetensors"))?;
-    weights::write_safetensors(&tmp.join("optimizer.safetensors"), optim, Default::default())?;
+    weights::write_safetensors(
+        &tmp.join("optimizer.safetensors"),
+        optim,
+        Default::default(),
+    )?;
     let j = serde_json::to_string_pretty(meta).map_err(|e| cerr(&tmp, e))?;
     std::fs::write(tmp.join("meta.json"), j).map_err(|e| cerr(&tmp, e))?;
     if dir.exists() {
@@ -78,7 +92,9 @@ pub fn list(run: &Path) -> Result<Vec<(usize, PathBuf)>, CheckpointError> {
     for e in std::fs::read_dir(&d).map_err(|e| cerr(&d, e))? {
         let p = e.map_err(|e| cerr(&d, e))?.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if let Some(s) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok())
+        if let Some(s) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<usize>().ok())
             && p.join("meta.json").exists()
         {
             out.push((s, p));

@@ -75,7 +75,13 @@ impl Default for DpoConfig {
             label_smoothing: 0.0,
             reset_reference: false,
             nll_weight: 0.0,
-            optim: OptimConfig { lr: 1e-4, warmup_steps: 5, min_lr_ratio: 0.1, weight_decay: 0.0, ..Default::default() },
+            optim: OptimConfig {
+                lr: 1e-4,
+                warmup_steps: 5,
+                min_lr_ratio: 0.1,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
             log_every: 1,
             checkpoint_every: 10,
             keep_checkpoints: 2,
@@ -102,25 +108,57 @@ impl DpoConfig {
             }
         }
         if self.rollout.k < 2 {
-            return Err("dpo.rollout.k must be ≥ 2: a pair needs two samples of the same image".into());
+            return Err(
+                "dpo.rollout.k must be ≥ 2: a pair needs two samples of the same image".into(),
+            );
         }
         if self.rollout.temperature <= 0.0 {
-            return Err("dpo.rollout.temperature must be > 0: greedy decoding gives K identical programs".into());
+            return Err(
+                "dpo.rollout.temperature must be > 0: greedy decoding gives K identical programs"
+                    .into(),
+            );
+        }
+        if self.rollout.reward == rollout::RewardKind::Image {
+            self.rollout
+                .image_score
+                .validate()
+                .map_err(|e| format!("dpo.rollout.image_score: {e}"))?;
+            if !(32..=1024).contains(&self.rollout.render_size) {
+                return Err(format!(
+                    "dpo.rollout.render_size = {}: use 32..=1024 pixels",
+                    self.rollout.render_size
+                ));
+            }
         }
         if !(self.beta > 0.0) {
-            return Err(format!("dpo.beta = {}: use a positive value, e.g. 0.1", self.beta));
+            return Err(format!(
+                "dpo.beta = {}: use a positive value, e.g. 0.1",
+                self.beta
+            ));
         }
         if !(0.0..0.5).contains(&self.label_smoothing) {
-            return Err(format!("dpo.label_smoothing = {}: use a value in [0, 0.5)", self.label_smoothing));
+            return Err(format!(
+                "dpo.label_smoothing = {}: use a value in [0, 0.5)",
+                self.label_smoothing
+            ));
         }
         if !(self.optim.lr > 0.0 && self.optim.lr < 1.0) {
-            return Err(format!("dpo.optim.lr = {}: use a value in (0, 1), e.g. 1e-4", self.optim.lr));
+            return Err(format!(
+                "dpo.optim.lr = {}: use a value in (0, 1), e.g. 1e-4",
+                self.optim.lr
+            ));
         }
         if !(self.nll_weight >= 0.0) {
-            return Err(format!("dpo.nll_weight = {}: use a value ≥ 0", self.nll_weight));
+            return Err(format!(
+                "dpo.nll_weight = {}: use a value ≥ 0",
+                self.nll_weight
+            ));
         }
         if self.pairs.margin < 0.0 {
-            return Err(format!("dpo.pairs.margin = {}: use a value ≥ 0", self.pairs.margin));
+            return Err(format!(
+                "dpo.pairs.margin = {}: use a value ≥ 0",
+                self.pairs.margin
+            ));
         }
         Ok(())
     }
@@ -151,11 +189,20 @@ pub struct DpoOutcome {
 
 /// Pair examples of a round (the policy's token rows of each pair; pairs too long for the model are
 /// dropped).
-pub fn pair_examples<'a>(policy: &dyn Policy, rollouts: &[Rollout], pairs: &[Pair], images: &'a [Sample]) -> Result<Vec<PairExample<'a>>, TrainError> {
+pub fn pair_examples<'a>(
+    policy: &dyn Policy,
+    rollouts: &[Rollout],
+    pairs: &[Pair],
+    images: &'a [Sample],
+) -> Result<Vec<PairExample<'a>>, TrainError> {
     let mut out = Vec::with_capacity(pairs.len());
     for p in pairs {
         let (w, l) = (&rollouts[p.chosen], &rollouts[p.rejected]);
-        if let Some(e) = policy.encode_pair(&images[w.image], (&w.program, w.finished), (&l.program, l.finished))? {
+        if let Some(e) = policy.encode_pair(
+            &images[w.image],
+            (&w.program, w.finished),
+            (&l.program, l.finished),
+        )? {
             out.push(e);
         }
     }
@@ -184,7 +231,11 @@ pub fn train_dpo_policy(
     let ref_file = run.join("reference.safetensors");
     let full = policy.freeze_reference(None).is_ok();
     let resumed = policy.resume(run)?;
-    let Progress { mut step, mut tokens, seconds: secs0 } = resumed.unwrap_or_default();
+    let Progress {
+        mut step,
+        mut tokens,
+        seconds: secs0,
+    } = resumed.unwrap_or_default();
     if full && cfg.reset_reference && step > 0 && ref_file.exists() {
         policy.load_reference(&ref_file)?;
     }
@@ -193,9 +244,14 @@ pub fn train_dpo_policy(
     let end = stop_at.map_or(total, |s| s.min(total));
     let t0 = Instant::now();
     let mut round_stats = Vec::new();
-    let pb = if show_progress { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
+    let pb = if show_progress {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb.set_position(step as u64);
     while step < end {
@@ -207,26 +263,54 @@ pub fn train_dpo_policy(
             std::fs::write(&j, format!("{{\"round\": {round}}}\n")).map_err(|e| ioerr(&j, e))?;
         }
         // 1. rollouts of this round (cached)
-        let rpath = run.join("rollouts").join(format!("round-{round:02}.parquet"));
-        let round_imgs: Vec<usize> = rollout::round_images(images.len(), cfg.images_per_round, cfg.seed, round);
+        let rpath = run
+            .join("rollouts")
+            .join(format!("round-{round:02}.parquet"));
+        let round_imgs: Vec<usize> =
+            rollout::round_images(images.len(), cfg.images_per_round, cfg.seed, round);
         let imgs: Vec<Sample> = round_imgs.iter().map(|&i| images[i].clone()).collect();
         let rs = if rpath.exists() {
             rollout::read_rollouts(&rpath)?
         } else {
-            pb.set_message(format!("round {round}: sampling {} × {} programs", imgs.len(), cfg.rollout.k));
+            pb.set_message(format!(
+                "round {round}: sampling {} × {} programs",
+                imgs.len(),
+                cfg.rollout.k
+            ));
             let t = Instant::now();
-            let rs = rollout::sample_rollouts(&*policy, &imgs, &cfg.rollout, executor, cfg.seed ^ ((round as u64) << 32), round, step)?;
+            let rs = rollout::sample_rollouts(
+                &*policy,
+                &imgs,
+                &cfg.rollout,
+                executor,
+                cfg.seed ^ ((round as u64) << 32),
+                round,
+                step,
+            )?;
             rollout::write_rollouts(&rpath, &rs)?;
-            pb.println(format!("round {round}: {} rollouts in {:.1} s", rs.len(), t.elapsed().as_secs_f64()));
+            pb.println(format!(
+                "round {round}: {} rollouts in {:.1} s",
+                rs.len(),
+                t.elapsed().as_secs_f64()
+            ));
             rs
         };
         // 2. pairs
-        let keep = cfg.pairs.hard_threshold.map(|t| rollout::hard_examples(&rs, t));
+        let keep = cfg
+            .pairs
+            .hard_threshold
+            .map(|t| rollout::hard_examples(&rs, t));
         let pairs = rollout::select_pairs(&rs, &cfg.pairs, keep.as_ref(), cfg.seed ^ round as u64);
         let examples = pair_examples(&*policy, &rs, &pairs, &imgs)?;
         let st = rollout::rollout_stats(&rs, examples.len());
-        pb.println(format!("round {round}: reward mean {:.3}  VSR {:.3}  IoU(all) {:.3}  {} pairs", st.reward_mean, st.vsr, st.iou_mean_all, st.pairs));
-        if !metrics.iter().any(|m| m.round == round && m.rollout_pairs.is_some()) {
+        pb.println(format!(
+            "round {round}: reward mean {:.3}  VSR {:.3}  IoU(all) {:.3}  {} pairs",
+            st.reward_mean, st.vsr, st.iou_mean_all, st.pairs
+        ));
+        if !metrics
+            .iter()
+            .any(|m| m.round == round && m.rollout_pairs.is_some())
+        {
             metrics.push(DpoMetricRow {
                 step: round_start,
                 round,
@@ -242,9 +326,20 @@ pub fn train_dpo_policy(
         round_stats.push(st);
         let round_end = (round_start + cfg.steps_per_round).min(end);
         if examples.is_empty() {
-            pb.println(format!("round {round}: no pair has a reward gap ≥ {}; the round trains nothing", cfg.pairs.margin));
+            pb.println(format!(
+                "round {round}: no pair has a reward gap ≥ {}; the round trains nothing",
+                cfg.pairs.margin
+            ));
             step = round_end;
-            policy.save_checkpoint(run, Progress { step, tokens, seconds: secs0 + t0.elapsed().as_secs_f64() }, cfg.keep_checkpoints)?;
+            policy.save_checkpoint(
+                run,
+                Progress {
+                    step,
+                    tokens,
+                    seconds: secs0 + t0.elapsed().as_secs_f64(),
+                },
+                cfg.keep_checkpoints,
+            )?;
             continue;
         }
         // 3. DPO steps. The reference log-probs of every pair are computed once per round, in
@@ -257,17 +352,34 @@ pub fn train_dpo_policy(
         let mut perm = None;
         while step < round_end {
             let local = step - round_start;
-            let idx = sample_indices(cfg.seed ^ (round as u64 + 1), examples.len(), local * cfg.batch_pairs, cfg.batch_pairs, &mut perm);
+            let idx = sample_indices(
+                cfg.seed ^ (round as u64 + 1),
+                examples.len(),
+                local * cfg.batch_pairs,
+                cfg.batch_pairs,
+                &mut perm,
+            );
             let batch: Vec<&PairExample> = idx.iter().map(|&i| &examples[i]).collect();
             let refs: Vec<(f64, f64)> = idx.iter().map(|&i| ref_lp[i]).collect();
             let lr = lr_at(&cfg.optim, step, total);
-            let hp = DpoStep { beta: cfg.beta, label_smoothing: cfg.label_smoothing, nll_weight: cfg.nll_weight, lr };
+            let hp = DpoStep {
+                beta: cfg.beta,
+                label_smoothing: cfg.label_smoothing,
+                nll_weight: cfg.nll_weight,
+                lr,
+            };
             let (s, gnorm) = policy.dpo_step(&batch, &refs, &hp)?;
-            tokens += batch.iter().map(|p| (p.chosen.len() + p.rejected.len()) as u64).sum::<u64>();
+            tokens += batch
+                .iter()
+                .map(|p| (p.chosen.len() + p.rejected.len()) as u64)
+                .sum::<u64>();
             step += 1;
             let secs = secs0 + t0.elapsed().as_secs_f64();
             pb.set_position(step as u64);
-            pb.set_message(format!("round {round} loss {:.4} margin {:.3} acc {:.2}", s.loss, s.margin, s.accuracy));
+            pb.set_message(format!(
+                "round {round} loss {:.4} margin {:.3} acc {:.2}",
+                s.loss, s.margin, s.accuracy
+            ));
             if step % cfg.log_every.max(1) == 0 || step == round_end {
                 metrics.push(DpoMetricRow {
                     step,
@@ -287,7 +399,15 @@ pub fn train_dpo_policy(
                 write_dpo_metrics(run, &metrics)?;
             }
             if step % cfg.checkpoint_every.max(1) == 0 || step == round_end {
-                policy.save_checkpoint(run, Progress { step, tokens, seconds: secs }, cfg.keep_checkpoints)?;
+                policy.save_checkpoint(
+                    run,
+                    Progress {
+                        step,
+                        tokens,
+                        seconds: secs,
+                    },
+                    cfg.keep_checkpoints,
+                )?;
             }
         }
     }
@@ -295,7 +415,13 @@ pub fn train_dpo_policy(
     if step == total {
         policy.save_final(run)?;
     }
-    Ok(DpoOutcome { run: run.to_path_buf(), step, resumed_from: resumed.map(|p| p.step), metrics, rounds: round_stats })
+    Ok(DpoOutcome {
+        run: run.to_path_buf(),
+        step,
+        resumed_from: resumed.map(|p| p.step),
+        metrics,
+        rounds: round_stats,
+    })
 }
 
 /// DPO of the small VLM from the SFT weights `init`, trained as `adapt` says (with adapters, the SFT
@@ -318,9 +444,24 @@ pub fn train_dpo_adapted<AB: AutodiffBackend>(
     AB::seed(device, cfg.seed);
     // the base is the SFT model, rebuilt (and quantized) the same way on resume
     let model = weights::load_module(c.init::<AB>(device), init)?;
-    let mut policy = VlmPolicy::new(model, c.clone(), tok.clone(), adapt.clone(), cfg.optim.clone(), device)?;
+    let mut policy = VlmPolicy::new(
+        model,
+        c.clone(),
+        tok.clone(),
+        adapt.clone(),
+        cfg.optim.clone(),
+        device,
+    )?;
     let executor = crate::exec::executor(&cfg.rollout.sandbox)?;
-    train_dpo_policy(&mut policy, run, cfg, images, executor.as_ref(), stop_at, show_progress)
+    train_dpo_policy(
+        &mut policy,
+        run,
+        cfg,
+        images,
+        executor.as_ref(),
+        stop_at,
+        show_progress,
+    )
 }
 
 #[cfg(test)]

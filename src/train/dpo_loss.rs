@@ -24,20 +24,35 @@ pub struct DpoStats {
 
 fn log_sigmoid_f64(x: f64) -> f64 {
     // log σ(x) = −softplus(−x), computed stably on both sides
-    if x >= 0.0 { -(-x).exp().ln_1p() } else { x - x.exp().ln_1p() }
+    if x >= 0.0 {
+        -(-x).exp().ln_1p()
+    } else {
+        x - x.exp().ln_1p()
+    }
 }
 
 /// The sigmoid DPO loss over a batch of per-sequence summed log-probs (pure):
 /// `h = β[(π_w − ref_w) − (π_l − ref_l)]`, `loss = −(1−ε)·log σ(h) − ε·log σ(−h)`, averaged.
-pub fn dpo_loss(policy_chosen: &[f64], policy_rejected: &[f64], ref_chosen: &[f64], ref_rejected: &[f64], beta: f64, label_smoothing: f64) -> DpoStats {
+pub fn dpo_loss(
+    policy_chosen: &[f64],
+    policy_rejected: &[f64],
+    ref_chosen: &[f64],
+    ref_rejected: &[f64],
+    beta: f64,
+    label_smoothing: f64,
+) -> DpoStats {
     let n = policy_chosen.len();
-    assert!(n > 0 && policy_rejected.len() == n && ref_chosen.len() == n && ref_rejected.len() == n, "dpo_loss: batch sizes differ or are 0");
+    assert!(
+        n > 0 && policy_rejected.len() == n && ref_chosen.len() == n && ref_rejected.len() == n,
+        "dpo_loss: batch sizes differ or are 0"
+    );
     let mut s = DpoStats::default();
     for i in 0..n {
         let rc = beta * (policy_chosen[i] - ref_chosen[i]);
         let rr = beta * (policy_rejected[i] - ref_rejected[i]);
         let h = rc - rr;
-        s.loss += -(1.0 - label_smoothing) * log_sigmoid_f64(h) - label_smoothing * log_sigmoid_f64(-h);
+        s.loss +=
+            -(1.0 - label_smoothing) * log_sigmoid_f64(h) - label_smoothing * log_sigmoid_f64(-h);
         s.reward_chosen += rc;
         s.reward_rejected += rr;
         s.accuracy += if rc > rr { 1.0 } else { 0.0 };
@@ -64,12 +79,14 @@ pub fn dpo_loss_tensor<B: Backend>(
     beta: f64,
     label_smoothing: f64,
 ) -> Tensor<B, 1> {
-    let h = policy_chosen.sub(ref_chosen).sub(policy_rejected.sub(ref_rejected)).mul_scalar(beta); // [batch]
+    let h = policy_chosen
+        .sub(ref_chosen)
+        .sub(policy_rejected.sub(ref_rejected))
+        .mul_scalar(beta); // [batch]
     let pos = log_sigmoid(h.clone()).mul_scalar(-(1.0 - label_smoothing)); // [batch]
     let neg = log_sigmoid(h.neg()).mul_scalar(-label_smoothing); // [batch]
     pos.add(neg).mean() // [1]
 }
-
 
 /// The differentiable DPO objective of a batch — [`dpo_loss_tensor`] on the policy's summed log-probs
 /// `chosen`, `rejected` (`[batch]` each) against reference log-probs `refs`, plus `nll_weight` × the
@@ -96,7 +113,11 @@ pub fn dpo_objective<B: AutodiffBackend>(
         beta,
         label_smoothing,
     );
-    let nll = chosen.clone().sum().neg().div_scalar(chosen_tokens.max(1) as f64); // [1]
+    let nll = chosen
+        .clone()
+        .sum()
+        .neg()
+        .div_scalar(chosen_tokens.max(1) as f64); // [1]
     let mut loss = dpo_loss_tensor(chosen, rejected, rc_t, rr_t, beta, label_smoothing); // [1]
     if nll_weight > 0.0 {
         loss = loss.add(nll.mul_scalar(nll_weight));
@@ -106,7 +127,10 @@ pub fn dpo_objective<B: AutodiffBackend>(
 
 /// The values of a 1-D tensor.
 pub fn to_vec<B: Backend>(t: Tensor<B, 1>) -> Vec<f64> {
-    t.into_data().convert::<f64>().to_vec::<f64>().unwrap_or_default()
+    t.into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .unwrap_or_default()
 }
 
 /// The scalar of a one-element tensor.
@@ -129,12 +153,22 @@ mod tests {
         assert_eq!(s.accuracy, 1.0);
         assert_eq!((s.logps_chosen, s.logps_rejected), (-10.0, -20.0));
         // policy = reference: h = 0, loss = ln 2 for any smoothing
-        let s = dpo_loss(&[-3.0, -5.0], &[-4.0, -1.0], &[-3.0, -5.0], &[-4.0, -1.0], 0.5, 0.2);
+        let s = dpo_loss(
+            &[-3.0, -5.0],
+            &[-4.0, -1.0],
+            &[-3.0, -5.0],
+            &[-4.0, -1.0],
+            0.5,
+            0.2,
+        );
         assert!((s.loss - std::f64::consts::LN_2).abs() < 1e-12);
         assert_eq!(s.accuracy, 0.0);
         // label smoothing ε = 0.1, h = 0.4: 0.9·ln(1+e^−0.4) + 0.1·ln(1+e^0.4) = 0.461714 + 0.091301
         let s = dpo_loss(&[-10.0], &[-20.0], &[-12.0], &[-18.0], 0.1, 0.1);
-        assert!((s.loss - (0.9 * 0.513_015_3 + 0.1 * 0.913_015_3)).abs() < 1e-6, "{s:?}");
+        assert!(
+            (s.loss - (0.9 * 0.513_015_3 + 0.1 * 0.913_015_3)).abs() < 1e-6,
+            "{s:?}"
+        );
         // a wrongly ordered pair: h = 1·(−1 − 1) = −2, loss = ln(1 + e²) = 2.126928
         let s = dpo_loss(&[-6.0], &[-4.0], &[-5.0], &[-5.0], 1.0, 0.0);
         assert!((s.loss - 2.126_928_0).abs() < 1e-6);
@@ -154,11 +188,19 @@ mod tests {
         let pr = [-20.0, -2.0, -7.0];
         let rc = [-12.0, -3.5, -7.0];
         let rr = [-18.0, -2.5, -8.0];
-        let t = |v: &[f64]| Tensor::<B, 1>::from_floats(v.iter().map(|&x| x as f32).collect::<Vec<_>>().as_slice(), &d);
+        let t = |v: &[f64]| {
+            Tensor::<B, 1>::from_floats(
+                v.iter().map(|&x| x as f32).collect::<Vec<_>>().as_slice(),
+                &d,
+            )
+        };
         for (beta, ls) in [(0.1, 0.0), (0.5, 0.2), (2.0, 0.05)] {
             let want = dpo_loss(&pc, &pr, &rc, &rr, beta, ls).loss;
             let got = scalar(dpo_loss_tensor(t(&pc), t(&pr), t(&rc), t(&rr), beta, ls));
-            assert!((got - want).abs() < 1e-5, "β {beta} ε {ls}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-5,
+                "β {beta} ε {ls}: {got} vs {want}"
+            );
         }
     }
 }

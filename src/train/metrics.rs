@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use super::TrainError;
 
 fn ioerr(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Io { path: path.display().to_string(), msg: e.to_string() }
+    TrainError::Io {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    }
 }
 
 /// One row of the SFT metrics: a logged training step and/or a validation.
@@ -64,7 +67,11 @@ pub struct DpoMetricRow {
 }
 
 /// Write `rows` as `run/metrics.jsonl` and `run/metrics.parquet` (`columns` are the parquet columns).
-fn write_rows<T: Serialize>(run: &Path, rows: &[T], columns: Vec<Column>) -> Result<(), TrainError> {
+fn write_rows<T: Serialize>(
+    run: &Path,
+    rows: &[T],
+    columns: Vec<Column>,
+) -> Result<(), TrainError> {
     let jl = run.join("metrics.jsonl");
     let mut s = String::new();
     for r in rows {
@@ -76,7 +83,9 @@ fn write_rows<T: Serialize>(run: &Path, rows: &[T], columns: Vec<Column>) -> Res
     let mut df = DataFrame::new(rows.len(), columns).map_err(|e| ioerr(&pq, e))?;
     let tmp = pq.with_extension("parquet.tmp");
     let f = std::fs::File::create(&tmp).map_err(|e| ioerr(&tmp, e))?;
-    ParquetWriter::new(f).finish(&mut df).map_err(|e| ioerr(&pq, e))?;
+    ParquetWriter::new(f)
+        .finish(&mut df)
+        .map_err(|e| ioerr(&pq, e))?;
     std::fs::rename(&tmp, &pq).map_err(|e| ioerr(&pq, e))
 }
 
@@ -97,19 +106,32 @@ fn f64_column<T>(rows: &[T], name: &str, get: impl Fn(&T) -> Option<f64>) -> Col
 /// Write the SFT metrics.
 pub fn write_metrics(run: &Path, rows: &[MetricRow]) -> Result<(), TrainError> {
     let f = |n: &str, g: fn(&MetricRow) -> Option<f64>| f64_column(rows, n, g);
-    write_rows(run, rows, vec![
-        Column::new("step".into(), rows.iter().map(|r| r.step as u64).collect::<Vec<_>>()),
-        f("loss", |r| r.loss),
-        f("lr", |r| r.lr),
-        f("grad_norm", |r| r.grad_norm),
-        f("tokens_per_s", |r| r.tokens_per_s),
-        Column::new("tokens".into(), rows.iter().map(|r| r.tokens).collect::<Vec<_>>()),
-        Column::new("seconds".into(), rows.iter().map(|r| r.seconds).collect::<Vec<_>>()),
-        f("val_vsr", |r| r.val_vsr),
-        f("val_iou_unitcube", |r| r.val_iou_unitcube),
-        f("val_iou_best", |r| r.val_iou_best),
-        f("aux_loss", |r| r.aux_loss),
-    ])
+    write_rows(
+        run,
+        rows,
+        vec![
+            Column::new(
+                "step".into(),
+                rows.iter().map(|r| r.step as u64).collect::<Vec<_>>(),
+            ),
+            f("loss", |r| r.loss),
+            f("lr", |r| r.lr),
+            f("grad_norm", |r| r.grad_norm),
+            f("tokens_per_s", |r| r.tokens_per_s),
+            Column::new(
+                "tokens".into(),
+                rows.iter().map(|r| r.tokens).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "seconds".into(),
+                rows.iter().map(|r| r.seconds).collect::<Vec<_>>(),
+            ),
+            f("val_vsr", |r| r.val_vsr),
+            f("val_iou_unitcube", |r| r.val_iou_unitcube),
+            f("val_iou_best", |r| r.val_iou_best),
+            f("aux_loss", |r| r.aux_loss),
+        ],
+    )
 }
 
 /// SFT rows up to `upto` (for resume).
@@ -120,24 +142,37 @@ pub fn read_metrics(run: &Path, upto: usize) -> Vec<MetricRow> {
 /// Write the DPO metrics (TRL's column names).
 pub fn write_dpo_metrics(run: &Path, rows: &[DpoMetricRow]) -> Result<(), TrainError> {
     let f = |n: &str, g: fn(&DpoMetricRow) -> Option<f64>| f64_column(rows, n, g);
-    write_rows(run, rows, vec![
-        Column::new("step".into(), rows.iter().map(|r| r.step as u64).collect::<Vec<_>>()),
-        Column::new("round".into(), rows.iter().map(|r| r.round as u64).collect::<Vec<_>>()),
-        f("loss", |r| r.loss),
-        f("rewards/chosen", |r| r.rewards_chosen),
-        f("rewards/rejected", |r| r.rewards_rejected),
-        f("rewards/margins", |r| r.rewards_margins),
-        f("rewards/accuracies", |r| r.rewards_accuracies),
-        f("logps/chosen", |r| r.logps_chosen),
-        f("logps/rejected", |r| r.logps_rejected),
-        f("lr", |r| r.lr),
-        f("grad_norm", |r| r.grad_norm),
-        Column::new("seconds".into(), rows.iter().map(|r| r.seconds).collect::<Vec<_>>()),
-        f("rollout/reward_mean", |r| r.rollout_reward_mean),
-        f("rollout/vsr", |r| r.rollout_vsr),
-        f("rollout/iou_mean_all", |r| r.rollout_iou_mean_all),
-        f("rollout/pairs", |r| r.rollout_pairs),
-    ])
+    write_rows(
+        run,
+        rows,
+        vec![
+            Column::new(
+                "step".into(),
+                rows.iter().map(|r| r.step as u64).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "round".into(),
+                rows.iter().map(|r| r.round as u64).collect::<Vec<_>>(),
+            ),
+            f("loss", |r| r.loss),
+            f("rewards/chosen", |r| r.rewards_chosen),
+            f("rewards/rejected", |r| r.rewards_rejected),
+            f("rewards/margins", |r| r.rewards_margins),
+            f("rewards/accuracies", |r| r.rewards_accuracies),
+            f("logps/chosen", |r| r.logps_chosen),
+            f("logps/rejected", |r| r.logps_rejected),
+            f("lr", |r| r.lr),
+            f("grad_norm", |r| r.grad_norm),
+            Column::new(
+                "seconds".into(),
+                rows.iter().map(|r| r.seconds).collect::<Vec<_>>(),
+            ),
+            f("rollout/reward_mean", |r| r.rollout_reward_mean),
+            f("rollout/vsr", |r| r.rollout_vsr),
+            f("rollout/iou_mean_all", |r| r.rollout_iou_mean_all),
+            f("rollout/pairs", |r| r.rollout_pairs),
+        ],
+    )
 }
 
 /// DPO rows up to `upto` (for resume).

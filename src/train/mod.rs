@@ -39,5 +39,8 @@ pub enum TrainError {
 }
 
 pub(crate) fn ioerr(path: &std::path::Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Io { path: path.display().to_string(), msg: e.to_string() }
+    TrainError::Io {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    }
 }

@@ -29,7 +29,16 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        OptimConfig { lr: 1e-3, min_lr_ratio: 0.1, warmup_steps: 20, weight_decay: 0.01, beta1: 0.9, beta2: 0.95, eps: 1e-8, grad_clip: 1.0 }
+        OptimConfig {
+            lr: 1e-3,
+            min_lr_ratio: 0.1,
+            warmup_steps: 20,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+        }
     }
 }
 
@@ -97,18 +106,29 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Step<'_, B> {
         let p = tensor.inner().reshape([n]); // [numel]
         let g = g.reshape([n]).mul_scalar(self.scale); // [numel]
         let m = match self.opt.m.remove(&key) {
-            Some(m) => m.mul_scalar(c.beta1).add(g.clone().mul_scalar(1.0 - c.beta1)),
+            Some(m) => m
+                .mul_scalar(c.beta1)
+                .add(g.clone().mul_scalar(1.0 - c.beta1)),
             None => g.clone().mul_scalar(1.0 - c.beta1),
         };
         let v = match self.opt.v.remove(&key) {
-            Some(v) => v.mul_scalar(c.beta2).add(g.square().mul_scalar(1.0 - c.beta2)),
+            Some(v) => v
+                .mul_scalar(c.beta2)
+                .add(g.square().mul_scalar(1.0 - c.beta2)),
             None => g.square().mul_scalar(1.0 - c.beta2),
         };
         let t = (self.opt.t + 1) as i32;
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
-        let upd = m.clone().div_scalar(bc1).div(v.clone().div_scalar(bc2).sqrt().add_scalar(c.eps)); // [numel]
-        let decay = if D >= 2 { 1.0 - self.lr * c.weight_decay } else { 1.0 };
+        let upd = m
+            .clone()
+            .div_scalar(bc1)
+            .div(v.clone().div_scalar(bc2).sqrt().add_scalar(c.eps)); // [numel]
+        let decay = if D >= 2 {
+            1.0 - self.lr * c.weight_decay
+        } else {
+            1.0
+        };
         let p = p.mul_scalar(decay).sub(upd.mul_scalar(self.lr));
         self.opt.m.insert(key.clone(), m);
         self.opt.v.insert(key, v);
@@ -119,7 +139,12 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Step<'_, B> {
 
 impl<B: Backend> AdamW<B> {
     pub fn new(cfg: OptimConfig) -> Self {
-        AdamW { cfg, t: 0, m: BTreeMap::new(), v: BTreeMap::new() }
+        AdamW {
+            cfg,
+            t: 0,
+            m: BTreeMap::new(),
+            v: BTreeMap::new(),
+        }
     }
 
     /// One update of `module` with `grads` at learning rate `lr`; returns the gradient norm before clipping.
@@ -128,11 +153,27 @@ impl<B: Backend> AdamW<B> {
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
     {
-        let mut gn = GradNorm::<AB> { grads: &grads, sq: None };
+        let mut gn = GradNorm::<AB> {
+            grads: &grads,
+            sq: None,
+        };
         module.visit(&mut gn);
-        let norm = gn.sq.map(|s| s.into_scalar().to_f64().sqrt()).unwrap_or(0.0);
-        let scale = if self.cfg.grad_clip > 0.0 && norm > self.cfg.grad_clip { self.cfg.grad_clip / norm } else { 1.0 };
-        let mut st = Step::<AB> { opt: self, grads, lr, scale, path: Vec::new() };
+        let norm = gn
+            .sq
+            .map(|s| s.into_scalar().to_f64().sqrt())
+            .unwrap_or(0.0);
+        let scale = if self.cfg.grad_clip > 0.0 && norm > self.cfg.grad_clip {
+            self.cfg.grad_clip / norm
+        } else {
+            1.0
+        };
+        let mut st = Step::<AB> {
+            opt: self,
+            grads,
+            lr,
+            scale,
+            path: Vec::new(),
+        };
         let module = module.map(&mut st);
         self.t += 1;
         (module, norm)
@@ -143,7 +184,11 @@ impl<B: Backend> AdamW<B> {
         let mut out = Named::new();
         for (prefix, map) in [("exp_avg.", &self.m), ("exp_avg_sq.", &self.v)] {
             for (k, t) in map {
-                let v = t.to_data().convert::<f32>().to_vec::<f32>().expect("f32 state");
+                let v = t
+                    .to_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .expect("f32 state");
                 out.insert(format!("{prefix}{k}"), (vec![v.len()], v));
             }
         }
@@ -156,7 +201,10 @@ impl<B: Backend> AdamW<B> {
         self.m.clear();
         self.v.clear();
         for (k, (shape, v)) in named {
-            let tensor = Tensor::<B, 1>::from_data(burn::tensor::TensorData::new(v.clone(), [shape[0]]), device);
+            let tensor = Tensor::<B, 1>::from_data(
+                burn::tensor::TensorData::new(v.clone(), [shape[0]]),
+                device,
+            );
             if let Some(p) = k.strip_prefix("exp_avg.") {
                 self.m.insert(p.to_string(), tensor);
             } else if let Some(p) = k.strip_prefix("exp_avg_sq.") {
@@ -181,7 +229,12 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays() {
-        let c = OptimConfig { lr: 1.0, warmup_steps: 10, min_lr_ratio: 0.1, ..Default::default() };
+        let c = OptimConfig {
+            lr: 1.0,
+            warmup_steps: 10,
+            min_lr_ratio: 0.1,
+            ..Default::default()
+        };
         assert!((lr_at(&c, 0, 100) - 0.1).abs() < 1e-12);
         assert!((lr_at(&c, 9, 100) - 1.0).abs() < 1e-12);
         assert!((lr_at(&c, 10, 100) - 1.0).abs() < 1e-12);

@@ -13,12 +13,12 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
+use super::TrainError;
 use super::adapt::Adaptation;
 use super::checkpoint::{self, CheckpointMeta};
 use super::dpo_loss::{DpoStats, dpo_objective, to_vec};
 use super::optim::{AdamW, OptimConfig};
 use super::sft::check_adaptation;
-use super::TrainError;
 use crate::data::Sample;
 use crate::model::generate::{GenerateConfig, Program, generate_programs};
 use crate::model::inputs::{patches_tensor, prefix_tokens};
@@ -60,18 +60,35 @@ pub struct Progress {
 pub trait Policy {
     /// `k` programs per image (image `i`'s at `[i·k, (i+1)·k)`), greedy when `cfg.temperature` is 0,
     /// `batch` generation rows at a time; `progress` gets the number of images done.
-    fn generate(&self, images: &[&Sample], k: usize, cfg: &GenerateConfig, batch: usize, progress: &mut dyn FnMut(usize)) -> Result<Vec<Program>, TrainError>;
+    fn generate(
+        &self,
+        images: &[&Sample],
+        k: usize,
+        cfg: &GenerateConfig,
+        batch: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Program>, TrainError>;
 
     /// The pair `chosen` ≻ `rejected` (programs with whether their generation finished) for `image`
     /// as token rows; `None` when it does not fit the model.
-    fn encode_pair<'a>(&self, image: &'a Sample, chosen: (&str, bool), rejected: (&str, bool)) -> Result<Option<PairExample<'a>>, TrainError>;
+    fn encode_pair<'a>(
+        &self,
+        image: &'a Sample,
+        chosen: (&str, bool),
+        rejected: (&str, bool),
+    ) -> Result<Option<PairExample<'a>>, TrainError>;
 
     /// Summed log-probs `(chosen, rejected)` of each pair under the reference, without gradient.
     fn reference_logprobs(&self, pairs: &[&PairExample]) -> Result<Vec<(f64, f64)>, TrainError>;
 
     /// One optimizer step of DPO on `pairs` (reference log-probs `refs`): the batch statistics and
     /// the gradient norm before clipping.
-    fn dpo_step(&mut self, pairs: &[&PairExample], refs: &[(f64, f64)], step: &DpoStep) -> Result<(DpoStats, f64), TrainError>;
+    fn dpo_step(
+        &mut self,
+        pairs: &[&PairExample],
+        refs: &[(f64, f64)],
+        step: &DpoStep,
+    ) -> Result<(DpoStats, f64), TrainError>;
 
     /// Make the reference a frozen copy of the current weights (full fine-tuning), written to `file`;
     /// an error with adapters, whose reference is always the base with the adapters off.
@@ -101,17 +118,31 @@ pub fn pair_token_batch(pairs: &[&PairExample], pad: u32) -> TokenBatch {
 }
 
 /// Summed code log-probs of `[chosen; rejected]` with each image encoded once: `[2·batch]`.
-pub fn pair_logprobs<B: Backend>(model: &Vlm<B>, patches: Tensor<B, 3>, tokens: &TokenBatch) -> Tensor<B, 1> {
+pub fn pair_logprobs<B: Backend>(
+    model: &Vlm<B>,
+    patches: Tensor<B, 3>,
+    tokens: &TokenBatch,
+) -> Tensor<B, 1> {
     let img = model.encode_image(patches); // [batch, n_img, hidden]
     let img = Tensor::cat(vec![img.clone(), img], 0); // [2·batch, n_img, hidden]: chosen rows, then rejected rows
     model.sequence_logprobs(img, tokens) // [2·batch]
 }
 
 /// Reference log-probs (chosen, rejected) of a batch of pairs under `reference`, no gradient.
-pub fn reference_logprobs<B: Backend>(reference: &Vlm<B>, c: &VlmConfig, pairs: &[&PairExample], pad: u32, device: &B::Device) -> Vec<(f64, f64)> {
+pub fn reference_logprobs<B: Backend>(
+    reference: &Vlm<B>,
+    c: &VlmConfig,
+    pairs: &[&PairExample],
+    pad: u32,
+    device: &B::Device,
+) -> Vec<(f64, f64)> {
     let imgs: Vec<&Sample> = pairs.iter().map(|p| p.image).collect();
     let tokens = pair_token_batch(pairs, pad);
-    let lp = to_vec(pair_logprobs(reference, patches_tensor::<B>(&imgs, c, device), &tokens)); // [2·batch]
+    let lp = to_vec(pair_logprobs(
+        reference,
+        patches_tensor::<B>(&imgs, c, device),
+        &tokens,
+    )); // [2·batch]
     let b = pairs.len();
     (0..b).map(|i| (lp[i], lp[b + i])).collect()
 }
@@ -161,30 +192,76 @@ pub struct VlmPolicy<AB: AutodiffBackend> {
 impl<AB: AutodiffBackend> VlmPolicy<AB> {
     /// The policy of `model` (already loaded), trained as `adapt` says (the base is frozen and
     /// quantized, adapters attached) with an AdamW of `optim`.
-    pub fn new(model: Vlm<AB>, config: VlmConfig, tok: CodeTokenizer, adapt: Adaptation, optim: OptimConfig, device: &AB::Device) -> Result<Self, TrainError> {
+    pub fn new(
+        model: Vlm<AB>,
+        config: VlmConfig,
+        tok: CodeTokenizer,
+        adapt: Adaptation,
+        optim: OptimConfig,
+        device: &AB::Device,
+    ) -> Result<Self, TrainError> {
         adapt.validate(&config).map_err(TrainError::Data)?;
         let model = adapt.prepare(model, device)?;
-        Ok(VlmPolicy { model: Some(model), reference: None, opt: AdamW::new(optim), config, tok, adapt, device: device.clone() })
+        Ok(VlmPolicy {
+            model: Some(model),
+            reference: None,
+            opt: AdamW::new(optim),
+            config,
+            tok,
+            adapt,
+            device: device.clone(),
+        })
     }
 
     /// A trained run folder (`config.json`, `tokenizer.json`, `model.safetensors`) as a policy for
     /// generation (full fine-tuning, default optimizer settings).
     pub fn load_run(run: &Path, device: &AB::Device) -> Result<Self, TrainError> {
         let (model, c, tok) = run_dir::load_run::<AB>(run, device)?;
-        VlmPolicy::new(model, c, tok, Adaptation::default(), OptimConfig::default(), device)
+        VlmPolicy::new(
+            model,
+            c,
+            tok,
+            Adaptation::default(),
+            OptimConfig::default(),
+            device,
+        )
     }
 
     pub fn model(&self) -> &Vlm<AB> {
-        self.model.as_ref().expect("the model is back after every step")
+        self.model
+            .as_ref()
+            .expect("the model is back after every step")
     }
 }
 
 impl<AB: AutodiffBackend> Policy for VlmPolicy<AB> {
-    fn generate(&self, images: &[&Sample], k: usize, cfg: &GenerateConfig, batch: usize, progress: &mut dyn FnMut(usize)) -> Result<Vec<Program>, TrainError> {
-        Ok(generate_programs(&self.model().valid(), &self.config, &self.tok, images, k, cfg, batch, &self.device, progress)?)
+    fn generate(
+        &self,
+        images: &[&Sample],
+        k: usize,
+        cfg: &GenerateConfig,
+        batch: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Program>, TrainError> {
+        Ok(generate_programs(
+            &self.model().valid(),
+            &self.config,
+            &self.tok,
+            images,
+            k,
+            cfg,
+            batch,
+            &self.device,
+            progress,
+        )?)
     }
 
-    fn encode_pair<'a>(&self, image: &'a Sample, chosen: (&str, bool), rejected: (&str, bool)) -> Result<Option<PairExample<'a>>, TrainError> {
+    fn encode_pair<'a>(
+        &self,
+        image: &'a Sample,
+        chosen: (&str, bool),
+        rejected: (&str, bool),
+    ) -> Result<Option<PairExample<'a>>, TrainError> {
         let c = &self.config;
         let room = c.max_seq_len.saturating_sub(c.n_image_tokens());
         let code = |(program, finished): (&str, bool)| -> Result<Vec<u32>, TrainError> {
@@ -199,21 +276,47 @@ impl<AB: AutodiffBackend> Policy for VlmPolicy<AB> {
         if prefix.len() + cw.len().max(cl.len()) > room || cw.is_empty() && cl.is_empty() {
             return Ok(None);
         }
-        Ok(Some(PairExample { image, prefix, chosen: cw, rejected: cl }))
+        Ok(Some(PairExample {
+            image,
+            prefix,
+            chosen: cw,
+            rejected: cl,
+        }))
     }
 
     fn reference_logprobs(&self, pairs: &[&PairExample]) -> Result<Vec<(f64, f64)>, TrainError> {
         let (c, pad, d) = (&self.config, self.tok.pad, &self.device);
         Ok(match &self.reference {
             Some(r) => reference_logprobs(r, c, pairs, pad, d),
-            None => with_adapters_disabled(|| reference_logprobs(&self.model().valid(), c, pairs, pad, d)),
+            None => with_adapters_disabled(|| {
+                reference_logprobs(&self.model().valid(), c, pairs, pad, d)
+            }),
         })
     }
 
-    fn dpo_step(&mut self, pairs: &[&PairExample], refs: &[(f64, f64)], s: &DpoStep) -> Result<(DpoStats, f64), TrainError> {
-        let model = self.model.take().expect("the model is back after every step");
-        let (m, stats, gnorm) =
-            dpo_train_step(model, &mut self.opt, &self.config, pairs, refs, s.beta, s.label_smoothing, s.nll_weight, s.lr, self.tok.pad, &self.device);
+    fn dpo_step(
+        &mut self,
+        pairs: &[&PairExample],
+        refs: &[(f64, f64)],
+        s: &DpoStep,
+    ) -> Result<(DpoStats, f64), TrainError> {
+        let model = self
+            .model
+            .take()
+            .expect("the model is back after every step");
+        let (m, stats, gnorm) = dpo_train_step(
+            model,
+            &mut self.opt,
+            &self.config,
+            pairs,
+            refs,
+            s.beta,
+            s.label_smoothing,
+            s.nll_weight,
+            s.lr,
+            self.tok.pad,
+            &self.device,
+        );
         self.model = Some(m);
         Ok((stats, gnorm))
     }
@@ -238,26 +341,54 @@ impl<AB: AutodiffBackend> Policy for VlmPolicy<AB> {
     }
 
     fn save_checkpoint(&self, run: &Path, at: Progress, keep: usize) -> Result<(), TrainError> {
-        let meta = CheckpointMeta { step: at.step, tokens: at.tokens, seconds: at.seconds, config: self.config.clone(), adapt: self.adapt.clone() };
+        let meta = CheckpointMeta {
+            step: at.step,
+            tokens: at.tokens,
+            seconds: at.seconds,
+            config: self.config.clone(),
+            adapt: self.adapt.clone(),
+        };
         checkpoint::save(run, at.step, self.model(), &self.opt.state(), &meta, keep)?;
         Ok(())
     }
 
     fn resume(&mut self, run: &Path) -> Result<Option<Progress>, TrainError> {
-        let Some(dir) = checkpoint::latest(run)? else { return Ok(None) };
+        let Some(dir) = checkpoint::latest(run)? else {
+            return Ok(None);
+        };
         let meta: CheckpointMeta = checkpoint::read_meta(&dir)?;
         if meta.config != self.config {
-            return Err(TrainError::Data(format!("{}: checkpoint has another model config; use a new run name", dir.display())));
+            return Err(TrainError::Data(format!(
+                "{}: checkpoint has another model config; use a new run name",
+                dir.display()
+            )));
         }
         check_adaptation(&dir, &meta.adapt, &self.adapt)?;
-        let model = self.model.take().expect("the model is back after every step");
-        self.model = Some(checkpoint::restore(&dir, model, &mut self.opt, meta.step, &self.device)?);
-        Ok(Some(Progress { step: meta.step, tokens: meta.tokens, seconds: meta.seconds }))
+        let model = self
+            .model
+            .take()
+            .expect("the model is back after every step");
+        self.model = Some(checkpoint::restore(
+            &dir,
+            model,
+            &mut self.opt,
+            meta.step,
+            &self.device,
+        )?);
+        Ok(Some(Progress {
+            step: meta.step,
+            tokens: meta.tokens,
+            seconds: meta.seconds,
+        }))
     }
 
     /// A complete run folder: `model.safetensors` (adapters merged), `config.json`, `tokenizer.json`.
     fn save_final(&self, dir: &Path) -> Result<(), TrainError> {
-        run_dir::save_run(dir, &self.adapt.export(self.model().valid(), dir, &self.device)?, &self.config)?;
+        run_dir::save_run(
+            dir,
+            &self.adapt.export(self.model().valid(), dir, &self.device)?,
+            &self.config,
+        )?;
         self.tok.save(&dir.join("tokenizer.json"))?;
         Ok(())
     }

@@ -25,9 +25,13 @@ use super::sft::{SftConfig, sample_indices};
 use super::{TrainError, ioerr};
 use crate::data::Sample;
 use crate::model::generate::{GenerateConfig, Program};
-use crate::model::lora::{LoraConfig, load_adapters, merge_and_unload, save_adapters, with_adapters_disabled};
+use crate::model::lora::{
+    LoraConfig, load_adapters, merge_and_unload, save_adapters, with_adapters_disabled,
+};
 use crate::model::quant::Quantize;
-use crate::model::qwen2vl::answer::{PromptInput, answer_logprobs, im_end_id, prepare_qlora, qwen_sft_loss, seed_adapters};
+use crate::model::qwen2vl::answer::{
+    PromptInput, answer_logprobs, im_end_id, prepare_qlora, qwen_sft_loss, seed_adapters,
+};
 use crate::model::qwen2vl::preprocess::{PreprocessConfig, encode, load_tokenizer};
 use crate::model::qwen2vl::{ImageInput, QwenConfig, QwenError, QwenVl, load_dir};
 
@@ -60,13 +64,26 @@ pub struct QwenPair {
 
 /// The reference log-probs `(chosen, rejected)` of `pair`: the model with its adapters switched off
 /// (the frozen, possibly quantized base), no gradient.
-pub fn reference_logprobs<B: Backend>(model: &QwenVl<B>, c: &QwenConfig, pair: &QwenPair) -> Result<(f64, f64), QwenError> {
+pub fn reference_logprobs<B: Backend>(
+    model: &QwenVl<B>,
+    c: &QwenConfig,
+    pair: &QwenPair,
+) -> Result<(f64, f64), QwenError> {
     with_adapters_disabled(|| policy_logprobs(model, c, pair))
 }
 
 /// The policy's log-probs `(chosen, rejected)` of `pair` (adapters on), no gradient.
-pub fn policy_logprobs<B: Backend>(model: &QwenVl<B>, c: &QwenConfig, pair: &QwenPair) -> Result<(f64, f64), QwenError> {
-    let v = to_vec(answer_logprobs(model, c, &pair.prompt, &[&pair.chosen, &pair.rejected])?); // [2]
+pub fn policy_logprobs<B: Backend>(
+    model: &QwenVl<B>,
+    c: &QwenConfig,
+    pair: &QwenPair,
+) -> Result<(f64, f64), QwenError> {
+    let v = to_vec(answer_logprobs(
+        model,
+        c,
+        &pair.prompt,
+        &[&pair.chosen, &pair.rejected],
+    )?); // [2]
     Ok((v[0], v[1]))
 }
 
@@ -86,10 +103,16 @@ pub fn qwen_dpo_step<AB: AutodiffBackend>(
     lr: f64,
 ) -> Result<(QwenVl<AB>, DpoStats, f64), QwenError> {
     if pairs.is_empty() || refs.len() != pairs.len() {
-        return Err(QwenError::Input(format!("{} pairs but {} reference log-prob pairs", pairs.len(), refs.len())));
+        return Err(QwenError::Input(format!(
+            "{} pairs but {} reference log-prob pairs",
+            pairs.len(),
+            refs.len()
+        )));
     }
     if beta.is_nan() || beta <= 0.0 {
-        return Err(QwenError::Input(format!("DPO beta must be positive, got {beta}")));
+        return Err(QwenError::Input(format!(
+            "DPO beta must be positive, got {beta}"
+        )));
     }
     let mut pc = Vec::with_capacity(pairs.len());
     let mut pr = Vec::with_capacity(pairs.len());
@@ -108,7 +131,11 @@ pub fn qwen_dpo_step<AB: AutodiffBackend>(
 
 /// The image of a sample as the Qwen preprocessor takes it.
 pub fn image_of(s: &Sample) -> ImageInput {
-    ImageInput { width: s.width, height: s.height, rgb: s.rgb.clone() }
+    ImageInput {
+        width: s.width,
+        height: s.height,
+        rgb: s.rgb.clone(),
+    }
 }
 
 /// What a Qwen checkpoint records besides weights and optimizer.
@@ -168,16 +195,31 @@ impl<AB: AutodiffBackend> QwenPolicy<AB> {
             model = prepare_qlora(QwenVl::<AB>::from_inner(inner), quantize, lora, device)?;
         }
         seed_adapters(&mut model, seed, device);
-        Ok(QwenPolicy { model: Some(model), opt: AdamW::new(optim), config: loaded.config, tok, pre, eos, lora: lora.clone(), max_answer_tokens, device: device.clone() })
+        Ok(QwenPolicy {
+            model: Some(model),
+            opt: AdamW::new(optim),
+            config: loaded.config,
+            tok,
+            pre,
+            eos,
+            lora: lora.clone(),
+            max_answer_tokens,
+            device: device.clone(),
+        })
     }
 
     pub fn model(&self) -> &QwenVl<AB> {
-        self.model.as_ref().expect("the model is back after every step")
+        self.model
+            .as_ref()
+            .expect("the model is back after every step")
     }
 
     /// Load trained adapters (e.g. a stage's `adapters.safetensors`) into the policy.
     pub fn load_adapters(&mut self, file: &Path) -> Result<(), TrainError> {
-        let mut m = self.model.take().expect("the model is back after every step");
+        let mut m = self
+            .model
+            .take()
+            .expect("the model is back after every step");
         let r = load_adapters(&mut m, file, &self.device);
         self.model = Some(m);
         r?;
@@ -185,7 +227,12 @@ impl<AB: AutodiffBackend> QwenPolicy<AB> {
     }
 
     fn prompt(&self, s: &Sample) -> Result<PromptInput, TrainError> {
-        Ok(PromptInput::new(&self.tok, &self.pre, &image_of(s), &s.prompt)?)
+        Ok(PromptInput::new(
+            &self.tok,
+            &self.pre,
+            &image_of(s),
+            &s.prompt,
+        )?)
     }
 
     /// The answer ids of `program` (+ `<|im_end|>` when its generation finished).
@@ -198,14 +245,23 @@ impl<AB: AutodiffBackend> QwenPolicy<AB> {
     }
 
     fn qwen_pair(&self, p: &PairExample) -> Result<QwenPair, TrainError> {
-        Ok(QwenPair { prompt: self.prompt(p.image)?, chosen: p.chosen.clone(), rejected: p.rejected.clone() })
+        Ok(QwenPair {
+            prompt: self.prompt(p.image)?,
+            chosen: p.chosen.clone(),
+            rejected: p.rejected.clone(),
+        })
     }
 
     /// QLoRA SFT of the adapters on `samples` for `cfg.steps` AdamW steps of `batch_size × grad_accum`
     /// examples (gradients accumulated per micro-batch, the order a seeded permutation per epoch);
     /// examples whose answer exceeds `sft.max_code_tokens` are skipped. Returns the loss of each step
     /// (before it) and the number of skipped samples.
-    pub fn train_sft(&mut self, samples: &[Sample], cfg: &SftConfig, show_progress: bool) -> Result<(Vec<f64>, usize), TrainError> {
+    pub fn train_sft(
+        &mut self,
+        samples: &[Sample],
+        cfg: &SftConfig,
+        show_progress: bool,
+    ) -> Result<(Vec<f64>, usize), TrainError> {
         let mut examples: Vec<(PromptInput, Vec<u32>)> = Vec::new();
         let mut skipped = 0;
         for s in samples {
@@ -217,29 +273,48 @@ impl<AB: AutodiffBackend> QwenPolicy<AB> {
             examples.push((self.prompt(s)?, a));
         }
         if examples.is_empty() {
-            return Err(TrainError::Data(format!("no training example fits sft.max_code_tokens = {} ({} samples)", cfg.max_code_tokens, samples.len())));
+            return Err(TrainError::Data(format!(
+                "no training example fits sft.max_code_tokens = {} ({} samples)",
+                cfg.max_code_tokens,
+                samples.len()
+            )));
         }
-        let pb = if show_progress { indicatif::ProgressBar::new(cfg.steps as u64) } else { indicatif::ProgressBar::hidden() };
+        let pb = if show_progress {
+            indicatif::ProgressBar::new(cfg.steps as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         let t0 = Instant::now();
         let mut perm = None;
         let mut losses = Vec::with_capacity(cfg.steps);
         for step in 0..cfg.steps {
             let mut acc = GradientsAccumulator::<QwenVl<AB>>::new();
-            let model = self.model.take().expect("the model is back after every step");
+            let model = self
+                .model
+                .take()
+                .expect("the model is back after every step");
             let mut loss_sum = 0f64;
             for micro in 0..cfg.grad_accum {
                 let k0 = (step * cfg.grad_accum + micro) * cfg.batch_size;
                 let idx = sample_indices(cfg.seed, examples.len(), k0, cfg.batch_size, &mut perm);
-                let batch: Vec<(&PromptInput, &[u32])> = idx.iter().map(|&i| (&examples[i].0, examples[i].1.as_slice())).collect();
-                let loss = qwen_sft_loss(&model, &self.config, &batch)?.div_scalar(cfg.grad_accum as f64); // [1]
+                let batch: Vec<(&PromptInput, &[u32])> = idx
+                    .iter()
+                    .map(|&i| (&examples[i].0, examples[i].1.as_slice()))
+                    .collect();
+                let loss =
+                    qwen_sft_loss(&model, &self.config, &batch)?.div_scalar(cfg.grad_accum as f64); // [1]
                 loss_sum += scalar(loss.clone().inner());
                 let g = GradientsParams::from_grads(loss.backward(), &model);
                 acc.accumulate(&model, g);
             }
             if !loss_sum.is_finite() {
-                return Err(TrainError::Data(format!("SFT loss is {loss_sum} at step {step}")));
+                return Err(TrainError::Data(format!(
+                    "SFT loss is {loss_sum} at step {step}"
+                )));
             }
-            let (m, _gnorm) = self.opt.step(model, acc.grads(), lr_at(&cfg.optim, step, cfg.steps));
+            let (m, _gnorm) = self
+                .opt
+                .step(model, acc.grads(), lr_at(&cfg.optim, step, cfg.steps));
             self.model = Some(m);
             losses.push(loss_sum);
             pb.set_position(step as u64 + 1);
@@ -247,7 +322,13 @@ impl<AB: AutodiffBackend> QwenPolicy<AB> {
         }
         pb.finish_and_clear();
         if show_progress {
-            eprintln!("sft: {} steps, loss {:.4} → {:.4} ({:.1} s)", losses.len(), losses[0], losses[losses.len() - 1], t0.elapsed().as_secs_f64());
+            eprintln!(
+                "sft: {} steps, loss {:.4} → {:.4} ({:.1} s)",
+                losses.len(),
+                losses[0],
+                losses[losses.len() - 1],
+                t0.elapsed().as_secs_f64()
+            );
         }
         Ok((losses, skipped))
     }
@@ -256,7 +337,14 @@ impl<AB: AutodiffBackend> QwenPolicy<AB> {
 impl<AB: AutodiffBackend> Policy for QwenPolicy<AB> {
     /// Image `i`'s `k` programs are drawn from a generator seeded with `cfg.seed + i` (top-p is not
     /// applied: plain temperature sampling).
-    fn generate(&self, images: &[&Sample], k: usize, cfg: &GenerateConfig, _batch: usize, progress: &mut dyn FnMut(usize)) -> Result<Vec<Program>, TrainError> {
+    fn generate(
+        &self,
+        images: &[&Sample],
+        k: usize,
+        cfg: &GenerateConfig,
+        _batch: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Program>, TrainError> {
         let infer = self.model().valid();
         let c = &self.config;
         let mut out = Vec::with_capacity(images.len() * k);
@@ -266,40 +354,112 @@ impl<AB: AutodiffBackend> Policy for QwenPolicy<AB> {
             for _ in 0..k.max(1) {
                 let px = Some(p.pixel_tensor::<AB::InnerBackend>(&self.device));
                 let ids = if cfg.temperature > 0.0 {
-                    infer.generate_sampled(c, &p.ids, px, &[p.grid], cfg.max_new_tokens, &self.eos, cfg.temperature, &mut rng)?
+                    infer.generate_sampled(
+                        c,
+                        &p.ids,
+                        px,
+                        &[p.grid],
+                        cfg.max_new_tokens,
+                        &self.eos,
+                        cfg.temperature,
+                        &mut rng,
+                    )?
                 } else {
-                    infer.generate_greedy(c, &p.ids, px, &[p.grid], cfg.max_new_tokens, &self.eos)?
+                    infer.generate_greedy(
+                        c,
+                        &p.ids,
+                        px,
+                        &[p.grid],
+                        cfg.max_new_tokens,
+                        &self.eos,
+                    )?
                 };
                 let finished = ids.last().is_some_and(|t| self.eos.contains(t));
-                let program = self.tok.decode(&ids, true).map_err(|e| QwenError::Tokenizer(e.to_string()))?;
-                out.push(Program { program, finished, n_tokens: ids.len() });
+                let program = self
+                    .tok
+                    .decode(&ids, true)
+                    .map_err(|e| QwenError::Tokenizer(e.to_string()))?;
+                out.push(Program {
+                    program,
+                    finished,
+                    n_tokens: ids.len(),
+                });
             }
             progress(i + 1);
         }
         Ok(out)
     }
 
-    fn encode_pair<'a>(&self, image: &'a Sample, chosen: (&str, bool), rejected: (&str, bool)) -> Result<Option<PairExample<'a>>, TrainError> {
-        let (cw, cl) = (self.answer(chosen.0, chosen.1)?, self.answer(rejected.0, rejected.1)?);
+    fn encode_pair<'a>(
+        &self,
+        image: &'a Sample,
+        chosen: (&str, bool),
+        rejected: (&str, bool),
+    ) -> Result<Option<PairExample<'a>>, TrainError> {
+        let (cw, cl) = (
+            self.answer(chosen.0, chosen.1)?,
+            self.answer(rejected.0, rejected.1)?,
+        );
         let image_token = |a: &[u32]| a.contains(&self.config.image_token_id);
-        if cw.is_empty() || cl.is_empty() || cw.len().max(cl.len()) > self.max_answer_tokens || image_token(&cw) || image_token(&cl) {
+        if cw.is_empty()
+            || cl.is_empty()
+            || cw.len().max(cl.len()) > self.max_answer_tokens
+            || image_token(&cw)
+            || image_token(&cl)
+        {
             return Ok(None); // an empty answer or image tokens inside an answer cannot be scored as text
         }
-        Ok(Some(PairExample { image, prefix: self.prompt(image)?.ids, chosen: cw, rejected: cl }))
+        Ok(Some(PairExample {
+            image,
+            prefix: self.prompt(image)?.ids,
+            chosen: cw,
+            rejected: cl,
+        }))
     }
 
     fn reference_logprobs(&self, pairs: &[&PairExample]) -> Result<Vec<(f64, f64)>, TrainError> {
         let infer = self.model().valid();
-        pairs.iter().map(|p| Ok(reference_logprobs(&infer, &self.config, &self.qwen_pair(p)?)?)).collect()
+        pairs
+            .iter()
+            .map(|p| {
+                Ok(reference_logprobs(
+                    &infer,
+                    &self.config,
+                    &self.qwen_pair(p)?,
+                )?)
+            })
+            .collect()
     }
 
-    fn dpo_step(&mut self, pairs: &[&PairExample], refs: &[(f64, f64)], s: &DpoStep) -> Result<(DpoStats, f64), TrainError> {
+    fn dpo_step(
+        &mut self,
+        pairs: &[&PairExample],
+        refs: &[(f64, f64)],
+        s: &DpoStep,
+    ) -> Result<(DpoStats, f64), TrainError> {
         if s.label_smoothing != 0.0 {
-            return Err(TrainError::Data("dpo.label_smoothing is not supported for Qwen policies; set it to 0".into()));
+            return Err(TrainError::Data(
+                "dpo.label_smoothing is not supported for Qwen policies; set it to 0".into(),
+            ));
         }
-        let qp = pairs.iter().map(|p| self.qwen_pair(p)).collect::<Result<Vec<_>, _>>()?;
-        let model = self.model.take().expect("the model is back after every step");
-        match qwen_dpo_step(model.clone(), &mut self.opt, &self.config, &qp, refs, s.beta, s.nll_weight, s.lr) {
+        let qp = pairs
+            .iter()
+            .map(|p| self.qwen_pair(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let model = self
+            .model
+            .take()
+            .expect("the model is back after every step");
+        match qwen_dpo_step(
+            model.clone(),
+            &mut self.opt,
+            &self.config,
+            &qp,
+            refs,
+            s.beta,
+            s.nll_weight,
+            s.lr,
+        ) {
             Ok((m, stats, gnorm)) => {
                 self.model = Some(m);
                 Ok((stats, gnorm))
@@ -316,24 +476,50 @@ impl<AB: AutodiffBackend> Policy for QwenPolicy<AB> {
     }
 
     fn load_reference(&mut self, file: &Path) -> Result<(), TrainError> {
-        Err(TrainError::Data(format!("{}: a Qwen policy has no separate reference to load", file.display())))
+        Err(TrainError::Data(format!(
+            "{}: a Qwen policy has no separate reference to load",
+            file.display()
+        )))
     }
 
     fn save_checkpoint(&self, run: &Path, at: Progress, keep: usize) -> Result<(), TrainError> {
-        let meta = QwenCheckpointMeta { step: at.step, tokens: at.tokens, seconds: at.seconds, lora: self.lora.clone() };
+        let meta = QwenCheckpointMeta {
+            step: at.step,
+            tokens: at.tokens,
+            seconds: at.seconds,
+            lora: self.lora.clone(),
+        };
         checkpoint::save(run, at.step, self.model(), &self.opt.state(), &meta, keep)?;
         Ok(())
     }
 
     fn resume(&mut self, run: &Path) -> Result<Option<Progress>, TrainError> {
-        let Some(dir) = checkpoint::latest(run)? else { return Ok(None) };
+        let Some(dir) = checkpoint::latest(run)? else {
+            return Ok(None);
+        };
         let meta: QwenCheckpointMeta = checkpoint::read_meta(&dir)?;
         if meta.lora != self.lora {
-            return Err(TrainError::Data(format!("{}: checkpoint was trained with other [lora] settings; use a new run name", dir.display())));
+            return Err(TrainError::Data(format!(
+                "{}: checkpoint was trained with other [lora] settings; use a new run name",
+                dir.display()
+            )));
         }
-        let model = self.model.take().expect("the model is back after every step");
-        self.model = Some(checkpoint::restore(&dir, model, &mut self.opt, meta.step, &self.device)?);
-        Ok(Some(Progress { step: meta.step, tokens: meta.tokens, seconds: meta.seconds }))
+        let model = self
+            .model
+            .take()
+            .expect("the model is back after every step");
+        self.model = Some(checkpoint::restore(
+            &dir,
+            model,
+            &mut self.opt,
+            meta.step,
+            &self.device,
+        )?);
+        Ok(Some(Progress {
+            step: meta.step,
+            tokens: meta.tokens,
+            seconds: meta.seconds,
+        }))
     }
 
     /// The adapters, as `dir/adapters.safetensors` (PEFT-style keys).

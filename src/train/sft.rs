@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::GradientsParams;
 use burn::optim::GradientsAccumulator;
+use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -28,7 +28,7 @@ use super::{TrainError, ioerr};
 use crate::cad::{Limits, fmt::canonicalize};
 use crate::data::Sample;
 use crate::data::images::resize_rgb_u8;
-use crate::exec::{Executor, Scored, SandboxConfig, score_program};
+use crate::exec::{Executor, SandboxConfig, Scored, score_program};
 use crate::model::generate::{GenerateConfig, generate_programs};
 use crate::model::inputs::{patches_tensor, prefix_tokens};
 use crate::model::tokenizer::CodeTokenizer;
@@ -115,13 +115,28 @@ pub fn shape_targets(program: &str, limits: &Limits) -> Option<[f32; crate::mode
         return None;
     }
     let b = solid.bbox_bound();
-    let ext = [b.max[0] - b.min[0], b.max[1] - b.min[1], b.max[2] - b.min[2]];
+    let ext = [
+        b.max[0] - b.min[0],
+        b.max[1] - b.min[1],
+        b.max[2] - b.min[2],
+    ];
     let m = ext[0].max(ext[1]).max(ext[2]);
     if !(m.is_finite() && m > 0.0) {
         return None;
     }
     let boxv = ext[0] * ext[1] * ext[2];
-    let fill = if boxv > 0.0 { (volume(&solid, &MeasureOptions { pieces: 8, component_grid: 0 }) / boxv).clamp(0.0, 1.0) } else { 0.0 };
+    let fill = if boxv > 0.0 {
+        (volume(
+            &solid,
+            &MeasureOptions {
+                pieces: 8,
+                component_grid: 0,
+            },
+        ) / boxv)
+            .clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let sketches = program.matches("cq.Workplane(").count() as f64;
     let has = |s: &str| -> f32 { if program.contains(s) { 1.0 } else { 0.0 } };
     Some([
@@ -138,7 +153,12 @@ pub fn shape_targets(program: &str, limits: &Limits) -> Option<[f32; crate::mode
 
 /// Canonicalize, tokenize and downscale samples; programs that do not parse or are too long are skipped
 /// (their count is returned).
-pub fn prepare_examples(samples: Vec<Sample>, tok: &CodeTokenizer, c: &VlmConfig, cfg: &SftConfig) -> Result<(Vec<Example>, usize), TrainError> {
+pub fn prepare_examples(
+    samples: Vec<Sample>,
+    tok: &CodeTokenizer,
+    c: &VlmConfig,
+    cfg: &SftConfig,
+) -> Result<(Vec<Example>, usize), TrainError> {
     let limits = Limits::default();
     let mut out = Vec::with_capacity(samples.len());
     let mut skipped = 0;
@@ -173,19 +193,32 @@ pub fn prepare_examples(samples: Vec<Sample>, tok: &CodeTokenizer, c: &VlmConfig
         s.width = z;
         s.height = z;
         s.program = code_text;
-        out.push(Example { sample: s, prefix, code, aux });
+        out.push(Example {
+            sample: s,
+            prefix,
+            code,
+            aux,
+        });
     }
     Ok((out, skipped))
 }
 
 /// Indices of global samples `k0..k0+len` (see the module doc).
-pub fn sample_indices(seed: u64, n: usize, k0: usize, len: usize, cache: &mut Option<(usize, Vec<usize>)>) -> Vec<usize> {
+pub fn sample_indices(
+    seed: u64,
+    n: usize,
+    k0: usize,
+    len: usize,
+    cache: &mut Option<(usize, Vec<usize>)>,
+) -> Vec<usize> {
     (k0..k0 + len)
         .map(|k| {
             let epoch = k / n;
             if cache.as_ref().is_none_or(|c| c.0 != epoch) {
                 let mut p: Vec<usize> = (0..n).collect();
-                p.shuffle(&mut StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+                p.shuffle(&mut StdRng::seed_from_u64(
+                    seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                ));
                 *cache = Some((epoch, p));
             }
             cache.as_ref().unwrap().1[k % n]
@@ -198,12 +231,20 @@ pub fn sample_indices(seed: u64, n: usize, k0: usize, len: usize, cache: &mut Op
 pub const BUCKET: usize = 32;
 
 /// Example indices of global batch `g` (micro-batch counter), a pure function of (seed, g).
-pub fn batch_indices(seed: u64, lengths: &[usize], g: usize, bs: usize, cache: &mut Option<(usize, Vec<usize>)>) -> Vec<usize> {
+pub fn batch_indices(
+    seed: u64,
+    lengths: &[usize],
+    g: usize,
+    bs: usize,
+    cache: &mut Option<(usize, Vec<usize>)>,
+) -> Vec<usize> {
     let chunk = g / BUCKET;
     let mut idx = sample_indices(seed, lengths.len(), chunk * BUCKET * bs, BUCKET * bs, cache);
     idx.sort_by_key(|&i| (lengths[i], i));
     let mut order: Vec<usize> = (0..BUCKET).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(seed.wrapping_add(0x5151) ^ (chunk as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)));
+    order.shuffle(&mut StdRng::seed_from_u64(
+        seed.wrapping_add(0x5151) ^ (chunk as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+    ));
     let j = order[g % BUCKET];
     idx[j * bs..(j + 1) * bs].to_vec()
 }
@@ -256,10 +297,15 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
     }
     let use_aux = cfg.aux_weight > 0.0;
     if use_aux && train.iter().any(|e| e.aux.len() != c.aux_outputs) {
-        return Err(TrainError::Data(format!("sft.aux_weight > 0 but some examples lack their {} shape targets (prepare them with the same sft config)", c.aux_outputs)));
+        return Err(TrainError::Data(format!(
+            "sft.aux_weight > 0 but some examples lack their {} shape targets (prepare them with the same sft config)",
+            c.aux_outputs
+        )));
     }
     if train.is_empty() {
-        return Err(TrainError::Data("no training examples (all skipped?)".into()));
+        return Err(TrainError::Data(
+            "no training examples (all skipped?)".into(),
+        ));
     }
     std::fs::create_dir_all(run).map_err(|e| ioerr(run, e))?;
     AB::seed(device, cfg.seed);
@@ -271,29 +317,45 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
         if base.exists() {
             model = weights::load_module(model, &base)?;
         } else if let Some(dir) = &latest {
-            return Err(TrainError::Data(format!("{}: there is a checkpoint but no {BASE_FILE} to rebuild its base from; use a new run name", dir.display())));
+            return Err(TrainError::Data(format!(
+                "{}: there is a checkpoint but no {BASE_FILE} to rebuild its base from; use a new run name",
+                dir.display()
+            )));
         } else {
             weights::save_module(&model, &base)?;
         }
         model = adapt.prepare(model, device)?;
     }
     let mut opt = AdamW::<AB::InnerBackend>::new(cfg.optim.clone());
-    let executor = if val.is_empty() || cfg.val_samples == 0 { None } else { Some(crate::exec::executor(&cfg.sandbox)?) };
+    let executor = if val.is_empty() || cfg.val_samples == 0 {
+        None
+    } else {
+        Some(crate::exec::executor(&cfg.sandbox)?)
+    };
     let (mut step, mut tokens, mut secs0, mut resumed_from) = (0usize, 0u64, 0.0f64, None);
     if let Some(dir) = latest {
         let meta: CheckpointMeta = checkpoint::read_meta(&dir)?;
         if &meta.config != c {
-            return Err(TrainError::Data(format!("{}: checkpoint was trained with another model config; use a new run name", dir.display())));
+            return Err(TrainError::Data(format!(
+                "{}: checkpoint was trained with another model config; use a new run name",
+                dir.display()
+            )));
         }
         check_adaptation(&dir, &meta.adapt, adapt)?;
         model = checkpoint::restore(&dir, model, &mut opt, meta.step, device)?;
-        (step, tokens, secs0, resumed_from) = (meta.step, meta.tokens, meta.seconds, Some(meta.step));
+        (step, tokens, secs0, resumed_from) =
+            (meta.step, meta.tokens, meta.seconds, Some(meta.step));
     }
     let mut metrics = read_metrics(run, step);
     let end = stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
-    let pb = if show_progress { indicatif::ProgressBar::new(cfg.steps as u64) } else { indicatif::ProgressBar::hidden() };
+    let pb = if show_progress {
+        indicatif::ProgressBar::new(cfg.steps as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb.set_position(step as u64);
     let t0 = Instant::now();
@@ -301,21 +363,36 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
     let mut aux_window = 0.0f64;
     let mut perm_cache = None;
     let mut losses = Vec::new();
-    let lengths: Vec<usize> = train.iter().map(|e| e.prefix.len() + e.code.len()).collect();
+    let lengths: Vec<usize> = train
+        .iter()
+        .map(|e| e.prefix.len() + e.code.len())
+        .collect();
     while step < end {
         let lr = lr_at(&cfg.optim, step, cfg.steps);
         let mut acc = GradientsAccumulator::<Vlm<AB>>::new();
         let mut loss_sum = 0.0;
         for micro in 0..cfg.grad_accum {
-            let idx = batch_indices(cfg.seed, &lengths, step * cfg.grad_accum + micro, cfg.batch_size, &mut perm_cache);
+            let idx = batch_indices(
+                cfg.seed,
+                &lengths,
+                step * cfg.grad_accum + micro,
+                cfg.batch_size,
+                &mut perm_cache,
+            );
             let exs: Vec<&Example> = idx.iter().map(|&i| &train[i]).collect();
-            let rows: Vec<(Vec<u32>, Vec<u32>)> = exs.iter().map(|e| (e.prefix.clone(), e.code.clone())).collect();
+            let rows: Vec<(Vec<u32>, Vec<u32>)> = exs
+                .iter()
+                .map(|e| (e.prefix.clone(), e.code.clone()))
+                .collect();
             let batch = TokenBatch::from_rows(&rows, tok.pad);
             let samples: Vec<&Sample> = exs.iter().map(|e| &e.sample).collect();
             let patches = patches_tensor::<AB>(&samples, c, device); // [batch, n_patches, patch_dim]
             let targets = use_aux.then(|| {
                 let v: Vec<f32> = exs.iter().flat_map(|e| e.aux.iter().copied()).collect();
-                burn::tensor::Tensor::<AB, 2>::from_data(burn::tensor::TensorData::new(v, [exs.len(), c.aux_outputs]), device) // [batch, aux_outputs]
+                burn::tensor::Tensor::<AB, 2>::from_data(
+                    burn::tensor::TensorData::new(v, [exs.len(), c.aux_outputs]),
+                    device,
+                ) // [batch, aux_outputs]
             });
             let (nll, aux) = model.sft_losses(patches, &batch, targets);
             let nll = nll.div_scalar(cfg.grad_accum as f64);
@@ -359,11 +436,29 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
             window = (Instant::now(), 0, 0.0, 0);
             aux_window = 0.0;
         }
-        let do_val = !val.is_empty() && cfg.val_samples > 0 && ((cfg.val_every > 0 && step % cfg.val_every == 0) || step == cfg.steps);
+        let do_val = !val.is_empty()
+            && cfg.val_samples > 0
+            && ((cfg.val_every > 0 && step % cfg.val_every == 0) || step == cfg.steps);
         if do_val {
-            let s = validate(&model.valid(), c, tok, &val[..cfg.val_samples.min(val.len())], cfg, executor.as_deref(), device)?;
-            pb.println(format!("step {step}: val VSR {:.3}  IoU_unitcube(all) {:.3}  IoU_best(all) {:.3}", s.vsr, s.iou_unitcube, s.iou_best));
-            let r = row.get_or_insert(MetricRow { step, tokens, seconds: secs, ..Default::default() });
+            let s = validate(
+                &model.valid(),
+                c,
+                tok,
+                &val[..cfg.val_samples.min(val.len())],
+                cfg,
+                executor.as_deref(),
+                device,
+            )?;
+            pb.println(format!(
+                "step {step}: val VSR {:.3}  IoU_unitcube(all) {:.3}  IoU_best(all) {:.3}",
+                s.vsr, s.iou_unitcube, s.iou_best
+            ));
+            let r = row.get_or_insert(MetricRow {
+                step,
+                tokens,
+                seconds: secs,
+                ..Default::default()
+            });
             r.val_vsr = Some(s.vsr);
             r.val_iou_unitcube = Some(s.iou_unitcube);
             r.val_iou_best = Some(s.iou_best);
@@ -375,7 +470,13 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
             write_metrics(run, &metrics)?;
         }
         if step % cfg.checkpoint_every.max(1) == 0 || step == end {
-            let meta = CheckpointMeta { step, tokens, seconds: secs, config: c.clone(), adapt: adapt.clone() };
+            let meta = CheckpointMeta {
+                step,
+                tokens,
+                seconds: secs,
+                config: c.clone(),
+                adapt: adapt.clone(),
+            };
             checkpoint::save(run, step, &model, &opt.state(), &meta, cfg.keep_checkpoints)?;
         }
     }
@@ -384,7 +485,13 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
         run_dir::save_run(run, &adapt.export(model.valid(), run, device)?, c)?;
     }
     let _ = std::io::stderr().flush();
-    Ok(SftOutcome { run: run.to_path_buf(), step, resumed_from, losses, metrics })
+    Ok(SftOutcome {
+        run: run.to_path_buf(),
+        step,
+        resumed_from,
+        losses,
+        metrics,
+    })
 }
 
 /// Greedy validation of SFT: the share of programs that execute and the mean IoUs over all images
@@ -419,11 +526,30 @@ fn validate<B: burn::tensor::backend::Backend>(
     executor: Option<&dyn Executor>,
     device: &B::Device,
 ) -> Result<ValStats, TrainError> {
-    let Some(ex) = executor else { return Ok(ValStats::default()) };
+    let Some(ex) = executor else {
+        return Ok(ValStats::default());
+    };
     let samples: Vec<&Sample> = val.iter().map(|e| &e.sample).collect();
-    let gen_cfg = GenerateConfig { max_new_tokens: cfg.max_new_tokens, ..Default::default() };
-    let programs = generate_programs(model, c, tok, &samples, 1, &gen_cfg, 16, device, &mut |_| {})?;
-    let scores: Vec<Scored> = programs.iter().zip(&samples).map(|(p, s)| score_program(ex, &p.program, &s.program)).collect();
+    let gen_cfg = GenerateConfig {
+        max_new_tokens: cfg.max_new_tokens,
+        ..Default::default()
+    };
+    let programs = generate_programs(
+        model,
+        c,
+        tok,
+        &samples,
+        1,
+        &gen_cfg,
+        16,
+        device,
+        &mut |_| {},
+    )?;
+    let scores: Vec<Scored> = programs
+        .iter()
+        .zip(&samples)
+        .map(|(p, s)| score_program(ex, &p.program, &s.program))
+        .collect();
     Ok(ValStats::of(&scores))
 }
 
@@ -436,7 +562,9 @@ mod tests {
     #[test]
     fn shape_targets_of_a_box_and_a_cylinder() {
         let plane = "cq.Workplane(cq.Plane(cq.Vector(0.0, 0.0, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))";
-        let boxp = format!("import cadquery as cq\nwp_sketch0 = {plane}\nloop0=wp_sketch0.moveTo(2.0, 0.0).lineTo(2.0, 1.0).lineTo(0.0, 1.0).lineTo(0.0, 0.0).close()\nsolid0=wp_sketch0.add(loop0).extrude(0.5)\nsolid=solid0\n");
+        let boxp = format!(
+            "import cadquery as cq\nwp_sketch0 = {plane}\nloop0=wp_sketch0.moveTo(2.0, 0.0).lineTo(2.0, 1.0).lineTo(0.0, 1.0).lineTo(0.0, 0.0).close()\nsolid0=wp_sketch0.add(loop0).extrude(0.5)\nsolid=solid0\n"
+        );
         let t = shape_targets(&boxp, &Limits::default()).unwrap();
         assert_eq!(t, [1.0, 0.5, 0.25, 1.0, 0.25, 0.0, 0.0, 0.0]);
         // a cylinder of radius 0.5 and height 2 with a box cut away: fill = (π/4·2 − 0.1·0.1·2) / 2
@@ -448,7 +576,13 @@ mod tests {
         let fill = (std::f64::consts::FRAC_PI_4 * 2.0 - 0.02) / 2.0;
         assert!((t[3] as f64 - fill).abs() < 2e-3, "fill {} vs {fill}", t[3]);
         assert_eq!(&t[4..], &[0.5, 0.0, 1.0, 1.0]);
-        assert!(shape_targets("import cadquery as cq\nsolid = nonsense(", &Limits::default()).is_none());
+        assert!(
+            shape_targets(
+                "import cadquery as cq\nsolid = nonsense(",
+                &Limits::default()
+            )
+            .is_none()
+        );
     }
 
     #[test]

@@ -66,7 +66,11 @@ pub enum QuantCudaError {
     #[error("format {0} has no CUDA kernel (f32 weights use burn's own matmul)")]
     Unsupported(&'static str),
     #[error("{what} = {got} is too large for the CUDA kernel (at most {max})")]
-    TooLarge { what: &'static str, got: usize, max: usize },
+    TooLarge {
+        what: &'static str,
+        got: usize,
+        max: usize,
+    },
     #[error(transparent)]
     Quant(#[from] QuantError),
     #[error("reading the result back from the device failed: {0}")]
@@ -256,18 +260,28 @@ impl CudaQTensor {
     /// Uploads the packed weight, its scales and zero points to `client`'s device. F32 weights are
     /// refused ([`QuantCudaError::Unsupported`]).
     pub fn upload(q: &QTensor, client: &CudaClient) -> Result<Self, QuantCudaError> {
-        let too_large = |what, got: usize| QuantCudaError::TooLarge { what, got, max: u32::MAX as usize };
+        let too_large = |what, got: usize| QuantCudaError::TooLarge {
+            what,
+            got,
+            max: u32::MAX as usize,
+        };
         let (rows, cols, stride) = (q.rows, q.cols, q.stride);
         if rows > i32::MAX as usize {
             return Err(too_large("rows", rows));
         }
         let put_bytes = |b: &[u8]| {
             let (v, n) = words(b);
-            DevArray { handle: client.create_from_slice(&v), len: n }
+            DevArray {
+                handle: client.create_from_slice(&v),
+                len: n,
+            }
         };
         let put_f32 = |s: &[f32]| {
             let s = if s.is_empty() { &[0f32][..] } else { s };
-            DevArray { handle: client.create_from_slice(&f32_bytes(s)), len: s.len() }
+            DevArray {
+                handle: client.create_from_slice(&f32_bytes(s)),
+                len: s.len(),
+            }
         };
         let dummy = || put_bytes(&[0u8; 4]);
         let code = put_f32(&NF4_CODE);
@@ -276,7 +290,10 @@ impl CudaQTensor {
             QData::Int8 { q: qv, scales } => {
                 let x_stride = cols.div_ceil(4) * 4;
                 let mut bytes = vec![0u8; rows * x_stride];
-                for (dst, src) in bytes.chunks_exact_mut(x_stride.max(1)).zip(qv.chunks_exact(cols.max(1))) {
+                for (dst, src) in bytes
+                    .chunks_exact_mut(x_stride.max(1))
+                    .zip(qv.chunks_exact(cols.max(1)))
+                {
                     for (d, &s) in dst.iter_mut().zip(src) {
                         *d = s as u8;
                     }
@@ -297,7 +314,12 @@ impl CudaQTensor {
                     code,
                 }
             }
-            QData::Int4 { packed, scales, zeros, group_size } => CudaQTensor {
+            QData::Int4 {
+                packed,
+                scales,
+                zeros,
+                group_size,
+            } => CudaQTensor {
                 client: client.clone(),
                 rows,
                 cols,
@@ -312,10 +334,18 @@ impl CudaQTensor {
                 aux: put_bytes(zeros),
                 code,
             },
-            QData::Nf4 { packed, scales, block_size } => {
+            QData::Nf4 {
+                packed,
+                scales,
+                block_size,
+            } => {
                 let (kind, scales, aux, mean) = match scales {
                     Nf4Scales::F32(s) => (KIND_NF4, put_f32(s), dummy(), 0.0),
-                    Nf4Scales::Double { q: sq, scale2, mean } => {
+                    Nf4Scales::Double {
+                        q: sq,
+                        scale2,
+                        mean,
+                    } => {
                         let b: Vec<u8> = sq.iter().map(|&v| v as u8).collect();
                         (KIND_NF4_DQ, put_f32(scale2), put_bytes(&b), *mean)
                     }
@@ -337,7 +367,10 @@ impl CudaQTensor {
                 }
             }
         };
-        for (what, v) in [("row length in storage", t.x_stride), ("packed words", t.rows * t.words_per_row)] {
+        for (what, v) in [
+            ("row length in storage", t.x_stride),
+            ("packed words", t.rows * t.words_per_row),
+        ] {
             if v > u32::MAX as usize / 8 {
                 return Err(too_large(what, v));
             }
@@ -363,10 +396,18 @@ impl CudaQTensor {
     /// `Y = X Wᵀ` for a row-major batch `X [m, cols]`; returns row-major `Y [m, rows]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>, QuantCudaError> {
         if x.len() != m * self.cols {
-            return Err(QuantError::InputLen { got: x.len(), expected: m * self.cols }.into());
+            return Err(QuantError::InputLen {
+                got: x.len(),
+                expected: m * self.cols,
+            }
+            .into());
         }
         if m > MAX_BATCH {
-            return Err(QuantCudaError::TooLarge { what: "batch", got: m, max: MAX_BATCH });
+            return Err(QuantCudaError::TooLarge {
+                what: "batch",
+                got: m,
+                max: MAX_BATCH,
+            });
         }
         if m == 0 || self.rows == 0 {
             return Ok(vec![0.0; m * self.rows]);
@@ -376,12 +417,21 @@ impl CudaQTensor {
         }
         // Padded input: [m, x_stride], zeros past `cols`.
         let mut xp = vec![0f32; m * self.x_stride];
-        for (dst, src) in xp.chunks_exact_mut(self.x_stride).zip(x.chunks_exact(self.cols)) {
+        for (dst, src) in xp
+            .chunks_exact_mut(self.x_stride)
+            .zip(x.chunks_exact(self.cols))
+        {
             dst[..self.cols].copy_from_slice(src);
         }
-        let x_dev = DevArray { handle: self.client.create_from_slice(&f32_bytes(&xp)), len: xp.len() };
+        let x_dev = DevArray {
+            handle: self.client.create_from_slice(&f32_bytes(&xp)),
+            len: xp.len(),
+        };
         // Output: [m, rows].
-        let y_dev = DevArray { handle: self.client.empty(4 * m * self.rows), len: m * self.rows };
+        let y_dev = DevArray {
+            handle: self.client.empty(4 * m * self.rows),
+            len: m * self.rows,
+        };
         qmatmul_kernel::launch::<CudaRuntime>(
             &self.client,
             CubeCount::Static(self.rows as u32, m as u32, 1),
@@ -400,7 +450,13 @@ impl CudaQTensor {
             self.words_per_group,
             self.kind,
         );
-        let bytes = self.client.read_one(y_dev.handle).map_err(|e| QuantCudaError::Read(format!("{e:?}")))?;
-        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        let bytes = self
+            .client
+            .read_one(y_dev.handle)
+            .map_err(|e| QuantCudaError::Read(format!("{e:?}")))?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     }
 }

@@ -34,7 +34,9 @@ impl Isa {
             Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
-                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
@@ -42,12 +44,19 @@ impl Isa {
     }
 
     pub(crate) fn check(self) -> Result<(), QuantError> {
-        if self.available() { Ok(()) } else { Err(QuantError::IsaUnavailable(self)) }
+        if self.available() {
+            Ok(())
+        } else {
+            Err(QuantError::IsaUnavailable(self))
+        }
     }
 
     /// All instruction sets this CPU can run, slowest first.
     pub fn all_available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.available()).collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.available())
+            .collect()
     }
 
     /// The best available instruction set, unless the environment variable `CADVLM_ISA`
@@ -103,7 +112,15 @@ fn dot_i8(isa: Isa, q: &[i8], x: &[f32]) -> f32 {
 }
 
 /// `Σ_g s_g · Σ_{j∈g} (q_j − z_g) x_j`, using `xsum[g] = Σ_{j∈g} x_j`.
-fn dot_q4(isa: Isa, packed: &[u8], scales: &[f32], zeros: &[u8], group: usize, x: &[f32], xsum: &[f32]) -> f32 {
+fn dot_q4(
+    isa: Isa,
+    packed: &[u8],
+    scales: &[f32],
+    zeros: &[u8],
+    group: usize,
+    x: &[f32],
+    xsum: &[f32],
+) -> f32 {
     debug_assert_eq!(packed.len() * 2, x.len());
     debug_assert_eq!(scales.len() * group, x.len());
     match isa {
@@ -116,7 +133,10 @@ fn dot_q4(isa: Isa, packed: &[u8], scales: &[f32], zeros: &[u8], group: usize, x
             let mut acc = 0f32;
             for g in 0..scales.len() {
                 let mut d = 0f32;
-                for (p, xc) in packed[g * group / 2..(g + 1) * group / 2].chunks_exact(16).zip(x[g * group..].chunks_exact(32)) {
+                for (p, xc) in packed[g * group / 2..(g + 1) * group / 2]
+                    .chunks_exact(16)
+                    .zip(x[g * group..].chunks_exact(32))
+                {
                     for j in 0..16 {
                         d += (p[j] & 0x0F) as f32 * xc[j] + (p[j] >> 4) as f32 * xc[j + 16];
                     }
@@ -142,9 +162,13 @@ fn dot_nf4(isa: Isa, packed: &[u8], absmax: &[f32], block: usize, x: &[f32]) -> 
             let mut acc = 0f32;
             for (b, &s) in absmax.iter().enumerate() {
                 let mut d = 0f32;
-                for (p, xc) in packed[b * block / 2..(b + 1) * block / 2].chunks_exact(16).zip(x[b * block..].chunks_exact(32)) {
+                for (p, xc) in packed[b * block / 2..(b + 1) * block / 2]
+                    .chunks_exact(16)
+                    .zip(x[b * block..].chunks_exact(32))
+                {
                     for j in 0..16 {
-                        d += NF4_CODE[(p[j] & 0x0F) as usize] * xc[j] + NF4_CODE[(p[j] >> 4) as usize] * xc[j + 16];
+                        d += NF4_CODE[(p[j] & 0x0F) as usize] * xc[j]
+                            + NF4_CODE[(p[j] >> 4) as usize] * xc[j + 16];
                     }
                 }
                 acc += s * d;
@@ -169,7 +193,12 @@ fn dequant_range(isa: Isa, t: &QTensor, r: usize, k0: usize, out: &mut [f32]) {
                 *o = v as f32 * sc;
             }
         }
-        QData::Int4 { packed, scales, zeros, group_size } => {
+        QData::Int4 {
+            packed,
+            scales,
+            zeros,
+            group_size,
+        } => {
             let g = *group_size;
             debug_assert!(k0.is_multiple_of(g) && len.is_multiple_of(g));
             let gpr = s / g;
@@ -183,7 +212,10 @@ fn dequant_range(isa: Isa, t: &QTensor, r: usize, k0: usize, out: &mut [f32]) {
                 _ => {
                     for gi in 0..sc.len() {
                         let (scale, off) = (sc[gi], -(zs[gi] as f32) * sc[gi]);
-                        for (pc, oc) in p[gi * g / 2..(gi + 1) * g / 2].chunks_exact(16).zip(out[gi * g..].chunks_exact_mut(32)) {
+                        for (pc, oc) in p[gi * g / 2..(gi + 1) * g / 2]
+                            .chunks_exact(16)
+                            .zip(out[gi * g..].chunks_exact_mut(32))
+                        {
                             for j in 0..16 {
                                 oc[j] = (pc[j] & 0x0F) as f32 * scale + off;
                                 oc[j + 16] = (pc[j] >> 4) as f32 * scale + off;
@@ -193,7 +225,11 @@ fn dequant_range(isa: Isa, t: &QTensor, r: usize, k0: usize, out: &mut [f32]) {
                 }
             }
         }
-        QData::Nf4 { packed, scales, block_size } => {
+        QData::Nf4 {
+            packed,
+            scales,
+            block_size,
+        } => {
             let b = *block_size;
             debug_assert!(k0.is_multiple_of(b) && len.is_multiple_of(b));
             let bpr = s / b;
@@ -230,7 +266,10 @@ fn dequant_range(isa: Isa, t: &QTensor, r: usize, k0: usize, out: &mut [f32]) {
 
 /// Dequantizes the whole (padded, `stride`-long) row `r` into `out`.
 pub(crate) fn dequant_row(isa: Isa, t: &QTensor, r: usize, out: &mut [f32]) {
-    assert!(isa.available(), "kernel called with an unavailable instruction set");
+    assert!(
+        isa.available(),
+        "kernel called with an unavailable instruction set"
+    );
     assert_eq!(out.len(), t.stride);
     dequant_range(isa, t, r, 0, out);
 }
@@ -241,18 +280,29 @@ pub(crate) fn dequant_row(isa: Isa, t: &QTensor, r: usize, out: &mut [f32]) {
 
 /// `y = W x`; `x` is `stride` long (zero-padded by the caller).
 pub(crate) fn matvec(isa: Isa, t: &QTensor, x: &[f32], y: &mut [f32]) {
-    assert!(isa.available(), "kernel called with an unavailable instruction set");
+    assert!(
+        isa.available(),
+        "kernel called with an unavailable instruction set"
+    );
     assert!(x.len() == t.stride && y.len() == t.rows);
     let s = t.stride;
     let xsum: Vec<f32> = match &t.data {
-        QData::Int4 { group_size, .. } => x.chunks_exact(*group_size).map(|c| c.iter().sum()).collect(),
+        QData::Int4 { group_size, .. } => x
+            .chunks_exact(*group_size)
+            .map(|c| c.iter().sum())
+            .collect(),
         _ => Vec::new(),
     };
     let row_dot = |r: usize, sbuf: &mut Vec<f32>| -> f32 {
         match &t.data {
             QData::F32(w) => dot_f32(isa, &w[r * s..(r + 1) * s], x),
             QData::Int8 { q, scales } => scales[r] * dot_i8(isa, &q[r * s..(r + 1) * s], x),
-            QData::Int4 { packed, scales, zeros, group_size } => {
+            QData::Int4 {
+                packed,
+                scales,
+                zeros,
+                group_size,
+            } => {
                 let gpr = s / group_size;
                 dot_q4(
                     isa,
@@ -264,11 +314,21 @@ pub(crate) fn matvec(isa: Isa, t: &QTensor, x: &[f32], y: &mut [f32]) {
                     &xsum,
                 )
             }
-            QData::Nf4 { packed, scales, block_size } => {
+            QData::Nf4 {
+                packed,
+                scales,
+                block_size,
+            } => {
                 let bpr = s / block_size;
                 sbuf.resize(bpr, 0.0);
                 scales.decode_into(r * bpr, sbuf);
-                dot_nf4(isa, &packed[r * s / 2..(r + 1) * s / 2], sbuf, *block_size, x)
+                dot_nf4(
+                    isa,
+                    &packed[r * s / 2..(r + 1) * s / 2],
+                    sbuf,
+                    *block_size,
+                    x,
+                )
             }
         }
     };
@@ -278,11 +338,13 @@ pub(crate) fn matvec(isa: Isa, t: &QTensor, x: &[f32], y: &mut [f32]) {
             *yo = row_dot(r, &mut sbuf);
         }
     } else {
-        y.par_chunks_mut(MATVEC_ROWS_PER_TASK).enumerate().for_each_init(Vec::new, |sbuf, (ci, yc)| {
-            for (i, yo) in yc.iter_mut().enumerate() {
-                *yo = row_dot(ci * MATVEC_ROWS_PER_TASK + i, sbuf);
-            }
-        });
+        y.par_chunks_mut(MATVEC_ROWS_PER_TASK)
+            .enumerate()
+            .for_each_init(Vec::new, |sbuf, (ci, yc)| {
+                for (i, yo) in yc.iter_mut().enumerate() {
+                    *yo = row_dot(ci * MATVEC_ROWS_PER_TASK + i, sbuf);
+                }
+            });
     }
 }
 
@@ -293,7 +355,10 @@ pub(crate) fn matvec(isa: Isa, t: &QTensor, x: &[f32], y: &mut [f32]) {
 /// `Y [m, rows] = X [m, stride] · Wᵀ`: each task dequantizes a block of rows one K block at a time
 /// into a thread-local buffer and multiplies it with the matching K block of X.
 pub(crate) fn matmul(isa: Isa, t: &QTensor, x: &[f32], m: usize, y: &mut [f32]) {
-    assert!(isa.available(), "kernel called with an unavailable instruction set");
+    assert!(
+        isa.available(),
+        "kernel called with an unavailable instruction set"
+    );
     let (rows, s) = (t.rows, t.stride);
     assert!(x.len() == m * s && y.len() == m * rows);
     if m == 0 || rows == 0 {
@@ -315,15 +380,16 @@ pub(crate) fn matmul(isa: Isa, t: &QTensor, x: &[f32], m: usize, y: &mut [f32]) 
         while k0 < s {
             let len = kc.min(s - k0);
             // The rows' K block as f32: straight from storage for f32 weights, else dequantized.
-            let (w, ldw, woff): (&[f32], usize, usize) = if let (true, QData::F32(wf)) = (is_f32, &t.data) {
-                (&wf[r0 * s..(r0 + nr) * s], s, k0)
-            } else {
-                buf.resize(nr * kc, 0.0);
-                for i in 0..nr {
-                    dequant_range(isa, t, r0 + i, k0, &mut buf[i * kc..i * kc + len]);
-                }
-                (&buf[..], kc, 0)
-            };
+            let (w, ldw, woff): (&[f32], usize, usize) =
+                if let (true, QData::F32(wf)) = (is_f32, &t.data) {
+                    (&wf[r0 * s..(r0 + nr) * s], s, k0)
+                } else {
+                    buf.resize(nr * kc, 0.0);
+                    for i in 0..nr {
+                        dequant_range(isa, t, r0 + i, k0, &mut buf[i * kc..i * kc + len]);
+                    }
+                    (&buf[..], kc, 0)
+                };
             gemm_block(isa, w, ldw, woff, nr, x, s, k0, len, m, ytc);
             k0 += len;
         }
@@ -334,7 +400,9 @@ pub(crate) fn matmul(isa: Isa, t: &QTensor, x: &[f32], m: usize, y: &mut [f32]) 
             task(&mut buf, (bi, ytc));
         }
     } else {
-        yt.par_chunks_mut(MATMUL_ROWS_PER_TASK * m).enumerate().for_each_init(Vec::new, task);
+        yt.par_chunks_mut(MATMUL_ROWS_PER_TASK * m)
+            .enumerate()
+            .for_each_init(Vec::new, task);
     }
     for r in 0..rows {
         for j in 0..m {
@@ -368,7 +436,9 @@ fn gemm_block(
     let (ri, tj) = match isa {
         // SAFETY: as above; the bounds were asserted just before.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::gemm_micro_avx512(w, ldw, woff, nr, x, ldx, xoff, len, m, out) },
+        Isa::Avx512 => unsafe {
+            x86::gemm_micro_avx512(w, ldw, woff, nr, x, ldx, xoff, len, m, out)
+        },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { x86::gemm_micro_avx2(w, ldw, woff, nr, x, ldx, xoff, len, m, out) },
         _ => (0, 0),
@@ -416,16 +486,27 @@ mod x86 {
         unsafe {
             while i + 32 <= n {
                 for (u, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8 * u)), _mm256_loadu_ps(pb.add(i + 8 * u)), *a);
+                    *a = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(pa.add(i + 8 * u)),
+                        _mm256_loadu_ps(pb.add(i + 8 * u)),
+                        *a,
+                    );
                 }
                 i += 32;
             }
             while i + 8 <= n {
-                acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+                acc[0] = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i)),
+                    _mm256_loadu_ps(pb.add(i)),
+                    acc[0],
+                );
                 i += 8;
             }
         }
-        let mut s = hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        let mut s = hsum256(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
         for k in i..n {
             s += a[k] * b[k];
         }
@@ -442,16 +523,27 @@ mod x86 {
         unsafe {
             while i + 64 <= n {
                 for (u, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16 * u)), _mm512_loadu_ps(pb.add(i + 16 * u)), *a);
+                    *a = _mm512_fmadd_ps(
+                        _mm512_loadu_ps(pa.add(i + 16 * u)),
+                        _mm512_loadu_ps(pb.add(i + 16 * u)),
+                        *a,
+                    );
                 }
                 i += 64;
             }
             while i + 16 <= n {
-                acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc[0]);
+                acc[0] = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(pa.add(i)),
+                    _mm512_loadu_ps(pb.add(i)),
+                    acc[0],
+                );
                 i += 16;
             }
         }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ));
         for k in i..n {
             s += a[k] * b[k];
         }
@@ -472,7 +564,12 @@ mod x86 {
                 let b = _mm256_loadu_si256(pq.add(i) as *const __m256i);
                 let lo = _mm256_castsi256_si128(b);
                 let hi = _mm256_extracti128_si256::<1>(b);
-                let parts = [lo, _mm_unpackhi_epi64(lo, lo), hi, _mm_unpackhi_epi64(hi, hi)];
+                let parts = [
+                    lo,
+                    _mm_unpackhi_epi64(lo, lo),
+                    hi,
+                    _mm_unpackhi_epi64(hi, hi),
+                ];
                 for (u, a) in acc.iter_mut().enumerate() {
                     let w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[u]));
                     *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(px.add(i + 8 * u)), *a);
@@ -480,7 +577,10 @@ mod x86 {
                 i += 32;
             }
         }
-        let mut s = hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        let mut s = hsum256(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
         for k in i..n {
             s += q[k] as f32 * x[k];
         }
@@ -504,7 +604,10 @@ mod x86 {
                 i += 64;
             }
         }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ));
         for k in i..n {
             s += q[k] as f32 * x[k];
         }
@@ -514,7 +617,14 @@ mod x86 {
     // ---- int4 (group-wise, zero point) ----
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_q4_avx2(packed: &[u8], scales: &[f32], zeros: &[u8], group: usize, x: &[f32], xsum: &[f32]) -> f32 {
+    pub(super) unsafe fn dot_q4_avx2(
+        packed: &[u8],
+        scales: &[f32],
+        zeros: &[u8],
+        group: usize,
+        x: &[f32],
+        xsum: &[f32],
+    ) -> f32 {
         let mask = _mm_set1_epi8(0x0F);
         let mut acc = _mm256_setzero_ps();
         let mut zterm = 0f32;
@@ -548,7 +658,14 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn dot_q4_avx512(packed: &[u8], scales: &[f32], zeros: &[u8], group: usize, x: &[f32], xsum: &[f32]) -> f32 {
+    pub(super) unsafe fn dot_q4_avx512(
+        packed: &[u8],
+        scales: &[f32],
+        zeros: &[u8],
+        group: usize,
+        x: &[f32],
+        xsum: &[f32],
+    ) -> f32 {
         let mask = _mm_set1_epi8(0x0F);
         let mut acc = _mm512_setzero_ps();
         let mut zterm = 0f32;
@@ -577,7 +694,13 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dequant_q4_avx2(packed: &[u8], scales: &[f32], zeros: &[u8], group: usize, out: &mut [f32]) {
+    pub(super) unsafe fn dequant_q4_avx2(
+        packed: &[u8],
+        scales: &[f32],
+        zeros: &[u8],
+        group: usize,
+        out: &mut [f32],
+    ) {
         let mask = _mm_set1_epi8(0x0F);
         let chunks = group / 32;
         let (pp, po) = (packed.as_ptr(), out.as_mut_ptr());
@@ -591,7 +714,12 @@ mod x86 {
                     let b = _mm_loadu_si128(pp.add(base * 16) as *const __m128i);
                     let lo = _mm_and_si128(b, mask);
                     let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
-                    let parts = [lo, _mm_unpackhi_epi64(lo, lo), hi, _mm_unpackhi_epi64(hi, hi)];
+                    let parts = [
+                        lo,
+                        _mm_unpackhi_epi64(lo, lo),
+                        hi,
+                        _mm_unpackhi_epi64(hi, hi),
+                    ];
                     for (u, p) in parts.into_iter().enumerate() {
                         let q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(p));
                         _mm256_storeu_ps(po.add(base * 32 + 8 * u), _mm256_fmadd_ps(q, s, off));
@@ -613,10 +741,20 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_nf4_avx2(packed: &[u8], absmax: &[f32], block: usize, x: &[f32]) -> f32 {
+    pub(super) unsafe fn dot_nf4_avx2(
+        packed: &[u8],
+        absmax: &[f32],
+        block: usize,
+        x: &[f32],
+    ) -> f32 {
         let mask = _mm_set1_epi8(0x0F);
         // SAFETY: NF4_CODE has 16 entries.
-        let (tlo, thi) = unsafe { (_mm256_loadu_ps(NF4_CODE.as_ptr()), _mm256_loadu_ps(NF4_CODE.as_ptr().add(8))) };
+        let (tlo, thi) = unsafe {
+            (
+                _mm256_loadu_ps(NF4_CODE.as_ptr()),
+                _mm256_loadu_ps(NF4_CODE.as_ptr().add(8)),
+            )
+        };
         let mut acc = _mm256_setzero_ps();
         let chunks = block / 32;
         let (pp, px) = (packed.as_ptr(), x.as_ptr());
@@ -630,7 +768,12 @@ mod x86 {
                     let lo = _mm_and_si128(b, mask);
                     let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
                     let xp = px.add(base * 32);
-                    let parts = [lo, _mm_unpackhi_epi64(lo, lo), hi, _mm_unpackhi_epi64(hi, hi)];
+                    let parts = [
+                        lo,
+                        _mm_unpackhi_epi64(lo, lo),
+                        hi,
+                        _mm_unpackhi_epi64(hi, hi),
+                    ];
                     for (u, p) in parts.into_iter().enumerate() {
                         let w = nf4_lut8(_mm256_cvtepu8_epi32(p), tlo, thi);
                         d[u] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(8 * u)), d[u]);
@@ -644,7 +787,12 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn dot_nf4_avx512(packed: &[u8], absmax: &[f32], block: usize, x: &[f32]) -> f32 {
+    pub(super) unsafe fn dot_nf4_avx512(
+        packed: &[u8],
+        absmax: &[f32],
+        block: usize,
+        x: &[f32],
+    ) -> f32 {
         let mask = _mm_set1_epi8(0x0F);
         // SAFETY: NF4_CODE has 16 entries.
         let table = unsafe { _mm512_loadu_ps(NF4_CODE.as_ptr()) };
@@ -676,7 +824,12 @@ mod x86 {
     pub(super) unsafe fn dequant_nf4_avx2(packed: &[u8], absmax: f32, out: &mut [f32]) {
         let mask = _mm_set1_epi8(0x0F);
         // SAFETY: NF4_CODE has 16 entries.
-        let (tlo, thi) = unsafe { (_mm256_loadu_ps(NF4_CODE.as_ptr()), _mm256_loadu_ps(NF4_CODE.as_ptr().add(8))) };
+        let (tlo, thi) = unsafe {
+            (
+                _mm256_loadu_ps(NF4_CODE.as_ptr()),
+                _mm256_loadu_ps(NF4_CODE.as_ptr().add(8)),
+            )
+        };
         let s = _mm256_set1_ps(absmax);
         let (pp, po) = (packed.as_ptr(), out.as_mut_ptr());
         for base in 0..packed.len() / 16 {
@@ -685,7 +838,12 @@ mod x86 {
                 let b = _mm_loadu_si128(pp.add(base * 16) as *const __m128i);
                 let lo = _mm_and_si128(b, mask);
                 let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
-                let parts = [lo, _mm_unpackhi_epi64(lo, lo), hi, _mm_unpackhi_epi64(hi, hi)];
+                let parts = [
+                    lo,
+                    _mm_unpackhi_epi64(lo, lo),
+                    hi,
+                    _mm_unpackhi_epi64(hi, hi),
+                ];
                 for (u, p) in parts.into_iter().enumerate() {
                     let w = nf4_lut8(_mm256_cvtepu8_epi32(p), tlo, thi);
                     _mm256_storeu_ps(po.add(base * 32 + 8 * u), _mm256_mul_ps(w, s));
@@ -723,8 +881,10 @@ mod x86 {
                 // SAFETY: rows i0..i0+R < nr and tokens j0..j0+T < m, k + 8 <= len; the caller
                 // asserted that every (row, k < len) and (token, k < len) index is in bounds.
                 unsafe {
-                    let wp: [*const f32; R] = std::array::from_fn(|r| w.as_ptr().add((i0 + r) * ldw + woff));
-                    let xp: [*const f32; T] = std::array::from_fn(|t| x.as_ptr().add((j0 + t) * ldx + xoff));
+                    let wp: [*const f32; R] =
+                        std::array::from_fn(|r| w.as_ptr().add((i0 + r) * ldw + woff));
+                    let xp: [*const f32; T] =
+                        std::array::from_fn(|t| x.as_ptr().add((j0 + t) * ldx + xoff));
                     while k < kv {
                         let mut xv = [_mm256_setzero_ps(); T];
                         for t in 0..T {
@@ -779,8 +939,10 @@ mod x86 {
                 let mut k = 0;
                 // SAFETY: as in gemm_micro_avx2.
                 unsafe {
-                    let wp: [*const f32; R] = std::array::from_fn(|r| w.as_ptr().add((i0 + r) * ldw + woff));
-                    let xp: [*const f32; T] = std::array::from_fn(|t| x.as_ptr().add((j0 + t) * ldx + xoff));
+                    let wp: [*const f32; R] =
+                        std::array::from_fn(|r| w.as_ptr().add((i0 + r) * ldw + woff));
+                    let xp: [*const f32; T] =
+                        std::array::from_fn(|t| x.as_ptr().add((j0 + t) * ldx + xoff));
                     while k < kv {
                         let mut xv = [_mm512_setzero_ps(); T];
                         for t in 0..T {

@@ -50,7 +50,11 @@ pub const DOUBLE_QUANT_BLOCK: usize = 256;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QuantError {
     #[error("weight has {len} values, expected rows × cols = {rows} × {cols}")]
-    ShapeMismatch { len: usize, rows: usize, cols: usize },
+    ShapeMismatch {
+        len: usize,
+        rows: usize,
+        cols: usize,
+    },
     #[error("group size {0} is not supported (use a positive multiple of 32, e.g. 32, 64, 128)")]
     BadGroupSize(usize),
     #[error("input has {got} values, expected {expected}")]
@@ -86,7 +90,10 @@ impl Quantize {
             Quantize::None => None,
             Quantize::Int8 => Some(QuantFormat::Int8),
             Quantize::Int4 => Some(QuantFormat::Int4 { group_size: 64 }),
-            Quantize::Nf4 => Some(QuantFormat::Nf4 { block_size: 64, double_quant: true }),
+            Quantize::Nf4 => Some(QuantFormat::Nf4 {
+                block_size: 64,
+                double_quant: true,
+            }),
         }
     }
 }
@@ -106,7 +113,10 @@ pub enum QuantFormat {
     /// NF4 per block of `block_size` consecutive inputs: `w ≈ absmax_b · NF4_CODE[q]`. With
     /// `double_quant`, the absmax scales are themselves stored as int8 (minus their mean, one f32
     /// scale per [`DOUBLE_QUANT_BLOCK`] of them).
-    Nf4 { block_size: usize, double_quant: bool },
+    Nf4 {
+        block_size: usize,
+        double_quant: bool,
+    },
 }
 
 impl QuantFormat {
@@ -133,7 +143,11 @@ impl QuantFormat {
 pub enum Nf4Scales {
     F32(Vec<f32>),
     /// `absmax_b ≈ q_b · scale2[b / DOUBLE_QUANT_BLOCK] + mean`.
-    Double { q: Vec<i8>, scale2: Vec<f32>, mean: f32 },
+    Double {
+        q: Vec<i8>,
+        scale2: Vec<f32>,
+        mean: f32,
+    },
 }
 
 impl Nf4Scales {
@@ -162,10 +176,22 @@ impl Nf4Scales {
 #[derive(Debug, Clone, PartialEq)]
 pub enum QData {
     F32(Vec<f32>),
-    Int8 { q: Vec<i8>, scales: Vec<f32> },
+    Int8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+    },
     /// `packed`: rows × stride/2 bytes; `scales`, `zeros`: one per group, row-major.
-    Int4 { packed: Vec<u8>, scales: Vec<f32>, zeros: Vec<u8>, group_size: usize },
-    Nf4 { packed: Vec<u8>, scales: Nf4Scales, block_size: usize },
+    Int4 {
+        packed: Vec<u8>,
+        scales: Vec<f32>,
+        zeros: Vec<u8>,
+        group_size: usize,
+    },
+    Nf4 {
+        packed: Vec<u8>,
+        scales: Nf4Scales,
+        block_size: usize,
+    },
 }
 
 /// A quantized 2-D weight `[rows, cols]` (`[out_features, in_features]`).
@@ -216,16 +242,29 @@ pub fn unpack_nibbles(packed: &[u8], out: &mut [u8]) {
 
 impl QTensor {
     /// Quantizes a row-major `[rows, cols]` f32 weight.
-    pub fn quantize(w: &[f32], rows: usize, cols: usize, format: QuantFormat) -> Result<Self, QuantError> {
+    pub fn quantize(
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        format: QuantFormat,
+    ) -> Result<Self, QuantError> {
         format.validate()?;
         if w.len() != rows * cols {
-            return Err(QuantError::ShapeMismatch { len: w.len(), rows, cols });
+            return Err(QuantError::ShapeMismatch {
+                len: w.len(),
+                rows,
+                cols,
+            });
         }
         if let Some(i) = w.iter().position(|v| !v.is_finite()) {
             return Err(QuantError::NonFinite(i));
         }
         let g = format.group();
-        let stride = if g == 1 { cols } else { round_up(cols.max(1), g) };
+        let stride = if g == 1 {
+            cols
+        } else {
+            round_up(cols.max(1), g)
+        };
         let padded_row = |r: usize, buf: &mut Vec<f32>| {
             buf.clear();
             buf.extend_from_slice(&w[r * cols..(r + 1) * cols]);
@@ -268,15 +307,26 @@ impl QTensor {
                         };
                         scales[r * groups + gi] = s;
                         zeros[r * groups + gi] = z as u8;
-                        for (c, &v) in codes[gi * group_size..(gi + 1) * group_size].iter_mut().zip(grp) {
+                        for (c, &v) in codes[gi * group_size..(gi + 1) * group_size]
+                            .iter_mut()
+                            .zip(grp)
+                        {
                             *c = ((v / s).round() + z).clamp(0.0, 15.0) as u8;
                         }
                     }
                     pack_nibbles(&codes, &mut packed[r * stride / 2..(r + 1) * stride / 2]);
                 }
-                QData::Int4 { packed, scales, zeros, group_size }
+                QData::Int4 {
+                    packed,
+                    scales,
+                    zeros,
+                    group_size,
+                }
             }
-            QuantFormat::Nf4 { block_size, double_quant } => {
+            QuantFormat::Nf4 {
+                block_size,
+                double_quant,
+            } => {
                 let blocks = stride / block_size;
                 let mut packed = vec![0u8; rows * stride / 2];
                 let mut absmax = vec![0f32; rows * blocks];
@@ -289,17 +339,33 @@ impl QTensor {
                         let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
                         absmax[r * blocks + b] = amax;
                         let inv = if amax > 0.0 { 1.0 / amax } else { 0.0 };
-                        for (c, &v) in codes[b * block_size..(b + 1) * block_size].iter_mut().zip(blk) {
+                        for (c, &v) in codes[b * block_size..(b + 1) * block_size]
+                            .iter_mut()
+                            .zip(blk)
+                        {
                             *c = nf4_index(v * inv);
                         }
                     }
                     pack_nibbles(&codes, &mut packed[r * stride / 2..(r + 1) * stride / 2]);
                 }
-                let scales = if double_quant { double_quantize(&absmax) } else { Nf4Scales::F32(absmax) };
-                QData::Nf4 { packed, scales, block_size }
+                let scales = if double_quant {
+                    double_quantize(&absmax)
+                } else {
+                    Nf4Scales::F32(absmax)
+                };
+                QData::Nf4 {
+                    packed,
+                    scales,
+                    block_size,
+                }
             }
         };
-        Ok(QTensor { rows, cols, stride, data })
+        Ok(QTensor {
+            rows,
+            cols,
+            stride,
+            data,
+        })
     }
 
     /// Number of rows (output features).
@@ -322,8 +388,12 @@ impl QTensor {
         match &self.data {
             QData::F32(_) => QuantFormat::F32,
             QData::Int8 { .. } => QuantFormat::Int8,
-            QData::Int4 { group_size, .. } => QuantFormat::Int4 { group_size: *group_size },
-            QData::Nf4 { scales, block_size, .. } => QuantFormat::Nf4 {
+            QData::Int4 { group_size, .. } => QuantFormat::Int4 {
+                group_size: *group_size,
+            },
+            QData::Nf4 {
+                scales, block_size, ..
+            } => QuantFormat::Nf4 {
                 block_size: *block_size,
                 double_quant: matches!(scales, Nf4Scales::Double { .. }),
             },
@@ -335,7 +405,12 @@ impl QTensor {
         match &self.data {
             QData::F32(w) => 4 * w.len(),
             QData::Int8 { q, scales } => q.len() + 4 * scales.len(),
-            QData::Int4 { packed, scales, zeros, .. } => packed.len() + 4 * scales.len() + zeros.len(),
+            QData::Int4 {
+                packed,
+                scales,
+                zeros,
+                ..
+            } => packed.len() + 4 * scales.len() + zeros.len(),
             QData::Nf4 { packed, scales, .. } => packed.len() + scales.bytes(),
         }
     }
@@ -347,7 +422,10 @@ impl QTensor {
 
     /// Dequantizes row `r` (its first `cols` values) into `out`.
     pub fn dequantize_row_into(&self, r: usize, out: &mut [f32]) {
-        assert!(r < self.rows && out.len() == self.cols, "row index or output length out of range");
+        assert!(
+            r < self.rows && out.len() == self.cols,
+            "row index or output length out of range"
+        );
         if self.stride == self.cols {
             kernels::dequant_row(Isa::Scalar, self, r, out);
         } else {
@@ -360,7 +438,11 @@ impl QTensor {
     /// The whole weight as row-major f32 `[rows, cols]` (the reference the kernels are tested against).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
-        for (r, o) in out.chunks_exact_mut(self.cols.max(1)).enumerate().take(self.rows) {
+        for (r, o) in out
+            .chunks_exact_mut(self.cols.max(1))
+            .enumerate()
+            .take(self.rows)
+        {
             self.dequantize_row_into(r, o);
         }
         out
@@ -396,10 +478,16 @@ impl QTensor {
     pub fn matvec_with(&self, isa: Isa, x: &[f32], y: &mut [f32]) -> Result<(), QuantError> {
         isa.check()?;
         if x.len() != self.cols {
-            return Err(QuantError::InputLen { got: x.len(), expected: self.cols });
+            return Err(QuantError::InputLen {
+                got: x.len(),
+                expected: self.cols,
+            });
         }
         if y.len() != self.rows {
-            return Err(QuantError::OutputLen { got: y.len(), expected: self.rows });
+            return Err(QuantError::OutputLen {
+                got: y.len(),
+                expected: self.rows,
+            });
         }
         if self.stride == self.cols {
             kernels::matvec(isa, self, x, y);
@@ -417,19 +505,34 @@ impl QTensor {
     }
 
     /// [`Self::matmul`] with a chosen instruction set (fails if the CPU lacks it).
-    pub fn matmul_with(&self, isa: Isa, x: &[f32], m: usize, y: &mut [f32]) -> Result<(), QuantError> {
+    pub fn matmul_with(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+    ) -> Result<(), QuantError> {
         isa.check()?;
         if x.len() != m * self.cols {
-            return Err(QuantError::InputLen { got: x.len(), expected: m * self.cols });
+            return Err(QuantError::InputLen {
+                got: x.len(),
+                expected: m * self.cols,
+            });
         }
         if y.len() != m * self.rows {
-            return Err(QuantError::OutputLen { got: y.len(), expected: m * self.rows });
+            return Err(QuantError::OutputLen {
+                got: y.len(),
+                expected: m * self.rows,
+            });
         }
         if self.stride == self.cols {
             kernels::matmul(isa, self, x, m, y);
         } else {
             let mut xp = vec![0f32; m * self.stride];
-            for (dst, src) in xp.chunks_exact_mut(self.stride).zip(x.chunks_exact(self.cols)) {
+            for (dst, src) in xp
+                .chunks_exact_mut(self.stride)
+                .zip(x.chunks_exact(self.cols))
+            {
                 dst[..self.cols].copy_from_slice(src);
             }
             kernels::matmul(isa, self, &xp, m, y);
@@ -441,10 +544,17 @@ impl QTensor {
 /// Double quantization of positive NF4 block scales: subtract the mean, then symmetric int8 per
 /// [`DOUBLE_QUANT_BLOCK`] scales.
 fn double_quantize(absmax: &[f32]) -> Nf4Scales {
-    let mean = if absmax.is_empty() { 0.0 } else { (absmax.iter().map(|&v| v as f64).sum::<f64>() / absmax.len() as f64) as f32 };
+    let mean = if absmax.is_empty() {
+        0.0
+    } else {
+        (absmax.iter().map(|&v| v as f64).sum::<f64>() / absmax.len() as f64) as f32
+    };
     let mut q = vec![0i8; absmax.len()];
     let mut scale2 = Vec::with_capacity(absmax.len().div_ceil(DOUBLE_QUANT_BLOCK));
-    for (chunk, qc) in absmax.chunks(DOUBLE_QUANT_BLOCK).zip(q.chunks_mut(DOUBLE_QUANT_BLOCK)) {
+    for (chunk, qc) in absmax
+        .chunks(DOUBLE_QUANT_BLOCK)
+        .zip(q.chunks_mut(DOUBLE_QUANT_BLOCK))
+    {
         let amax = chunk.iter().fold(0f32, |a, &v| a.max((v - mean).abs()));
         let s2 = if amax > 0.0 { amax / 127.0 } else { 1.0 };
         scale2.push(s2);
@@ -492,5 +602,9 @@ pub fn relative_frobenius_error(original: &[f32], q: &QTensor) -> f64 {
         num += ((a - b) as f64).powi(2);
         den += (a as f64).powi(2);
     }
-    if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
 }

@@ -32,7 +32,12 @@ pub struct PromptInput {
 
 impl PromptInput {
     /// Preprocess `image` with `pre` and build the chat prompt around `prompt`.
-    pub fn new(tok: &tokenizers::Tokenizer, pre: &PreprocessConfig, image: &ImageInput, prompt: &str) -> Result<Self, QwenError> {
+    pub fn new(
+        tok: &tokenizers::Tokenizer,
+        pre: &PreprocessConfig,
+        image: &ImageInput,
+        prompt: &str,
+    ) -> Result<Self, QwenError> {
         let (pixels, grid) = pre.preprocess(image)?;
         let n_tokens = grid.iter().product::<usize>() / (pre.merge_size * pre.merge_size);
         let ids = encode(tok, &chat_prompt(prompt, n_tokens))?;
@@ -42,13 +47,17 @@ impl PromptInput {
     /// `pixel_values` as a tensor `[n_patches, C·T·P·P]`.
     pub fn pixel_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
         let n: usize = self.grid.iter().product();
-        Tensor::from_data(TensorData::new(self.pixels.clone(), [n, self.pixels.len() / n.max(1)]), device)
+        Tensor::from_data(
+            TensorData::new(self.pixels.clone(), [n, self.pixels.len() / n.max(1)]),
+            device,
+        )
     }
 }
 
 /// The id of `<|im_end|>` (end of the assistant turn).
 pub fn im_end_id(tok: &tokenizers::Tokenizer) -> Result<u32, QwenError> {
-    tok.token_to_id("<|im_end|>").ok_or_else(|| QwenError::Tokenizer("the tokenizer has no <|im_end|> token".into()))
+    tok.token_to_id("<|im_end|>")
+        .ok_or_else(|| QwenError::Tokenizer("the tokenizer has no <|im_end|> token".into()))
 }
 
 /// The assistant answer's ids: `answer` tokenized, then `<|im_end|>`.
@@ -60,7 +69,12 @@ pub fn answer_ids(tok: &tokenizers::Tokenizer, answer: &str) -> Result<Vec<u32>,
 
 /// Per-token log-probs `[answer_len]` of `answer` after `prompt` (teacher forcing: one forward of
 /// `prompt ++ answer`, the head applied to the positions that predict the answer only).
-pub fn answer_token_logprobs<B: Backend>(model: &QwenVl<B>, c: &QwenConfig, prompt: &PromptInput, answer: &[u32]) -> Result<Tensor<B, 1>, QwenError> {
+pub fn answer_token_logprobs<B: Backend>(
+    model: &QwenVl<B>,
+    c: &QwenConfig,
+    prompt: &PromptInput,
+    answer: &[u32],
+) -> Result<Tensor<B, 1>, QwenError> {
     if answer.is_empty() {
         return Err(QwenError::Input("empty answer".into()));
     }
@@ -73,24 +87,44 @@ pub fn answer_token_logprobs<B: Backend>(model: &QwenVl<B>, c: &QwenConfig, prom
     let device = model.model.embed_tokens.weight.device();
     let ids: Vec<u32> = prompt.ids.iter().chain(answer).copied().collect();
     let (p, a) = (prompt.ids.len(), answer.len());
-    let h = model.forward_hidden(c, &ids, Some(prompt.pixel_tensor::<B>(&device)), &[prompt.grid])?; // [1, seq, hidden]
+    let h = model.forward_hidden(
+        c,
+        &ids,
+        Some(prompt.pixel_tensor::<B>(&device)),
+        &[prompt.grid],
+    )?; // [1, seq, hidden]
     let logits = model.head(h.narrow(1, p - 1, a)).reshape([a as i32, -1]); // [answer, vocab]
-    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(answer.iter().map(|&t| t as i64).collect::<Vec<_>>(), [a, 1]), &device);
+    let targets = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(answer.iter().map(|&t| t as i64).collect::<Vec<_>>(), [a, 1]),
+        &device,
+    );
     Ok(log_softmax(logits, 1).gather(1, targets).reshape([a])) // [answer]
 }
 
 /// Summed log-prob `log π(answer | image, prompt)` of each answer: `[answers.len()]`.
-pub fn answer_logprobs<B: Backend>(model: &QwenVl<B>, c: &QwenConfig, prompt: &PromptInput, answers: &[&[u32]]) -> Result<Tensor<B, 1>, QwenError> {
+pub fn answer_logprobs<B: Backend>(
+    model: &QwenVl<B>,
+    c: &QwenConfig,
+    prompt: &PromptInput,
+    answers: &[&[u32]],
+) -> Result<Tensor<B, 1>, QwenError> {
     if answers.is_empty() {
         return Err(QwenError::Input("no answers".into()));
     }
-    let sums = answers.iter().map(|a| Ok(answer_token_logprobs(model, c, prompt, a)?.sum())).collect::<Result<Vec<_>, QwenError>>()?; // each [1]
+    let sums = answers
+        .iter()
+        .map(|a| Ok(answer_token_logprobs(model, c, prompt, a)?.sum()))
+        .collect::<Result<Vec<_>, QwenError>>()?; // each [1]
     Ok(Tensor::cat(sums, 0)) // [answers]
 }
 
 /// The SFT loss of a batch of `(prompt, answer ids)` pairs: the mean negative log-likelihood over every
 /// assistant answer token of the batch (prompt and image tokens carry no loss). `[1]`.
-pub fn qwen_sft_loss<B: Backend>(model: &QwenVl<B>, c: &QwenConfig, batch: &[(&PromptInput, &[u32])]) -> Result<Tensor<B, 1>, QwenError> {
+pub fn qwen_sft_loss<B: Backend>(
+    model: &QwenVl<B>,
+    c: &QwenConfig,
+    batch: &[(&PromptInput, &[u32])],
+) -> Result<Tensor<B, 1>, QwenError> {
     if batch.is_empty() {
         return Err(QwenError::Input("empty batch".into()));
     }
@@ -110,7 +144,12 @@ pub fn qwen_sft_loss<B: Backend>(model: &QwenVl<B>, c: &QwenConfig, batch: &[(&P
 
 /// Freezes `model`, quantizes the base of every linear layer except [`KEEP_F32`] (`Quantize::None`:
 /// none) and attaches the adapters of `lora` (the only trainable parameters afterwards).
-pub fn prepare_qlora<B: Backend>(model: QwenVl<B>, quantize: Quantize, lora: &LoraConfig, device: &B::Device) -> Result<QwenVl<B>, QwenError> {
+pub fn prepare_qlora<B: Backend>(
+    model: QwenVl<B>,
+    quantize: Quantize,
+    lora: &LoraConfig,
+    device: &B::Device,
+) -> Result<QwenVl<B>, QwenError> {
     let lerr = |e: crate::model::lora::LoraError| QwenError::Config(format!("QLoRA: {e}"));
     let mut model = model.no_grad();
     quantize_linears(&mut model, quantize, |p| !KEEP_F32.contains(&p)).map_err(lerr)?;
@@ -132,7 +171,9 @@ pub fn seed_adapters<B: Backend>(model: &mut QwenVl<B>, seed: u64, device: &B::D
         }
         let (r, d_in, d_out) = (lin.rank(), lin.in_features(), lin.out_features());
         let bound = 1.0 / (d_in as f32).sqrt();
-        let a: Vec<f32> = (0..r * d_in).map(|_| rng.random_range(-bound..bound)).collect();
+        let a: Vec<f32> = (0..r * d_in)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
         let a = Tensor::from_data(TensorData::new(a, [r, d_in]), device); // [rank, in]
         let b = Tensor::zeros([d_out, r], device); // [out, rank]
         lin.set_adapter(a, b, lin.lora_alpha, lin.lora_dropout);

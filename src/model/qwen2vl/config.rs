@@ -63,15 +63,21 @@ fn cfg_err(msg: impl Into<String>) -> QwenError {
 
 /// The field `key` of `text_config`, else of the top level.
 fn text_field<'a>(root: &'a Value, key: &str) -> Option<&'a Value> {
-    root.get("text_config").and_then(|t| t.get(key)).filter(|v| !v.is_null()).or_else(|| root.get(key).filter(|v| !v.is_null()))
+    root.get("text_config")
+        .and_then(|t| t.get(key))
+        .filter(|v| !v.is_null())
+        .or_else(|| root.get(key).filter(|v| !v.is_null()))
 }
 
 fn usize_of(v: Option<&Value>, key: &str) -> Result<usize, QwenError> {
-    v.and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| cfg_err(format!("missing or non-integer field {key:?}")))
+    v.and_then(Value::as_u64)
+        .map(|x| x as usize)
+        .ok_or_else(|| cfg_err(format!("missing or non-integer field {key:?}")))
 }
 
 fn f64_of(v: Option<&Value>, key: &str) -> Result<f64, QwenError> {
-    v.and_then(Value::as_f64).ok_or_else(|| cfg_err(format!("missing or non-numeric field {key:?}")))
+    v.and_then(Value::as_f64)
+        .ok_or_else(|| cfg_err(format!("missing or non-numeric field {key:?}")))
 }
 
 impl QwenConfig {
@@ -81,38 +87,81 @@ impl QwenConfig {
 
     /// Parse the text of a `config.json`.
     pub fn from_json(text: &str) -> Result<Self, QwenError> {
-        let root: Value = serde_json::from_str(text).map_err(|e| cfg_err(format!("not JSON: {e}")))?;
+        let root: Value =
+            serde_json::from_str(text).map_err(|e| cfg_err(format!("not JSON: {e}")))?;
         let model_type = root.get("model_type").and_then(Value::as_str).unwrap_or("");
         let arch = match model_type {
             "qwen2_vl" => Arch::Qwen2Vl,
             "qwen2_5_vl" => Arch::Qwen25Vl,
-            other => return Err(cfg_err(format!("model_type {other:?} is not qwen2_vl or qwen2_5_vl"))),
+            other => {
+                return Err(cfg_err(format!(
+                    "model_type {other:?} is not qwen2_vl or qwen2_5_vl"
+                )));
+            }
         };
         let t = |k: &str| usize_of(text_field(&root, k), k);
         let hidden = t("hidden_size")?;
         let heads = t("num_attention_heads")?;
-        let kv_heads = usize_of(text_field(&root, "num_key_value_heads"), "num_key_value_heads").unwrap_or(heads);
-        let rope_scaling = text_field(&root, "rope_scaling").or_else(|| text_field(&root, "rope_parameters"));
+        let kv_heads = usize_of(
+            text_field(&root, "num_key_value_heads"),
+            "num_key_value_heads",
+        )
+        .unwrap_or(heads);
+        let rope_scaling =
+            text_field(&root, "rope_scaling").or_else(|| text_field(&root, "rope_parameters"));
         let sec: Vec<usize> = rope_scaling
             .and_then(|r| r.get("mrope_section"))
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_u64).map(|x| x as usize).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|x| x as usize)
+                    .collect()
+            })
             .ok_or_else(|| cfg_err("missing rope_scaling.mrope_section"))?;
-        if sec.len() != 3 || heads == 0 || hidden % heads != 0 || sec.iter().sum::<usize>() * 2 != hidden / heads {
-            return Err(cfg_err(format!("mrope_section {sec:?} must be 3 numbers summing to head_dim/2 ({})", hidden / heads.max(1) / 2)));
+        if sec.len() != 3
+            || heads == 0
+            || hidden % heads != 0
+            || sec.iter().sum::<usize>() * 2 != hidden / heads
+        {
+            return Err(cfg_err(format!(
+                "mrope_section {sec:?} must be 3 numbers summing to head_dim/2 ({})",
+                hidden / heads.max(1) / 2
+            )));
         }
-        let rope_theta = f64_of(text_field(&root, "rope_theta").or_else(|| rope_scaling.and_then(|r| r.get("rope_theta"))), "rope_theta")?;
+        let rope_theta = f64_of(
+            text_field(&root, "rope_theta")
+                .or_else(|| rope_scaling.and_then(|r| r.get("rope_theta"))),
+            "rope_theta",
+        )?;
         let id = |k: &str| -> Result<u32, QwenError> {
-            text_field(&root, k).and_then(Value::as_u64).map(|x| x as u32).ok_or_else(|| cfg_err(format!("missing field {k:?}")))
+            text_field(&root, k)
+                .and_then(Value::as_u64)
+                .map(|x| x as u32)
+                .ok_or_else(|| cfg_err(format!("missing field {k:?}")))
         };
-        let eos_token_id = text_field(&root, "eos_token_id").and_then(|v| v.as_u64().or_else(|| v.as_array()?.first()?.as_u64())).map(|x| x as u32);
+        let eos_token_id = text_field(&root, "eos_token_id")
+            .and_then(|v| v.as_u64().or_else(|| v.as_array()?.first()?.as_u64()))
+            .map(|x| x as u32);
 
-        let v = root.get("vision_config").ok_or_else(|| cfg_err("missing vision_config"))?;
+        let v = root
+            .get("vision_config")
+            .ok_or_else(|| cfg_err("missing vision_config"))?;
         let vu = |k: &str| usize_of(v.get(k), &format!("vision_config.{k}"));
         // transformers' defaults where a Hub file leaves a field out
-        let vd = |k: &str, d: usize| if v.get(k).is_some_and(|x| !x.is_null()) { vu(k) } else { Ok(d) };
-        let in_channels = vu("in_channels").or_else(|_| vu("in_chans")).or_else(|_| vd("in_channels", 3))?;
-        let patch_size = vu("patch_size").or_else(|_| vu("spatial_patch_size")).or_else(|_| vd("patch_size", 14))?;
+        let vd = |k: &str, d: usize| {
+            if v.get(k).is_some_and(|x| !x.is_null()) {
+                vu(k)
+            } else {
+                Ok(d)
+            }
+        };
+        let in_channels = vu("in_channels")
+            .or_else(|_| vu("in_chans"))
+            .or_else(|_| vd("in_channels", 3))?;
+        let patch_size = vu("patch_size")
+            .or_else(|_| vu("spatial_patch_size"))
+            .or_else(|_| vd("patch_size", 14))?;
         let temporal_patch_size = vd("temporal_patch_size", 2)?;
         let spatial_merge_size = vd("spatial_merge_size", 2)?;
         let vision = match arch {
@@ -131,7 +180,11 @@ impl QwenConfig {
                     spatial_merge_size,
                     window_size: 0,
                     fullatt_block_indexes: Vec::new(),
-                    hidden_act: v.get("hidden_act").and_then(Value::as_str).unwrap_or("quick_gelu").to_string(),
+                    hidden_act: v
+                        .get("hidden_act")
+                        .and_then(Value::as_str)
+                        .unwrap_or("quick_gelu")
+                        .to_string(),
                 }
             }
             Arch::Qwen25Vl => VisionConfig {
@@ -148,16 +201,35 @@ impl QwenConfig {
                 fullatt_block_indexes: v
                     .get("fullatt_block_indexes")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_u64).map(|x| x as usize).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_u64)
+                            .map(|x| x as usize)
+                            .collect()
+                    })
                     .unwrap_or_default(),
-                hidden_act: v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu").to_string(),
+                hidden_act: v
+                    .get("hidden_act")
+                    .and_then(Value::as_str)
+                    .unwrap_or("silu")
+                    .to_string(),
             },
         };
-        if vision.num_heads == 0 || vision.embed_dim % vision.num_heads != 0 || (vision.embed_dim / vision.num_heads) % 4 != 0 {
-            return Err(cfg_err("vision head_dim must divide embed_dim and be a multiple of 4 (2D rotary)"));
+        if vision.num_heads == 0
+            || vision.embed_dim % vision.num_heads != 0
+            || (vision.embed_dim / vision.num_heads) % 4 != 0
+        {
+            return Err(cfg_err(
+                "vision head_dim must divide embed_dim and be a multiple of 4 (2D rotary)",
+            ));
         }
-        if vision.spatial_merge_size == 0 || vision.patch_size == 0 || vision.temporal_patch_size == 0 {
-            return Err(cfg_err("vision patch_size, temporal_patch_size and spatial_merge_size must be positive"));
+        if vision.spatial_merge_size == 0
+            || vision.patch_size == 0
+            || vision.temporal_patch_size == 0
+        {
+            return Err(cfg_err(
+                "vision patch_size, temporal_patch_size and spatial_merge_size must be positive",
+            ));
         }
         let c = QwenConfig {
             arch,
@@ -170,8 +242,10 @@ impl QwenConfig {
             rms_eps: f64_of(text_field(&root, "rms_norm_eps"), "rms_norm_eps")?,
             rope_theta,
             mrope_section: [sec[0], sec[1], sec[2]],
-            tie_word_embeddings: text_field(&root, "tie_word_embeddings").and_then(Value::as_bool)
-                .or_else(|| root.get("tie_word_embeddings").and_then(Value::as_bool)).unwrap_or(false),
+            tie_word_embeddings: text_field(&root, "tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .or_else(|| root.get("tie_word_embeddings").and_then(Value::as_bool))
+                .unwrap_or(false),
             image_token_id: id("image_token_id")?,
             video_token_id: id("video_token_id").unwrap_or(0),
             vision_start_token_id: id("vision_start_token_id")?,
@@ -180,7 +254,9 @@ impl QwenConfig {
             vision,
         };
         if kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(cfg_err("num_attention_heads must be a multiple of num_key_value_heads"));
+            return Err(cfg_err(
+                "num_attention_heads must be a multiple of num_key_value_heads",
+            ));
         }
         Ok(c)
     }
@@ -245,7 +321,10 @@ mod tests {
 
     #[test]
     fn hub_layout_config_parses_to_the_3b_shape() {
-        assert_eq!(QwenConfig::from_json(HUB_3B).unwrap(), QwenConfig::qwen2_5_vl_3b());
+        assert_eq!(
+            QwenConfig::from_json(HUB_3B).unwrap(),
+            QwenConfig::qwen2_5_vl_3b()
+        );
     }
 
     #[test]
@@ -253,7 +332,12 @@ mod tests {
         assert!(QwenConfig::from_json("{").is_err());
         assert!(QwenConfig::from_json(r#"{"model_type": "llama"}"#).is_err());
         let bad = HUB_3B.replace("[16, 24, 24]", "[16, 24]");
-        assert!(QwenConfig::from_json(&bad).unwrap_err().to_string().contains("mrope_section"));
+        assert!(
+            QwenConfig::from_json(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("mrope_section")
+        );
         let bad = HUB_3B.replace(r#""num_key_value_heads": 2"#, r#""num_key_value_heads": 3"#);
         assert!(QwenConfig::from_json(&bad).is_err());
         let bad = HUB_3B.replace(r#""num_heads": 16"#, r#""num_heads": 0"#);

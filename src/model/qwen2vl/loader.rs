@@ -16,7 +16,9 @@ use super::config::{Arch, QwenConfig};
 use super::memory::{WeightFormat, estimate_memory};
 use super::nn::{QLayerNorm, QLinear, QRmsNorm};
 use super::text::{QEmbedding, QwenTextModel, TextAttention, TextLayer, TextMlp};
-use super::vision::{PatchMerger, QwenVision, VisionAttention, VisionBlock, VisionMlp, VisionNorm, act_code};
+use super::vision::{
+    PatchMerger, QwenVision, VisionAttention, VisionBlock, VisionMlp, VisionNorm, act_code,
+};
 use super::{QwenError, QwenVl};
 
 /// Tensors by name: (shape, values widened to f32).
@@ -40,7 +42,9 @@ pub fn eos_token_ids(dir: &Path, config: &QwenConfig) -> Result<Vec<u32>, QwenEr
         let text = std::fs::read_to_string(&p).map_err(|e| io_err(&p, e))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| io_err(&p, e))?;
         match v.get("eos_token_id") {
-            Some(serde_json::Value::Array(a)) => ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
+            Some(serde_json::Value::Array(a)) => {
+                ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
+            }
             Some(x) => ids.extend(x.as_u64().map(|x| x as u32)),
             None => {}
         }
@@ -51,13 +55,19 @@ pub fn eos_token_ids(dir: &Path, config: &QwenConfig) -> Result<Vec<u32>, QwenEr
 }
 
 fn io_err(path: &Path, msg: impl std::fmt::Display) -> QwenError {
-    QwenError::Io { path: path.display().to_string(), msg: msg.to_string() }
+    QwenError::Io {
+        path: path.display().to_string(),
+        msg: msg.to_string(),
+    }
 }
 
 /// Read and parse `dir/config.json`.
 pub fn read_config(dir: &Path) -> Result<QwenConfig, QwenError> {
     if !dir.is_dir() {
-        return Err(io_err(dir, "no such model directory (a local Hugging Face checkpoint is expected)"));
+        return Err(io_err(
+            dir,
+            "no such model directory (a local Hugging Face checkpoint is expected)",
+        ));
     }
     let p = dir.join("config.json");
     let text = std::fs::read_to_string(&p).map_err(|e| io_err(&p, e))?;
@@ -71,11 +81,17 @@ pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, QwenError> {
     if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| io_err(&index, e))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| io_err(&index, e))?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| io_err(&index, "no weight_map object"))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| io_err(&index, "no weight_map object"))?;
         let files: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
         let paths: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
         if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
-            return Err(io_err(missing, format!("shard listed in {} is missing", index.display())));
+            return Err(io_err(
+                missing,
+                format!("shard listed in {} is missing", index.display()),
+            ));
         }
         return Ok(paths);
     }
@@ -90,7 +106,10 @@ pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, QwenError> {
         .collect();
     all.sort();
     if all.is_empty() {
-        return Err(io_err(&single, "no model.safetensors, model.safetensors.index.json or *.safetensors in the directory"));
+        return Err(io_err(
+            &single,
+            "no model.safetensors, model.safetensors.index.json or *.safetensors in the directory",
+        ));
     }
     Ok(all)
 }
@@ -115,10 +134,24 @@ pub fn read_tensors(files: &[PathBuf]) -> Result<TensorMap, QwenError> {
         for (name, view) in st.tensors() {
             let d = view.data();
             let v: Vec<f32> = match view.dtype() {
-                Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-                Dtype::BF16 => d.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
-                Dtype::F16 => d.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-                other => return Err(io_err(path, format!("tensor {name}: dtype {other:?} is not supported (F32, BF16, F16)"))),
+                Dtype::F32 => d
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                Dtype::BF16 => d
+                    .chunks_exact(2)
+                    .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                    .collect(),
+                Dtype::F16 => d
+                    .chunks_exact(2)
+                    .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                    .collect(),
+                other => {
+                    return Err(io_err(
+                        path,
+                        format!("tensor {name}: dtype {other:?} is not supported (F32, BF16, F16)"),
+                    ));
+                }
             };
             out.insert(canonical_key(&name), (view.shape().to_vec(), v));
         }
@@ -133,7 +166,13 @@ fn f16_to_f32(h: u16) -> f32 {
     let sign = if s == 1 { -1.0 } else { 1.0 };
     match e {
         0 => sign * (m as f32) * 2f32.powi(-24),
-        31 => if m == 0 { sign * f32::INFINITY } else { f32::NAN },
+        31 => {
+            if m == 0 {
+                sign * f32::INFINITY
+            } else {
+                f32::NAN
+            }
+        }
         _ => f32::from_bits((s << 31) | (((e - 15 + 127) as u32) << 23) | (m << 13)),
     }
 }
@@ -148,21 +187,33 @@ pub struct TensorStore<'a, B: Backend> {
 
 impl<'a, B: Backend> TensorStore<'a, B> {
     pub fn new(map: TensorMap, device: &'a B::Device) -> Self {
-        TensorStore { map, used: BTreeSet::new(), errors: Vec::new(), device }
+        TensorStore {
+            map,
+            used: BTreeSet::new(),
+            errors: Vec::new(),
+            device,
+        }
     }
 
     /// The tensor `key` with `shape` (any checkpoint shape of the same leading dim and element count is
     /// accepted when `flatten`, for the Conv3d patch embedding). Zeros stand in for a missing one.
     fn get<const D: usize>(&mut self, key: &str, shape: [usize; D], flatten: bool) -> Tensor<B, D> {
         match self.map.remove(key) {
-            None => self.errors.push(format!("missing tensor {key} (shape {shape:?})")),
+            None => self
+                .errors
+                .push(format!("missing tensor {key} (shape {shape:?})")),
             Some((s, v)) => {
-                let ok = s.as_slice() == shape.as_slice() || (flatten && s.first() == shape.first() && s.iter().product::<usize>() == shape.iter().product::<usize>());
+                let ok = s.as_slice() == shape.as_slice()
+                    || (flatten
+                        && s.first() == shape.first()
+                        && s.iter().product::<usize>() == shape.iter().product::<usize>());
                 self.used.insert(key.to_string());
                 if ok {
                     return Tensor::from_data(TensorData::new(v, shape), self.device);
                 }
-                self.errors.push(format!("tensor {key} has shape {s:?}, the config wants {shape:?}"));
+                self.errors.push(format!(
+                    "tensor {key} has shape {s:?}, the config wants {shape:?}"
+                ));
             }
         }
         Tensor::zeros(shape, self.device)
@@ -179,34 +230,58 @@ impl<'a, B: Backend> TensorStore<'a, B> {
     }
 
     fn ln(&mut self, p: &str, d: usize, eps: f64) -> QLayerNorm<B> {
-        QLayerNorm::from_tensors(self.get(&format!("{p}.weight"), [d], false), self.get(&format!("{p}.bias"), [d], false), eps)
+        QLayerNorm::from_tensors(
+            self.get(&format!("{p}.weight"), [d], false),
+            self.get(&format!("{p}.bias"), [d], false),
+            eps,
+        )
     }
 
     /// Every problem so far plus every tensor never asked for (except `ignore`d ones).
     fn finish(self, ignore: &dyn Fn(&str) -> bool) -> Result<(), String> {
         let mut errs = self.errors;
-        errs.extend(self.map.keys().filter(|k| !ignore(k)).map(|k| format!("unexpected tensor {k}")));
+        errs.extend(
+            self.map
+                .keys()
+                .filter(|k| !ignore(k))
+                .map(|k| format!("unexpected tensor {k}")),
+        );
         if errs.is_empty() {
             return Ok(());
         }
         let n = errs.len();
         let shown: Vec<String> = errs.into_iter().take(20).collect();
-        Err(format!("{n} problem(s): {}{}", shown.join("; "), if n > 20 { "; …" } else { "" }))
+        Err(format!(
+            "{n} problem(s): {}{}",
+            shown.join("; "),
+            if n > 20 { "; …" } else { "" }
+        ))
     }
 }
 
 /// Build the model from named tensors (canonical names); the error lists every missing, misshapen and
 /// unexpected tensor.
-pub fn build_model<B: Backend>(c: &QwenConfig, tensors: TensorMap, device: &B::Device) -> Result<QwenVl<B>, String> {
+pub fn build_model<B: Backend>(
+    c: &QwenConfig,
+    tensors: TensorMap,
+    device: &B::Device,
+) -> Result<QwenVl<B>, String> {
     let mut s = TensorStore::<B>::new(tensors, device);
     let v = &c.vision;
     let e = v.embed_dim;
     let act = act_code(&v.hidden_act).map_err(|e| e.to_string())?;
     let patch_dim = v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size;
-    let patch_embed = Param::from_tensor(s.get("visual.patch_embed.proj.weight", [e, patch_dim], true));
+    let patch_embed =
+        Param::from_tensor(s.get("visual.patch_embed.proj.weight", [e, patch_dim], true));
     let norm = |s: &mut TensorStore<B>, p: &str, d: usize| match c.arch {
-        Arch::Qwen2Vl => VisionNorm { ln: Some(s.ln(p, d, 1e-6)), rms: None },
-        Arch::Qwen25Vl => VisionNorm { ln: None, rms: Some(s.rms(p, d, 1e-6)) },
+        Arch::Qwen2Vl => VisionNorm {
+            ln: Some(s.ln(p, d, 1e-6)),
+            rms: None,
+        },
+        Arch::Qwen25Vl => VisionNorm {
+            ln: None,
+            rms: Some(s.rms(p, d, 1e-6)),
+        },
     };
     let blocks = (0..v.depth)
         .map(|i| {
@@ -249,7 +324,11 @@ pub fn build_model<B: Backend>(c: &QwenConfig, tensors: TensorMap, device: &B::D
         merger,
         merge: v.spatial_merge_size,
         patch_size: v.patch_size,
-        window_size: if c.arch == Arch::Qwen25Vl { v.window_size } else { 0 },
+        window_size: if c.arch == Arch::Qwen25Vl {
+            v.window_size
+        } else {
+            0
+        },
         fullatt_block_indexes: v.fullatt_block_indexes.clone(),
         rope_theta: 10_000.0,
     };
@@ -267,7 +346,11 @@ pub fn build_model<B: Backend>(c: &QwenConfig, tensors: TensorMap, device: &B::D
                     heads: c.heads,
                     kv_heads: c.kv_heads,
                 },
-                post_attention_layernorm: s.rms(&format!("{p}.post_attention_layernorm"), h, c.rms_eps),
+                post_attention_layernorm: s.rms(
+                    &format!("{p}.post_attention_layernorm"),
+                    h,
+                    c.rms_eps,
+                ),
                 mlp: TextMlp {
                     gate_proj: s.lin(&format!("{p}.mlp.gate_proj"), h, c.intermediate, false),
                     up_proj: s.lin(&format!("{p}.mlp.up_proj"), h, c.intermediate, false),
@@ -277,7 +360,13 @@ pub fn build_model<B: Backend>(c: &QwenConfig, tensors: TensorMap, device: &B::D
         })
         .collect();
     let model = QwenTextModel {
-        embed_tokens: QEmbedding { weight: Param::from_tensor(s.get("model.embed_tokens.weight", [c.vocab_size, h], false)) },
+        embed_tokens: QEmbedding {
+            weight: Param::from_tensor(s.get(
+                "model.embed_tokens.weight",
+                [c.vocab_size, h],
+                false,
+            )),
+        },
         layers,
         norm: s.rms("model.norm", h, c.rms_eps),
         rope_theta: c.rope_theta,
@@ -287,7 +376,11 @@ pub fn build_model<B: Backend>(c: &QwenConfig, tensors: TensorMap, device: &B::D
     let tied = c.tie_word_embeddings;
     // a tied checkpoint may still carry lm_head.weight; rotary buffers are not weights
     s.finish(&|k: &str| (tied && k == "lm_head.weight") || k.ends_with("rotary_emb.inv_freq"))?;
-    Ok(QwenVl { visual, model, lm_head })
+    Ok(QwenVl {
+        visual,
+        model,
+        lm_head,
+    })
 }
 
 /// Load `dir` (config, weights) onto `device`, printing the memory estimate (f32 weights, inference of
@@ -295,9 +388,20 @@ pub fn build_model<B: Backend>(c: &QwenConfig, tensors: TensorMap, device: &B::D
 pub fn load_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedQwen<B>, QwenError> {
     let config = read_config(dir)?;
     let files = shard_files(dir)?;
-    eprintln!("{}: {}", dir.display(), estimate_memory(&config, WeightFormat::F32, 0, 1, 1024, false).summary());
+    eprintln!(
+        "{}: {}",
+        dir.display(),
+        estimate_memory(&config, WeightFormat::F32, 0, 1, 1024, false).summary()
+    );
     let tensors = read_tensors(&files)?;
-    let model = build_model::<B>(&config, tensors, device).map_err(|msg| QwenError::Weights { dir: dir.display().to_string(), msg })?;
+    let model = build_model::<B>(&config, tensors, device).map_err(|msg| QwenError::Weights {
+        dir: dir.display().to_string(),
+        msg,
+    })?;
     let eos_token_ids = eos_token_ids(dir, &config)?;
-    Ok(LoadedQwen { config, model, eos_token_ids })
+    Ok(LoadedQwen {
+        config,
+        model,
+        eos_token_ids,
+    })
 }

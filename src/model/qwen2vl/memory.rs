@@ -42,7 +42,11 @@ pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 impl MemoryEstimate {
     pub fn total_bytes(&self) -> u64 {
-        self.weight_bytes + self.lora_bytes + self.activation_bytes + self.logits_bytes + self.overhead_bytes
+        self.weight_bytes
+            + self.lora_bytes
+            + self.activation_bytes
+            + self.logits_bytes
+            + self.overhead_bytes
     }
 
     pub fn fits(&self, gpu_gib: f64) -> bool {
@@ -60,7 +64,11 @@ impl MemoryEstimate {
             g(self.lora_bytes),
             self.batch,
             self.seq,
-            if self.gradient_checkpointing { ", gradient checkpointing" } else { "" },
+            if self.gradient_checkpointing {
+                ", gradient checkpointing"
+            } else {
+                ""
+            },
             g(self.activation_bytes),
             g(self.logits_bytes),
             g(self.overhead_bytes),
@@ -72,27 +80,51 @@ impl MemoryEstimate {
 /// (all parameters, parameters of linear weight matrices) of the model `c`.
 pub fn param_counts(c: &QwenConfig) -> (u64, u64) {
     let v = &c.vision;
-    let (e, m, u) = (v.embed_dim as u64, v.mlp_hidden as u64, (v.spatial_merge_size * v.spatial_merge_size) as u64);
+    let (e, m, u) = (
+        v.embed_dim as u64,
+        v.mlp_hidden as u64,
+        (v.spatial_merge_size * v.spatial_merge_size) as u64,
+    );
     let pd = (v.in_channels * v.temporal_patch_size * v.patch_size * v.patch_size) as u64;
     let mut lin = e * pd;
     let mut other = 0u64;
-    let blk_lin = 4 * e * e + if c.arch == Arch::Qwen25Vl { 3 * e * m } else { 2 * e * m };
-    let blk_other = 4 * e + if c.arch == Arch::Qwen25Vl { 2 * e + 2 * m + e } else { 4 * e + m + e };
+    let blk_lin = 4 * e * e
+        + if c.arch == Arch::Qwen25Vl {
+            3 * e * m
+        } else {
+            2 * e * m
+        };
+    let blk_other = 4 * e
+        + if c.arch == Arch::Qwen25Vl {
+            2 * e + 2 * m + e
+        } else {
+            4 * e + m + e
+        };
     lin += v.depth as u64 * blk_lin;
     other += v.depth as u64 * blk_other;
     lin += (e * u) * (e * u) + e * u * v.out_hidden as u64;
     other += 2 * e + e * u + v.out_hidden as u64;
-    let (h, kv, i, vocab) = (c.hidden as u64, (c.kv_heads * c.head_dim()) as u64, c.intermediate as u64, c.vocab_size as u64);
+    let (h, kv, i, vocab) = (
+        c.hidden as u64,
+        (c.kv_heads * c.head_dim()) as u64,
+        c.intermediate as u64,
+        c.vocab_size as u64,
+    );
     let layer_lin = 2 * h * h + 2 * h * kv + 3 * h * i;
     let layer_other = h + 2 * kv + 2 * h;
     lin += c.layers as u64 * layer_lin;
-    other += c.layers as u64 * layer_other + h + vocab * h * if c.tie_word_embeddings { 1 } else { 2 };
+    other +=
+        c.layers as u64 * layer_other + h + vocab * h * if c.tie_word_embeddings { 1 } else { 2 };
     (lin + other, lin)
 }
 
 /// LoRA parameters of rank `r` on q/k/v/o/gate/up/down of every decoder layer.
 pub fn lora_params(c: &QwenConfig, r: u64) -> u64 {
-    let (h, kv, i) = (c.hidden as u64, (c.kv_heads * c.head_dim()) as u64, c.intermediate as u64);
+    let (h, kv, i) = (
+        c.hidden as u64,
+        (c.kv_heads * c.head_dim()) as u64,
+        c.intermediate as u64,
+    );
     let per = r * ((h + h) + (h + kv) * 2 + (h + h) + 3 * (h + i));
     c.layers as u64 * per
 }
@@ -100,15 +132,31 @@ pub fn lora_params(c: &QwenConfig, r: u64) -> u64 {
 /// The estimate for `format` weights, LoRA rank `lora_rank` (0: none, inference), `batch` × `seq` tokens.
 /// With `lora_rank == 0` activations are one layer's working set (inference); otherwise they are the
 /// stored activations of every layer (or only the layer inputs plus one layer with `checkpointing`).
-pub fn estimate_memory(c: &QwenConfig, format: WeightFormat, lora_rank: u64, batch: u64, seq: u64, checkpointing: bool) -> MemoryEstimate {
+pub fn estimate_memory(
+    c: &QwenConfig,
+    format: WeightFormat,
+    lora_rank: u64,
+    batch: u64,
+    seq: u64,
+    checkpointing: bool,
+) -> MemoryEstimate {
     let (total, lin) = param_counts(c);
     let weight_bytes = match format {
         WeightFormat::F32 => 4 * total,
         WeightFormat::Bf16 => 2 * total,
         WeightFormat::Nf4 => lin / 2 + lin.div_ceil(64) * 4 + 2 * (total - lin),
     };
-    let lp = if lora_rank > 0 { lora_params(c, lora_rank) } else { 0 };
-    let (h, kv, i, a) = (c.hidden as u64, (c.kv_heads * c.head_dim()) as u64, c.intermediate as u64, c.heads as u64);
+    let lp = if lora_rank > 0 {
+        lora_params(c, lora_rank)
+    } else {
+        0
+    };
+    let (h, kv, i, a) = (
+        c.hidden as u64,
+        (c.kv_heads * c.head_dim()) as u64,
+        c.intermediate as u64,
+        c.heads as u64,
+    );
     let (b, s) = (batch, seq);
     // elements one decoder layer keeps for backward: norm out, q/k/v, attention out, o_proj out, residual,
     // post-norm out, gate, up, silu(gate), product; plus scores and probabilities

@@ -10,13 +10,13 @@
 //! [`crate::model::lora::LinearLayers`] with the checkpoint's names, so `quantize_linears` (NF4) and
 //! `apply_lora` work on it (QLoRA); `train` has the SFT loss and DPO step on top.
 
+pub mod answer;
 pub mod config;
 pub mod loader;
 pub mod memory;
 pub mod nn;
 pub mod preprocess;
 pub mod text;
-pub mod answer;
 pub mod vision;
 
 use burn::tensor::backend::Backend;
@@ -25,7 +25,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::model::lora::{LinearLayers, LoraLinear};
 
 pub use config::{Arch, QwenConfig, VisionConfig};
-pub use loader::{load_dir, LoadedQwen};
+pub use loader::{LoadedQwen, load_dir};
 pub use memory::{MemoryEstimate, WeightFormat, estimate_memory};
 pub use preprocess::{ImageInput, PreprocessConfig, chat_prompt, preprocess_image, smart_resize};
 pub use text::{QwenKvCache, QwenTextModel};
@@ -103,13 +103,29 @@ pub fn linear_paths(c: &QwenConfig) -> Vec<String> {
         Arch::Qwen25Vl => &["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
     };
     for i in 0..c.vision.depth {
-        out.extend(["attn.qkv", "attn.proj"].iter().chain(mlp).map(|n| format!("visual.blocks.{i}.{n}")));
+        out.extend(
+            ["attn.qkv", "attn.proj"]
+                .iter()
+                .chain(mlp)
+                .map(|n| format!("visual.blocks.{i}.{n}")),
+        );
     }
-    out.extend(["visual.merger.mlp.0".to_string(), "visual.merger.mlp.2".to_string()]);
+    out.extend([
+        "visual.merger.mlp.0".to_string(),
+        "visual.merger.mlp.2".to_string(),
+    ]);
     for i in 0..c.layers {
         out.extend(
-            ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-                .map(|n| format!("model.layers.{i}.{n}")),
+            [
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.gate_proj",
+                "mlp.up_proj",
+                "mlp.down_proj",
+            ]
+            .map(|n| format!("model.layers.{i}.{n}")),
         );
     }
     if !c.tie_word_embeddings {
@@ -129,8 +145,17 @@ pub struct RopeIndex {
 /// `get_rope_index` for one sequence: text tokens count up on all axes; the `n` image tokens of an image
 /// with grid `(t, h, w)` (in patches) take `(start + t_i, start + h_i, start + w_i)` on the merged grid, and
 /// the text after it restarts at `start + max(h, w) / merge`.
-pub fn rope_index(ids: &[u32], image_token_id: u32, grids: &[[usize; 3]], merge: usize) -> Result<RopeIndex, QwenError> {
-    let mut pos: [Vec<i64>; 3] = [Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len())];
+pub fn rope_index(
+    ids: &[u32],
+    image_token_id: u32,
+    grids: &[[usize; 3]],
+    merge: usize,
+) -> Result<RopeIndex, QwenError> {
+    let mut pos: [Vec<i64>; 3] = [
+        Vec::with_capacity(ids.len()),
+        Vec::with_capacity(ids.len()),
+        Vec::with_capacity(ids.len()),
+    ];
     let mut cur: i64 = 0;
     let mut i = 0;
     let mut img = 0;
@@ -143,11 +168,18 @@ pub fn rope_index(ids: &[u32], image_token_id: u32, grids: &[[usize; 3]], merge:
             i += 1;
             continue;
         }
-        let [t, h, w] = *grids.get(img).ok_or_else(|| QwenError::Input(format!("more image token runs than images ({})", grids.len())))?;
+        let [t, h, w] = *grids.get(img).ok_or_else(|| {
+            QwenError::Input(format!(
+                "more image token runs than images ({})",
+                grids.len()
+            ))
+        })?;
         let (lh, lw) = (h / merge, w / merge);
         let n = t * lh * lw;
         if i + n > ids.len() || ids[i..i + n].iter().any(|&x| x != image_token_id) {
-            return Err(QwenError::Input(format!("image {img} needs {n} consecutive image tokens at position {i}")));
+            return Err(QwenError::Input(format!(
+                "image {img} needs {n} consecutive image tokens at position {i}"
+            )));
         }
         for ti in 0..t {
             for hi in 0..lh {
@@ -163,10 +195,20 @@ pub fn rope_index(ids: &[u32], image_token_id: u32, grids: &[[usize; 3]], merge:
         img += 1;
     }
     if img != grids.len() {
-        return Err(QwenError::Input(format!("{} images but {img} image token runs", grids.len())));
+        return Err(QwenError::Input(format!(
+            "{} images but {img} image token runs",
+            grids.len()
+        )));
     }
-    let max = pos.iter().flat_map(|p| p.iter().copied()).max().unwrap_or(-1);
-    Ok(RopeIndex { delta: max + 1 - ids.len() as i64, positions: pos })
+    let max = pos
+        .iter()
+        .flat_map(|p| p.iter().copied())
+        .max()
+        .unwrap_or(-1);
+    Ok(RopeIndex {
+        delta: max + 1 - ids.len() as i64,
+        positions: pos,
+    })
 }
 
 impl<B: Backend> QwenVl<B> {
@@ -174,32 +216,54 @@ impl<B: Backend> QwenVl<B> {
     pub fn head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(l) => l.forward(h),
-            None => h.matmul(self.model.embed_tokens.weight.val().transpose().unsqueeze::<3>()), // [1, seq, vocab]
+            None => h.matmul(
+                self.model
+                    .embed_tokens
+                    .weight
+                    .val()
+                    .transpose()
+                    .unsqueeze::<3>(),
+            ), // [1, seq, vocab]
         }
     }
 
     /// Input embeddings `[1, seq, hidden]` of `ids`, with the image tokens replaced (in order) by the
     /// merged vision features of `pixel_values: [n_patches, C·T·P·P]` for the images of `grids`.
-    pub fn embed_inputs(&self, ids: &[u32], image_token_id: u32, pixel_values: Option<Tensor<B, 2>>, grids: &[[usize; 3]]) -> Result<Tensor<B, 3>, QwenError> {
+    pub fn embed_inputs(
+        &self,
+        ids: &[u32],
+        image_token_id: u32,
+        pixel_values: Option<Tensor<B, 2>>,
+        grids: &[[usize; 3]],
+    ) -> Result<Tensor<B, 3>, QwenError> {
         let device = self.model.embed_tokens.weight.device();
         let vocab = self.model.embed_tokens.weight.dims()[0];
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(QwenError::Input(format!("token id {bad} is outside the vocabulary ({vocab})")));
+            return Err(QwenError::Input(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
         }
         let seq = ids.len();
-        let idt = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, seq]), &device);
+        let idt = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, seq]),
+            &device,
+        );
         let text = self.model.embed(idt).reshape([seq as i32, -1]); // [seq, hidden]
         let n_img = ids.iter().filter(|&&t| t == image_token_id).count();
         let Some(px) = pixel_values else {
             if n_img > 0 {
-                return Err(QwenError::Input(format!("{n_img} image tokens but no pixel values")));
+                return Err(QwenError::Input(format!(
+                    "{n_img} image tokens but no pixel values"
+                )));
             }
             return Ok(text.unsqueeze::<3>());
         };
         let feats = self.visual.forward(px, grids)?; // [n_merged, hidden]
         let nf = feats.dims()[0];
         if nf != n_img {
-            return Err(QwenError::Input(format!("{n_img} image tokens but the images give {nf} features")));
+            return Err(QwenError::Input(format!(
+                "{n_img} image tokens but the images give {nf} features"
+            )));
         }
         // row i of the result: text row i, or feature row k for the k-th image token
         let mut k = 0;
@@ -216,11 +280,19 @@ impl<B: Backend> QwenVl<B> {
             })
             .collect();
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [seq]), &device);
-        Ok(Tensor::cat(vec![text, feats], 0).select(0, idx).unsqueeze::<3>()) // [1, seq, hidden]
+        Ok(Tensor::cat(vec![text, feats], 0)
+            .select(0, idx)
+            .unsqueeze::<3>()) // [1, seq, hidden]
     }
 
     /// Decoder outputs `[1, seq, hidden]` (final-normed, before the head) of one image+text sequence.
-    pub fn forward_hidden(&self, c: &QwenConfig, ids: &[u32], pixel_values: Option<Tensor<B, 2>>, grids: &[[usize; 3]]) -> Result<Tensor<B, 3>, QwenError> {
+    pub fn forward_hidden(
+        &self,
+        c: &QwenConfig,
+        ids: &[u32],
+        pixel_values: Option<Tensor<B, 2>>,
+        grids: &[[usize; 3]],
+    ) -> Result<Tensor<B, 3>, QwenError> {
         if ids.is_empty() {
             return Err(QwenError::Input("empty prompt".into()));
         }
@@ -230,15 +302,36 @@ impl<B: Backend> QwenVl<B> {
     }
 
     /// Full forward of one image+text sequence: logits `[seq, vocab]`.
-    pub fn forward_logits(&self, c: &QwenConfig, ids: &[u32], pixel_values: Option<Tensor<B, 2>>, grids: &[[usize; 3]]) -> Result<Tensor<B, 2>, QwenError> {
+    pub fn forward_logits(
+        &self,
+        c: &QwenConfig,
+        ids: &[u32],
+        pixel_values: Option<Tensor<B, 2>>,
+        grids: &[[usize; 3]],
+    ) -> Result<Tensor<B, 2>, QwenError> {
         let h = self.forward_hidden(c, ids, pixel_values, grids)?; // [1, seq, hidden]
         let seq = ids.len();
         Ok(self.head(h).reshape([seq as i32, -1])) // [seq, vocab]
     }
 
     /// Greedy decoding with a KV cache: up to `max_new` tokens after the prompt, stopping after any of `eos`.
-    pub fn generate_greedy(&self, c: &QwenConfig, ids: &[u32], pixel_values: Option<Tensor<B, 2>>, grids: &[[usize; 3]], max_new: usize, eos: &[u32]) -> Result<Vec<u32>, QwenError> {
-        let mut argmax = |v: &[f32]| v.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |a, (i, &x)| if x > a.1 { (i, x) } else { a }).0 as u32;
+    pub fn generate_greedy(
+        &self,
+        c: &QwenConfig,
+        ids: &[u32],
+        pixel_values: Option<Tensor<B, 2>>,
+        grids: &[[usize; 3]],
+        max_new: usize,
+        eos: &[u32],
+    ) -> Result<Vec<u32>, QwenError> {
+        let mut argmax = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |a, (i, &x)| {
+                    if x > a.1 { (i, x) } else { a }
+                })
+                .0 as u32
+        };
         self.generate_with(c, ids, pixel_values, grids, max_new, eos, &mut argmax)
     }
 
@@ -257,7 +350,9 @@ impl<B: Backend> QwenVl<B> {
         rng: &mut rand::rngs::StdRng,
     ) -> Result<Vec<u32>, QwenError> {
         if !(temperature > 0.0 && temperature.is_finite()) {
-            return Err(QwenError::Input(format!("temperature must be positive, got {temperature}")));
+            return Err(QwenError::Input(format!(
+                "temperature must be positive, got {temperature}"
+            )));
         }
         let mut draw = |v: &[f32]| crate::model::generate::sample_token(v, temperature, 1.0, rng);
         self.generate_with(c, ids, pixel_values, grids, max_new, eos, &mut draw)
@@ -287,7 +382,11 @@ impl<B: Backend> QwenVl<B> {
         let mut out = Vec::new();
         let device = self.model.embed_tokens.weight.device();
         for step in 0..max_new {
-            let v: Vec<f32> = last.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| QwenError::Input(format!("{e:?}")))?;
+            let v: Vec<f32> = last
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| QwenError::Input(format!("{e:?}")))?;
             let next = pick(&v);
             out.push(next);
             if eos.contains(&next) || step + 1 == max_new {
@@ -295,8 +394,11 @@ impl<B: Backend> QwenVl<B> {
             }
             let p = (seq + step) as i64 + ri.delta;
             let pos = [vec![p], vec![p], vec![p]];
-            let idt = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![next as i64], [1, 1]), &device);
-            let h = self.model.forward(self.model.embed(idt), &pos, Some(&mut cache)); // [1, 1, hidden]
+            let idt =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(vec![next as i64], [1, 1]), &device);
+            let h = self
+                .model
+                .forward(self.model.embed(idt), &pos, Some(&mut cache)); // [1, 1, hidden]
             last = self.head(h);
         }
         Ok(out)
@@ -315,13 +417,28 @@ pub struct Generation {
 /// Load a local checkpoint directory, preprocess `image` with its `preprocessor_config.json`, build the
 /// chat prompt around `prompt`, tokenize with its `tokenizer.json`, and decode greedily (at most `max_new`
 /// tokens) on backend `B`.
-pub fn generate_from_dir<B: Backend>(dir: &std::path::Path, image: &ImageInput, prompt: &str, max_new: usize, device: &B::Device) -> Result<Generation, QwenError> {
+pub fn generate_from_dir<B: Backend>(
+    dir: &std::path::Path,
+    image: &ImageInput,
+    prompt: &str,
+    max_new: usize,
+    device: &B::Device,
+) -> Result<Generation, QwenError> {
     let pre = PreprocessConfig::from_dir(dir)?;
     let tok = preprocess::load_tokenizer(dir)?;
     let loaded = load_dir::<B>(dir, device)?;
     let c = &loaded.config;
-    if (pre.patch_size, pre.merge_size, pre.temporal_patch_size) != (c.vision.patch_size, c.vision.spatial_merge_size, c.vision.temporal_patch_size) {
-        return Err(QwenError::Config(format!("{}: preprocessor and model disagree on patch/merge/temporal sizes", dir.display())));
+    if (pre.patch_size, pre.merge_size, pre.temporal_patch_size)
+        != (
+            c.vision.patch_size,
+            c.vision.spatial_merge_size,
+            c.vision.temporal_patch_size,
+        )
+    {
+        return Err(QwenError::Config(format!(
+            "{}: preprocessor and model disagree on patch/merge/temporal sizes",
+            dir.display()
+        )));
     }
     let (px, grid) = pre.preprocess(image)?;
     let n = grid.iter().product::<usize>();
@@ -329,7 +446,20 @@ pub fn generate_from_dir<B: Backend>(dir: &std::path::Path, image: &ImageInput, 
     let ids = preprocess::encode(&tok, &chat_prompt(prompt, n_tokens))?;
     let dim = px.len() / n.max(1);
     let pixels = Tensor::<B, 2>::from_data(TensorData::new(px, [n, dim]), device);
-    let new_ids = loaded.model.generate_greedy(c, &ids, Some(pixels), &[grid], max_new, &loaded.eos_token_ids)?;
-    let text = tok.decode(&new_ids, true).map_err(|e| QwenError::Tokenizer(e.to_string()))?;
-    Ok(Generation { prompt_ids: ids, new_ids, text })
+    let new_ids = loaded.model.generate_greedy(
+        c,
+        &ids,
+        Some(pixels),
+        &[grid],
+        max_new,
+        &loaded.eos_token_ids,
+    )?;
+    let text = tok
+        .decode(&new_ids, true)
+        .map_err(|e| QwenError::Tokenizer(e.to_string()))?;
+    Ok(Generation {
+        prompt_ids: ids,
+        new_ids,
+        text,
+    })
 }

@@ -2,8 +2,8 @@
 //! `[out, in]` weight and optional bias (the LoRA-capable [`LoraLinear`]), RMSNorm (Qwen2), LayerNorm with bias (Qwen2-VL vision).
 
 use burn::module::{Module, Param};
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
 pub use crate::model::lora::LoraLinear;
 
@@ -22,12 +22,20 @@ pub struct QRmsNorm<B: Backend> {
 
 impl<B: Backend> QRmsNorm<B> {
     pub fn from_tensor(weight: Tensor<B, 1>, eps: f64) -> Self {
-        QRmsNorm { weight: Param::from_tensor(weight), eps }
+        QRmsNorm {
+            weight: Param::from_tensor(weight),
+            eps,
+        }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         // x: [..., d]
-        let rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt(); // [..., 1]
+        let rms = x
+            .clone()
+            .square()
+            .mean_dim(D - 1)
+            .add_scalar(self.eps)
+            .sqrt(); // [..., 1]
         x.div(rms).mul(self.weight.val().unsqueeze::<D>())
     }
 }
@@ -42,7 +50,11 @@ pub struct QLayerNorm<B: Backend> {
 
 impl<B: Backend> QLayerNorm<B> {
     pub fn from_tensors(weight: Tensor<B, 1>, bias: Tensor<B, 1>, eps: f64) -> Self {
-        QLayerNorm { weight: Param::from_tensor(weight), bias: Param::from_tensor(bias), eps }
+        QLayerNorm {
+            weight: Param::from_tensor(weight),
+            bias: Param::from_tensor(bias),
+            eps,
+        }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
@@ -50,7 +62,9 @@ impl<B: Backend> QLayerNorm<B> {
         let mean = x.clone().mean_dim(D - 1); // [..., 1]
         let xc = x.sub(mean);
         let var = xc.clone().square().mean_dim(D - 1); // [..., 1]
-        xc.div(var.add_scalar(self.eps).sqrt()).mul(self.weight.val().unsqueeze::<D>()).add(self.bias.val().unsqueeze::<D>())
+        xc.div(var.add_scalar(self.eps).sqrt())
+            .mul(self.weight.val().unsqueeze::<D>())
+            .add(self.bias.val().unsqueeze::<D>())
     }
 }
 

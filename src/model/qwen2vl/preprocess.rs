@@ -51,7 +51,8 @@ impl PreprocessConfig {
     /// Parse a `preprocessor_config.json`: `size.{shortest,longest}_edge` (transformers 5) with
     /// `min_pixels` / `max_pixels` (Hub files) taking precedence, as the processor's constructor does.
     pub fn from_json(text: &str) -> Result<Self, QwenError> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| QwenError::Config(format!("preprocessor config: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| QwenError::Config(format!("preprocessor config: {e}")))?;
         let mut c = PreprocessConfig::default();
         let num = |x: Option<&serde_json::Value>| x.and_then(|x| x.as_u64()).map(|x| x as usize);
         if let Some(n) = num(v.pointer("/size/shortest_edge")) {
@@ -66,7 +67,11 @@ impl PreprocessConfig {
         if let Some(n) = num(v.get("max_pixels")) {
             c.max_pixels = n;
         }
-        for (k, f) in [("patch_size", &mut c.patch_size), ("merge_size", &mut c.merge_size), ("temporal_patch_size", &mut c.temporal_patch_size)] {
+        for (k, f) in [
+            ("patch_size", &mut c.patch_size),
+            ("merge_size", &mut c.merge_size),
+            ("temporal_patch_size", &mut c.temporal_patch_size),
+        ] {
             if let Some(n) = num(v.get(k)) {
                 *f = n;
             }
@@ -77,7 +82,9 @@ impl PreprocessConfig {
                 Some(a) if a.len() == 3 && a.iter().all(|x| x.is_number()) => {
                     Ok(Some([0, 1, 2].map(|i| a[i].as_f64().unwrap_or(0.0) as f32)))
                 }
-                Some(_) => Err(QwenError::Config(format!("preprocessor config: {k} must be 3 numbers"))),
+                Some(_) => Err(QwenError::Config(format!(
+                    "preprocessor config: {k} must be 3 numbers"
+                ))),
             }
         };
         if let Some(m) = triple("image_mean")? {
@@ -86,8 +93,15 @@ impl PreprocessConfig {
         if let Some(s) = triple("image_std")? {
             c.image_std = s;
         }
-        if c.patch_size == 0 || c.merge_size == 0 || c.temporal_patch_size == 0 || c.image_std.contains(&0.0) || c.min_pixels > c.max_pixels {
-            return Err(QwenError::Config(format!("preprocessor config: invalid settings {c:?}")));
+        if c.patch_size == 0
+            || c.merge_size == 0
+            || c.temporal_patch_size == 0
+            || c.image_std.contains(&0.0)
+            || c.min_pixels > c.max_pixels
+        {
+            return Err(QwenError::Config(format!(
+                "preprocessor config: invalid settings {c:?}"
+            )));
         }
         Ok(c)
     }
@@ -95,8 +109,14 @@ impl PreprocessConfig {
     /// `dir/preprocessor_config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self, QwenError> {
         let p = dir.join("preprocessor_config.json");
-        let text = std::fs::read_to_string(&p).map_err(|e| QwenError::Io { path: p.display().to_string(), msg: e.to_string() })?;
-        Self::from_json(&text).map_err(|e| QwenError::Io { path: p.display().to_string(), msg: e.to_string() })
+        let text = std::fs::read_to_string(&p).map_err(|e| QwenError::Io {
+            path: p.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        Self::from_json(&text).map_err(|e| QwenError::Io {
+            path: p.display().to_string(),
+            msg: e.to_string(),
+        })
     }
 
     /// `pixel_values` and `image_grid_thw` of one image with these settings.
@@ -116,19 +136,39 @@ pub struct ImageInput {
 impl ImageInput {
     /// Decode a PNG (or any format the `image` crate was built with) to RGB.
     pub fn open(path: &Path) -> Result<Self, QwenError> {
-        let img = image::open(path).map_err(|e| QwenError::Io { path: path.display().to_string(), msg: e.to_string() })?.to_rgb8();
-        Ok(ImageInput { width: img.width() as usize, height: img.height() as usize, rgb: img.into_raw() })
+        let img = image::open(path)
+            .map_err(|e| QwenError::Io {
+                path: path.display().to_string(),
+                msg: e.to_string(),
+            })?
+            .to_rgb8();
+        Ok(ImageInput {
+            width: img.width() as usize,
+            height: img.height() as usize,
+            rgb: img.into_raw(),
+        })
     }
 }
 
 /// `smart_resize(height, width, factor, min_pixels, max_pixels)` → `(height', width')`.
-pub fn smart_resize(height: usize, width: usize, factor: usize, min_pixels: usize, max_pixels: usize) -> Result<(usize, usize), QwenError> {
+pub fn smart_resize(
+    height: usize,
+    width: usize,
+    factor: usize,
+    min_pixels: usize,
+    max_pixels: usize,
+) -> Result<(usize, usize), QwenError> {
     if height == 0 || width == 0 || factor == 0 {
-        return Err(QwenError::Input(format!("cannot resize a {height}×{width} image with factor {factor}")));
+        return Err(QwenError::Input(format!(
+            "cannot resize a {height}×{width} image with factor {factor}"
+        )));
     }
     let (h, w, f) = (height as f64, width as f64, factor as f64);
     if h.max(w) / h.min(w) > 200.0 {
-        return Err(QwenError::Input(format!("absolute aspect ratio must be smaller than 200, got {}", h.max(w) / h.min(w))));
+        return Err(QwenError::Input(format!(
+            "absolute aspect ratio must be smaller than 200, got {}",
+            h.max(w) / h.min(w)
+        )));
     }
     let mut hb = (h / f).round_ties_even() * f;
     let mut wb = (w / f).round_ties_even() * f;
@@ -170,13 +210,24 @@ fn coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
             let ss = 1.0 / filterscale;
             let xmin = ((center - support + 0.5) as i64).max(0) as usize; // C truncation
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let mut k: Vec<f64> = (xmin..xmax).map(|x| bicubic((x as f64 - center + 0.5) * ss)).collect();
+            let mut k: Vec<f64> = (xmin..xmax)
+                .map(|x| bicubic((x as f64 - center + 0.5) * ss))
+                .collect();
             let ww: f64 = k.iter().sum();
             if ww != 0.0 {
                 k.iter_mut().for_each(|v| *v /= ww);
             }
             let one = (1u64 << PRECISION_BITS) as f64;
-            let ki = k.iter().map(|&v| if v < 0.0 { (-0.5 + v * one) as i32 } else { (0.5 + v * one) as i32 }).collect();
+            let ki = k
+                .iter()
+                .map(|&v| {
+                    if v < 0.0 {
+                        (-0.5 + v * one) as i32
+                    } else {
+                        (0.5 + v * one) as i32
+                    }
+                })
+                .collect();
             (xmin, ki)
         })
         .collect()
@@ -205,7 +256,9 @@ pub enum PillowResize {
 
 impl PillowResize {
     fn vertical_first(self, in_h: usize, in_w: usize, out_h: usize, out_w: usize) -> bool {
-        self == PillowResize::From13 && in_h > out_h && (in_h - out_h) as i64 > 2 * (in_w as i64 - out_w as i64)
+        self == PillowResize::From13
+            && in_h > out_h
+            && (in_h - out_h) as i64 > 2 * (in_w as i64 - out_w as i64)
     }
 }
 
@@ -251,7 +304,12 @@ pub fn resize_bicubic(img: &ImageInput, out_h: usize, out_w: usize) -> ImageInpu
 }
 
 /// `PIL.Image.resize((w, h), BICUBIC)` in the pass order of `pillow`.
-pub fn resize_bicubic_as(img: &ImageInput, out_h: usize, out_w: usize, pillow: PillowResize) -> ImageInput {
+pub fn resize_bicubic_as(
+    img: &ImageInput,
+    out_h: usize,
+    out_w: usize,
+    pillow: PillowResize,
+) -> ImageInput {
     let (ih, iw) = (img.height, img.width);
     let mut cur = img.rgb.clone();
     if pillow.vertical_first(ih, iw, out_h, out_w) {
@@ -269,26 +327,64 @@ pub fn resize_bicubic_as(img: &ImageInput, out_h: usize, out_w: usize, pillow: P
             cur = pass_y(&cur, ih, out_w, out_h);
         }
     }
-    ImageInput { width: out_w, height: out_h, rgb: cur }
+    ImageInput {
+        width: out_w,
+        height: out_h,
+        rgb: cur,
+    }
 }
 
 /// `pixel_values` (row-major `[n_patches, 3·T·P·P]`) and `image_grid_thw` of one image, as
 /// `Qwen2VLImageProcessor` with default sizes computes them.
-pub fn preprocess_image(img: &ImageInput, patch: usize, merge: usize, temporal: usize, min_pixels: usize, max_pixels: usize) -> Result<(Vec<f32>, [usize; 3]), QwenError> {
-    let c = PreprocessConfig { min_pixels, max_pixels, patch_size: patch, merge_size: merge, temporal_patch_size: temporal, ..PreprocessConfig::default() };
+pub fn preprocess_image(
+    img: &ImageInput,
+    patch: usize,
+    merge: usize,
+    temporal: usize,
+    min_pixels: usize,
+    max_pixels: usize,
+) -> Result<(Vec<f32>, [usize; 3]), QwenError> {
+    let c = PreprocessConfig {
+        min_pixels,
+        max_pixels,
+        patch_size: patch,
+        merge_size: merge,
+        temporal_patch_size: temporal,
+        ..PreprocessConfig::default()
+    };
     preprocess_normalized(img, &c)
 }
 
-fn preprocess_normalized(img: &ImageInput, c: &PreprocessConfig) -> Result<(Vec<f32>, [usize; 3]), QwenError> {
+fn preprocess_normalized(
+    img: &ImageInput,
+    c: &PreprocessConfig,
+) -> Result<(Vec<f32>, [usize; 3]), QwenError> {
     let (patch, merge, temporal) = (c.patch_size, c.merge_size, c.temporal_patch_size);
     if patch == 0 || merge == 0 || temporal == 0 {
-        return Err(QwenError::Input("patch, merge and temporal sizes must be positive".into()));
+        return Err(QwenError::Input(
+            "patch, merge and temporal sizes must be positive".into(),
+        ));
     }
     if img.rgb.len() != img.width * img.height * 3 {
-        return Err(QwenError::Input(format!("{}×{} RGB image has {} bytes", img.width, img.height, img.rgb.len())));
+        return Err(QwenError::Input(format!(
+            "{}×{} RGB image has {} bytes",
+            img.width,
+            img.height,
+            img.rgb.len()
+        )));
     }
-    let (h, w) = smart_resize(img.height, img.width, patch * merge, c.min_pixels, c.max_pixels)?;
-    let r = if (h, w) == (img.height, img.width) { img.clone() } else { resize_bicubic_as(img, h, w, c.pillow) };
+    let (h, w) = smart_resize(
+        img.height,
+        img.width,
+        patch * merge,
+        c.min_pixels,
+        c.max_pixels,
+    )?;
+    let r = if (h, w) == (img.height, img.width) {
+        img.clone()
+    } else {
+        resize_bicubic_as(img, h, w, c.pillow)
+    };
     // rescale (in f64, then f32) and normalize (f32), channel-first
     let (mean, std) = (c.image_mean, c.image_std);
     let norm = |y: usize, x: usize, c: usize| -> f32 {
@@ -306,7 +402,11 @@ fn preprocess_normalized(img: &ImageInput, c: &PreprocessConfig) -> Result<(Vec<
                         for _t in 0..temporal {
                             for py in 0..patch {
                                 for px in 0..patch {
-                                    out.push(norm((by * merge + iy) * patch + py, (bx * merge + ix) * patch + px, c));
+                                    out.push(norm(
+                                        (by * merge + iy) * patch + py,
+                                        (bx * merge + ix) * patch + px,
+                                        c,
+                                    ));
                                 }
                             }
                         }
@@ -332,12 +432,20 @@ pub fn chat_prompt(prompt: &str, n_image_tokens: usize) -> String {
 pub fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer, QwenError> {
     let p = dir.join("tokenizer.json");
     if !p.is_file() {
-        return Err(QwenError::Io { path: p.display().to_string(), msg: "missing tokenizer.json".into() });
+        return Err(QwenError::Io {
+            path: p.display().to_string(),
+            msg: "missing tokenizer.json".into(),
+        });
     }
-    tokenizers::Tokenizer::from_file(&p).map_err(|e| QwenError::Tokenizer(format!("{}: {e}", p.display())))
+    tokenizers::Tokenizer::from_file(&p)
+        .map_err(|e| QwenError::Tokenizer(format!("{}: {e}", p.display())))
 }
 
 /// Token ids of `text` (special tokens in the text are matched, none are added).
 pub fn encode(tok: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>, QwenError> {
-    Ok(tok.encode(text, false).map_err(|e| QwenError::Tokenizer(e.to_string()))?.get_ids().to_vec())
+    Ok(tok
+        .encode(text, false)
+        .map_err(|e| QwenError::Tokenizer(e.to_string()))?
+        .get_ids()
+        .to_vec())
 }

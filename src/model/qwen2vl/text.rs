@@ -60,15 +60,26 @@ pub struct QwenKvCache<B: Backend> {
 
 impl<B: Backend> QwenKvCache<B> {
     pub fn empty() -> Self {
-        QwenKvCache { layers: Vec::new(), len: 0 }
+        QwenKvCache {
+            layers: Vec::new(),
+            len: 0,
+        }
     }
 }
 
 /// M-RoPE `(cos, sin)`, each `[seq, head_dim]`, for position rows `pos` (temporal, height, width).
 #[allow(clippy::needless_range_loop)]
-pub fn mrope_tables<B: Backend>(pos: &[Vec<i64>; 3], head_dim: usize, section: &[usize], theta: f64, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+pub fn mrope_tables<B: Backend>(
+    pos: &[Vec<i64>; 3],
+    head_dim: usize,
+    section: &[usize],
+    theta: f64,
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let half = head_dim / 2;
-    let inv: Vec<f32> = (0..half).map(|j| 1.0f32 / (theta as f32).powf((2 * j) as f32 / head_dim as f32)).collect();
+    let inv: Vec<f32> = (0..half)
+        .map(|j| 1.0f32 / (theta as f32).powf((2 * j) as f32 / head_dim as f32))
+        .collect();
     let axis: Vec<usize> = (0..half)
         .map(|j| {
             let mut acc = 0;
@@ -93,17 +104,28 @@ pub fn mrope_tables<B: Backend>(pos: &[Vec<i64>; 3], head_dim: usize, section: &
             }
         }
     }
-    (Tensor::from_data(TensorData::new(cos, [seq, head_dim]), device), Tensor::from_data(TensorData::new(sin, [seq, head_dim]), device))
+    (
+        Tensor::from_data(TensorData::new(cos, [seq, head_dim]), device),
+        Tensor::from_data(TensorData::new(sin, [seq, head_dim]), device),
+    )
 }
 
 fn causal_mask<B: Backend>(tq: usize, tk: usize, device: &B::Device) -> Tensor<B, 2> {
     let off = tk - tq;
-    let m: Vec<f32> = (0..tq * tk).map(|k| if k % tk > off + k / tk { -1e30 } else { 0.0 }).collect();
+    let m: Vec<f32> = (0..tq * tk)
+        .map(|k| if k % tk > off + k / tk { -1e30 } else { 0.0 })
+        .collect();
     Tensor::from_data(TensorData::new(m, [tq, tk]), device)
 }
 
 impl<B: Backend> TextAttention<B> {
-    fn forward(&self, x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>, cache: Option<(&mut QwenKvCache<B>, usize)>) -> Tensor<B, 3> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+        cache: Option<(&mut QwenKvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let (h, kvh) = (self.heads, self.kv_heads);
         let hd = self.q_proj.out_features() / h;
@@ -117,7 +139,10 @@ impl<B: Backend> TextAttention<B> {
         let (k, v) = match cache {
             Some((cache, i)) => {
                 let kv = match cache.layers.get(i) {
-                    Some((pk, pv)) => (Tensor::cat(vec![pk.clone(), k], 2), Tensor::cat(vec![pv.clone(), v], 2)),
+                    Some((pk, pv)) => (
+                        Tensor::cat(vec![pk.clone(), k], 2),
+                        Tensor::cat(vec![pv.clone(), v], 2),
+                    ),
                     None => (k, v),
                 };
                 if i < cache.layers.len() {
@@ -131,15 +156,22 @@ impl<B: Backend> TextAttention<B> {
         };
         let tk = k.dims()[2];
         let rep = h / kvh;
-        let expand = |y: Tensor<B, 4>| y.unsqueeze_dim::<5>(2).expand([b, kvh, rep, tk, hd]).reshape([b, h, tk, hd]); // repeat_kv
+        let expand = |y: Tensor<B, 4>| {
+            y.unsqueeze_dim::<5>(2)
+                .expand([b, kvh, rep, tk, hd])
+                .reshape([b, h, tk, hd])
+        }; // repeat_kv
         let (k, v) = (expand(k), expand(v)); // [batch, heads, tk, head_dim]
-        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((hd as f64).powf(-0.5)); // [batch, heads, t, tk]
+        let mut scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar((hd as f64).powf(-0.5)); // [batch, heads, t, tk]
         if t > 1 {
             let dev = scores.device();
             scores = scores.add(causal_mask::<B>(t, tk, &dev).unsqueeze::<4>());
         }
         let o = softmax(scores, 3).matmul(v); // [batch, heads, t, head_dim]
-        self.o_proj.forward(o.swap_dims(1, 2).reshape([b, t, h * hd])) // [batch, t, hidden]
+        self.o_proj
+            .forward(o.swap_dims(1, 2).reshape([b, t, h * hd])) // [batch, t, hidden]
     }
 }
 
@@ -151,18 +183,31 @@ impl<B: Backend> QwenTextModel<B> {
 
     /// Run the blocks over `x: [1, seq, hidden]` at M-RoPE positions `pos` (3 rows of `seq`), extending
     /// `cache` when given. Returns the final-normed hidden states `[1, seq, hidden]`.
-    pub fn forward(&self, x: Tensor<B, 3>, pos: &[Vec<i64>; 3], mut cache: Option<&mut QwenKvCache<B>>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        pos: &[Vec<i64>; 3],
+        mut cache: Option<&mut QwenKvCache<B>>,
+    ) -> Tensor<B, 3> {
         let [_, t, _] = x.dims();
-        let Some(l0) = self.layers.first() else { return self.norm.forward(x) };
+        let Some(l0) = self.layers.first() else {
+            return self.norm.forward(x);
+        };
         let hd = l0.self_attn.q_proj.out_features() / l0.self_attn.heads;
-        let (cos, sin) = mrope_tables::<B>(pos, hd, &self.mrope_section, self.rope_theta, &x.device()); // [seq, head_dim]
+        let (cos, sin) =
+            mrope_tables::<B>(pos, hd, &self.mrope_section, self.rope_theta, &x.device()); // [seq, head_dim]
         let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| (c, i));
-            let a = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), &cos, &sin, c);
+            let a =
+                layer
+                    .self_attn
+                    .forward(layer.input_layernorm.forward(x.clone()), &cos, &sin, c);
             x = x.add(a);
             let hn = layer.post_attention_layernorm.forward(x.clone());
-            let m = layer.mlp.down_proj.forward(silu(layer.mlp.gate_proj.forward(hn.clone())).mul(layer.mlp.up_proj.forward(hn)));
+            let m = layer.mlp.down_proj.forward(
+                silu(layer.mlp.gate_proj.forward(hn.clone())).mul(layer.mlp.up_proj.forward(hn)),
+            );
             x = x.add(m); // [1, seq, hidden]
         }
         if let Some(c) = cache {

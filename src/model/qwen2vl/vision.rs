@@ -87,7 +87,9 @@ pub fn act_code(name: &str) -> Result<usize, QwenError> {
         "quick_gelu" => Ok(0),
         "silu" | "swish" => Ok(1),
         "gelu" => Ok(2),
-        other => Err(QwenError::Config(format!("vision hidden_act {other:?} is not quick_gelu, silu or gelu"))),
+        other => Err(QwenError::Config(format!(
+            "vision hidden_act {other:?} is not quick_gelu, silu or gelu"
+        ))),
     }
 }
 
@@ -115,7 +117,12 @@ fn segments(lens: &[usize]) -> Vec<Segment> {
 
 /// `get_window_index`: the merged-token order that makes every window contiguous, and the window lengths
 /// in patches (empty windows dropped, as `unique_consecutive` does).
-pub fn window_index(grids: &[[usize; 3]], merge: usize, window_size: usize, patch_size: usize) -> (Vec<usize>, Vec<usize>) {
+pub fn window_index(
+    grids: &[[usize; 3]],
+    merge: usize,
+    window_size: usize,
+    patch_size: usize,
+) -> (Vec<usize>, Vec<usize>) {
     let vw = (window_size / merge / patch_size).max(1);
     let unit = merge * merge;
     let mut index = Vec::new();
@@ -147,9 +154,17 @@ pub fn window_index(grids: &[[usize; 3]], merge: usize, window_size: usize, patc
 
 /// 2D rotary `(cos, sin)`, each `[n, head_dim]`: per patch `[h·f, w·f, h·f, w·f]` with `f` the
 /// `head_dim/4` inverse frequencies, in the processor's block-major patch order.
-pub fn vision_rope<B: Backend>(grids: &[[usize; 3]], merge: usize, head_dim: usize, theta: f64, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+pub fn vision_rope<B: Backend>(
+    grids: &[[usize; 3]],
+    merge: usize,
+    head_dim: usize,
+    theta: f64,
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let spatial = head_dim / 2;
-    let inv: Vec<f32> = (0..spatial / 2).map(|j| 1.0f32 / (theta as f32).powf((2 * j) as f32 / spatial as f32)).collect();
+    let inv: Vec<f32> = (0..spatial / 2)
+        .map(|j| 1.0f32 / (theta as f32).powf((2 * j) as f32 / spatial as f32))
+        .collect();
     let mut cos = Vec::new();
     let mut sin = Vec::new();
     let mut n = 0;
@@ -176,34 +191,58 @@ pub fn vision_rope<B: Backend>(grids: &[[usize; 3]], merge: usize, head_dim: usi
             }
         }
     }
-    (Tensor::from_data(TensorData::new(cos, [n, head_dim]), device), Tensor::from_data(TensorData::new(sin, [n, head_dim]), device))
+    (
+        Tensor::from_data(TensorData::new(cos, [n, head_dim]), device),
+        Tensor::from_data(TensorData::new(sin, [n, head_dim]), device),
+    )
 }
 
 impl<B: Backend> VisionAttention<B> {
     /// Attention restricted to each segment `(start, len)` of the sequence (an image, or a window).
-    fn forward(&self, x: Tensor<B, 2>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>, segs: &[Segment]) -> Tensor<B, 2> {
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        cos: &Tensor<B, 2>,
+        sin: &Tensor<B, 2>,
+        segs: &[Segment],
+    ) -> Tensor<B, 2> {
         let [n, e] = x.dims();
         let h = self.heads;
         let hd = e / h;
         let qkv = self.qkv.forward(x).reshape([n, 3, h, hd]); // [n, 3, heads, head_dim]
-        let part = |i: usize| qkv.clone().narrow(1, i, 1).reshape([n, h, hd]).swap_dims(0, 1).unsqueeze::<4>(); // [1, heads, n, head_dim]
+        let part = |i: usize| {
+            qkv.clone()
+                .narrow(1, i, 1)
+                .reshape([n, h, hd])
+                .swap_dims(0, 1)
+                .unsqueeze::<4>()
+        }; // [1, heads, n, head_dim]
         let (q, k, v) = (part(0), part(1), part(2));
         let (c, s) = (cos.clone().unsqueeze::<4>(), sin.clone().unsqueeze::<4>()); // [1, 1, n, head_dim]
         let q = q.clone().mul(c.clone()).add(rotate_half(q).mul(s.clone()));
         let k = k.clone().mul(c).add(rotate_half(k).mul(s));
         let scale = (hd as f64).powf(-0.5);
-        let attend = |q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>| softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3).matmul(v); // [1, heads, len, head_dim]
+        let attend = |q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>| {
+            softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3).matmul(v)
+        }; // [1, heads, len, head_dim]
         let o = if segs.len() == 1 {
             attend(q, k, v)
         } else {
             let parts = segs
                 .iter()
                 .filter(|s| s.1 > 0)
-                .map(|&(s0, l)| attend(q.clone().narrow(2, s0, l), k.clone().narrow(2, s0, l), v.clone().narrow(2, s0, l)))
+                .map(|&(s0, l)| {
+                    attend(
+                        q.clone().narrow(2, s0, l),
+                        k.clone().narrow(2, s0, l),
+                        v.clone().narrow(2, s0, l),
+                    )
+                })
                 .collect();
             Tensor::cat(parts, 2) // [1, heads, n, head_dim]
         };
-        self.proj.forward(o.reshape([h, n, hd]).swap_dims(0, 1).reshape([n, e])) // [n, embed]
+        self.proj
+            .forward(o.reshape([h, n, hd]).swap_dims(0, 1).reshape([n, e])) // [n, embed]
     }
 }
 
@@ -211,40 +250,67 @@ impl<B: Backend> VisionMlp<B> {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         // x: [n, embed] -> [n, embed]
         match &self.gate_proj {
-            Some(g) => self.down_proj.forward(activate(g.forward(x.clone()), self.act).mul(self.up_proj.forward(x))),
-            None => self.down_proj.forward(activate(self.up_proj.forward(x), self.act)),
+            Some(g) => self
+                .down_proj
+                .forward(activate(g.forward(x.clone()), self.act).mul(self.up_proj.forward(x))),
+            None => self
+                .down_proj
+                .forward(activate(self.up_proj.forward(x), self.act)),
         }
     }
 }
 
 impl<B: Backend> QwenVision<B> {
     pub fn arch_of(c: &VisionConfig) -> Arch {
-        if c.window_size > 0 { Arch::Qwen25Vl } else { Arch::Qwen2Vl }
+        if c.window_size > 0 {
+            Arch::Qwen25Vl
+        } else {
+            Arch::Qwen2Vl
+        }
     }
 
     /// `pixel_values: [n_patches, C·T·P·P]` of the images `grids` (`[t, h, w]` in patches) →
     /// merged features `[n_patches / merge², out_hidden]`, in the images' token order.
-    pub fn forward(&self, pixel_values: Tensor<B, 2>, grids: &[[usize; 3]]) -> Result<Tensor<B, 2>, QwenError> {
+    pub fn forward(
+        &self,
+        pixel_values: Tensor<B, 2>,
+        grids: &[[usize; 3]],
+    ) -> Result<Tensor<B, 2>, QwenError> {
         let device = pixel_values.device();
         let [n, pd] = pixel_values.dims();
         let [e, wd] = self.patch_embed.dims();
         let unit = self.merge * self.merge;
         let expect: usize = grids.iter().map(|g| g[0] * g[1] * g[2]).sum();
         if pd != wd || n != expect {
-            return Err(QwenError::Input(format!("pixel_values are [{n}, {pd}], the grids {grids:?} want [{expect}, {wd}]")));
+            return Err(QwenError::Input(format!(
+                "pixel_values are [{n}, {pd}], the grids {grids:?} want [{expect}, {wd}]"
+            )));
         }
-        if grids.iter().any(|g| g[1] % self.merge != 0 || g[2] % self.merge != 0) {
-            return Err(QwenError::Input(format!("grid {grids:?} is not a multiple of the merge size {}", self.merge)));
+        if grids
+            .iter()
+            .any(|g| g[1] % self.merge != 0 || g[2] % self.merge != 0)
+        {
+            return Err(QwenError::Input(format!(
+                "grid {grids:?} is not a multiple of the merge size {}",
+                self.merge
+            )));
         }
         let heads = self.blocks.first().map_or(1, |b| b.attn.heads);
-        let (mut cos, mut sin) = vision_rope::<B>(grids, self.merge, e / heads, self.rope_theta, &device); // [n, head_dim]
+        let (mut cos, mut sin) =
+            vision_rope::<B>(grids, self.merge, e / heads, self.rope_theta, &device); // [n, head_dim]
         let mut x = pixel_values.matmul(self.patch_embed.val().transpose()); // [n, embed]
-        let full_lens: Vec<usize> = grids.iter().flat_map(|g| std::iter::repeat_n(g[1] * g[2], g[0])).collect();
+        let full_lens: Vec<usize> = grids
+            .iter()
+            .flat_map(|g| std::iter::repeat_n(g[1] * g[2], g[0]))
+            .collect();
         let full_segs = segments(&full_lens);
         let mut win: Option<(Vec<usize>, Vec<Segment>)> = None;
         if self.window_size > 0 {
             let (widx, wlens) = window_index(grids, self.merge, self.window_size, self.patch_size);
-            let rows: Vec<i64> = widx.iter().flat_map(|&w| (0..unit).map(move |u| (w * unit + u) as i64)).collect();
+            let rows: Vec<i64> = widx
+                .iter()
+                .flat_map(|&w| (0..unit).map(move |u| (w * unit + u) as i64))
+                .collect();
             let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
             x = x.select(0, rows.clone());
             cos = cos.select(0, rows.clone());
@@ -256,7 +322,9 @@ impl<B: Backend> QwenVision<B> {
                 Some((_, ws)) if !self.fullatt_block_indexes.contains(&i) => ws,
                 _ => &full_segs,
             };
-            x = x.clone().add(b.attn.forward(b.norm1.forward(x.clone()), &cos, &sin, segs));
+            x = x
+                .clone()
+                .add(b.attn.forward(b.norm1.forward(x.clone()), &cos, &sin, segs));
             x = x.clone().add(b.mlp.forward(b.norm2.forward(x))); // [n, embed]
         }
         let m = self.merger.ln_q.forward(x).reshape([(n / unit) as i32, -1]); // [n / unit, unit·embed]
@@ -266,7 +334,10 @@ impl<B: Backend> QwenVision<B> {
             for (k, &w) in widx.iter().enumerate() {
                 rev[w] = k as i64;
             }
-            out = out.select(0, Tensor::<B, 1, Int>::from_data(TensorData::new(rev, [n / unit]), &device));
+            out = out.select(
+                0,
+                Tensor::<B, 1, Int>::from_data(TensorData::new(rev, [n / unit]), &device),
+            );
         }
         Ok(out)
     }
