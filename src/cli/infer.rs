@@ -86,8 +86,8 @@ pub struct InferArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 448)]
     pub max_new_tokens: usize,
-    /// ndarray | flex | cuda
-    #[arg(long, default_value = "ndarray")]
+    /// ndarray | flex | cuda (flex decodes the small VLM ~15 % faster on this CPU)
+    #[arg(long, default_value = "flex")]
     pub backend: BackendKind,
     #[command(flatten)]
     pub sandbox: super::exec::SandboxArgs,

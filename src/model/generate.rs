@@ -119,6 +119,10 @@ pub fn generate<B: Backend>(
             finished: false,
         })
         .collect();
+    // rows that finished leave the batch (their cache rows too), so a few long samples do not keep
+    // the whole batch running; `rows[r]` is the output index of batch row `r`
+    let mut rows: Vec<usize> = (0..b).collect();
+    let mut cond = cond;
     for _ in 0..budget {
         let [_, v] = logits.dims();
         let host: Vec<f32> = logits
@@ -126,27 +130,37 @@ pub fn generate<B: Backend>(
             .convert::<f32>()
             .to_vec()
             .expect("f32 logits");
-        let mut next = Vec::with_capacity(b);
-        for (r, g) in out.iter_mut().enumerate() {
+        let mut next = Vec::with_capacity(rows.len());
+        for (r, &o) in rows.iter().enumerate() {
             let t = sample_token(
                 &host[r * v..(r + 1) * v],
                 cfg.temperature,
                 cfg.top_p,
                 &mut rng,
             );
-            if !g.finished {
-                if t == end {
-                    g.finished = true;
-                } else {
-                    g.tokens.push(t);
-                }
+            let g = &mut out[o];
+            if t == end {
+                g.finished = true;
+            } else {
+                g.tokens.push(t);
             }
             next.push(t as i64);
         }
-        if out.iter().all(|g| g.finished) {
+        let keep: Vec<usize> = (0..rows.len()).filter(|&r| !out[rows[r]].finished).collect();
+        if keep.is_empty() {
             break;
         }
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [b, 1]), &device); // [batch, 1]
+        if keep.len() < rows.len() {
+            let idx = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(keep.iter().map(|&r| r as i64).collect::<Vec<_>>(), [keep.len()]),
+                &device,
+            );
+            cache.select_rows(idx.clone());
+            cond = cond.map(|c| c.select(0, idx)); // [kept, 1, hidden]
+            next = keep.iter().map(|&r| next[r]).collect();
+            rows = keep.iter().map(|&r| rows[r]).collect();
+        }
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [rows.len(), 1]), &device); // [kept, 1]
         logits = model.step(model.embed_text(ids, cond.as_ref()), &mut cache, n);
     }
     out

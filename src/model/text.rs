@@ -62,6 +62,14 @@ impl<B: Backend> KvCache<B> {
             len: 0,
         }
     }
+
+    /// Keep only the batch rows `rows` (e.g. the rows still generating).
+    pub fn select_rows(&mut self, rows: Tensor<B, 1, Int>) {
+        for (k, v) in self.layers.iter_mut() {
+            *k = k.clone().select(0, rows.clone()); // [kept, kv_heads, seq, hd]
+            *v = v.clone().select(0, rows.clone());
+        }
+    }
 }
 
 impl<B: Backend> TextModel<B> {

@@ -57,7 +57,7 @@ pub struct SearchConfig {
 impl Default for SearchConfig {
     fn default() -> Self {
         SearchConfig {
-            samples: 15,
+            samples: 7,
             temperature: 1.0,
             top_p: 0.95,
             budget: 400,
