@@ -114,7 +114,13 @@ fn infer_on_images_only_with_a_bad_image_and_programs_beside() {
         );
         assert!(score >= greedy, "{id}: search {score} < greedy {greedy}");
         assert!(l["renders"].as_u64().unwrap() <= 40);
-        assert_eq!(l["candidates"].as_array().unwrap().len(), 4);
+        let cands = l["candidates"].as_array().unwrap();
+        assert_eq!(
+            cands.iter().filter(|c| c["source"] != "template").count(),
+            4,
+            "greedy + 3 samples"
+        );
+        assert_eq!(cands[0]["source"], "greedy");
     }
 
     // the same images with their ground-truth programs beside them: identical outputs

@@ -32,9 +32,10 @@ pub struct SearchArgs {
     /// Weight of the line term of the image score (0: silhouette only).
     #[arg(long, default_value_t = SearchConfig::default().score.edge_weight)]
     pub edge_weight: f64,
-    /// Add image-agnostic starting shapes (box, plate, L, cylinders, tubes) to the proposals.
+    /// Leave out the image-agnostic starting shapes (box, plate, L, cylinders, tubes) that join
+    /// the model's proposals by default.
     #[arg(long)]
-    pub templates: bool,
+    pub no_templates: bool,
     /// Seed of the sampled proposals.
     #[arg(long = "search-seed", id = "search_seed", default_value_t = 0)]
     pub seed: u64,
@@ -53,7 +54,7 @@ impl SearchArgs {
                 edge_weight: self.edge_weight,
                 ..d.score
             },
-            templates: self.templates,
+            templates: !self.no_templates,
             seed: self.seed,
             ..d
         };

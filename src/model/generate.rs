@@ -146,13 +146,18 @@ pub fn generate<B: Backend>(
             }
             next.push(t as i64);
         }
-        let keep: Vec<usize> = (0..rows.len()).filter(|&r| !out[rows[r]].finished).collect();
+        let keep: Vec<usize> = (0..rows.len())
+            .filter(|&r| !out[rows[r]].finished)
+            .collect();
         if keep.is_empty() {
             break;
         }
         if keep.len() < rows.len() {
             let idx = Tensor::<B, 1, Int>::from_data(
-                TensorData::new(keep.iter().map(|&r| r as i64).collect::<Vec<_>>(), [keep.len()]),
+                TensorData::new(
+                    keep.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+                    [keep.len()],
+                ),
                 &device,
             );
             cache.select_rows(idx.clone());

@@ -39,7 +39,8 @@ pub struct SearchConfig {
     pub top_p: f32,
     /// Renders per image in all (proposals and refinement); the search stops there.
     pub budget: usize,
-    /// How many of the best proposals the refinement starts from (the budget is shared).
+    /// How many of the best proposals share the refinement budget evenly; a descent that converges
+    /// early leaves its renders to the next proposals in score order, then to restarts from the best.
     pub refine_top: usize,
     /// Side of the candidates' renders in pixels.
     pub render_size: u32,
@@ -48,7 +49,8 @@ pub struct SearchConfig {
     /// The descent stops when the step falls below this share.
     pub min_step: f64,
     pub score: ImageScoreConfig,
-    /// Add the image-agnostic [`templates`] to the proposals.
+    /// Add the image-agnostic [`templates`] to the proposals (default on: on the synthetic split the
+    /// search with them scored best, see `reports/search.md`).
     pub templates: bool,
     /// Seed of the sampled proposals.
     pub seed: u64,
@@ -60,13 +62,13 @@ impl Default for SearchConfig {
             samples: 7,
             temperature: 1.0,
             top_p: 0.95,
-            budget: 400,
+            budget: 1000,
             refine_top: 2,
             render_size: 128,
             step: 0.1,
             min_step: 0.005,
             score: ImageScoreConfig::default(),
-            templates: false,
+            templates: true,
             seed: 0,
         }
     }
@@ -398,11 +400,29 @@ pub fn search(
         .find(|c| c.source == Source::Greedy)
         .and_then(|c| c.score);
     starts.sort_by(|a, b| b.0.total_cmp(&a.0));
-    starts.truncate(cfg.refine_top);
-    let n = starts.len();
+    // the best `refine_top` proposals share the budget; a descent that converges early leaves its
+    // renders to the next proposals in score order, and then to restarts from the best program
+    let top = cfg.refine_top.min(starts.len());
     for (i, (s, p, ext)) in starts.into_iter().enumerate() {
-        let share = sc.left() / (n - i);
+        if sc.left() == 0 {
+            break;
+        }
+        let share = if i < top {
+            sc.left() / (top - i)
+        } else {
+            sc.left()
+        };
         sc.refine(&p, s, ext, share);
+    }
+    while sc.left() > 0 {
+        let Some((s, p, _, _)) = sc.best.clone() else {
+            break;
+        };
+        let ext = sc.memo.get(&p).copied().flatten().map_or(1.0, |m| m.1);
+        sc.refine(&p, s, ext, sc.left());
+        if sc.best.as_ref().is_none_or(|b| b.0 <= s + 1e-9) {
+            break;
+        }
     }
     let (program, score, source) = match sc.best.take() {
         Some((_, p, src, s)) => (Some(p), Some(s), Some(src)),
