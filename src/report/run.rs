@@ -771,9 +771,11 @@ fn search_section(
                         width: t.width as u32,
                         height: t.height as u32,
                     },
-                    a: l.greedy_iou_best
+                    // programs that executed in the sandbox (they have an image score) are drawn
+                    // even when the target program fails and they have no IoU
+                    a: l.greedy_image_score
                         .and_then(|_| render_program(&l.greedy_program, side)),
-                    b: l.iou_best
+                    b: l.image_score
                         .and_then(|_| l.program.as_deref().and_then(|p| render_program(p, side))),
                     a_iou: l.greedy_iou_best,
                     b_iou: l.iou_best,
