@@ -178,6 +178,64 @@ fn sft_eval_dpo_end_to_end_on_the_tiny_checkpoint() {
                 .unwrap();
         assert_eq!(cfg.rank, 8);
     }
+    // `cadvlm infer`'s work with the Qwen family: the trained run (its DPO model) and the bare
+    // checkpoint directory, each on two images with a tiny search budget
+    let images: Vec<PathBuf> = (0..2)
+        .map(|k| {
+            let p = base.join(format!("img{k}.png"));
+            picture(k, 0.3 + 0.2 * k as f64, 0.5).save(&p).unwrap();
+            p
+        })
+        .collect();
+    let ex = cadvlm::exec::executor(&cadvlm::exec::SandboxConfig::with_backend(
+        cadvlm::exec::Backend::Native,
+    ))
+    .unwrap();
+    let settings = cadvlm::search::infer::InferSettings {
+        search: cadvlm::search::SearchConfig {
+            samples: 1,
+            budget: 6,
+            templates: false,
+            ..Default::default()
+        },
+        max_new_tokens: 48,
+        batch: 2,
+        threads: Some(1),
+    };
+    type AB = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+    for (k, model) in [run_dir.clone(), fx().join("qwen2_5_vl")]
+        .into_iter()
+        .enumerate()
+    {
+        let policy = cadvlm::pipeline::policy::load_any::<AB>(&model, &Default::default()).unwrap();
+        let out = base.join(format!("infer{k}"));
+        let s = cadvlm::search::infer::infer(
+            policy.as_ref(),
+            ex.as_ref(),
+            &images,
+            &settings,
+            &out,
+            &mut |_, _| {},
+            &|| {},
+        )
+        .unwrap();
+        assert_eq!(s.images, 2, "{}", model.display());
+        let lines = std::fs::read_to_string(out.join("infer.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), 2);
+        // a tiny random model's programs rarely execute: each line has a program or says why not
+        for l in lines.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(v["program"].is_string() || v["error"].is_string(), "{v}");
+            assert_eq!(v["candidates"].as_array().unwrap().len(), 2);
+        }
+    }
+    assert!(
+        cadvlm::pipeline::policy::load_any::<AB>(&base, &Default::default())
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("not a model folder")
+    );
     // a second run reuses every stage
     let again = run(&r, &base.join("runs"), false).unwrap();
     assert!(

@@ -98,19 +98,32 @@ pub fn load<AB: AutodiffBackend>(
     })
 }
 
-/// The model in `dir`, as a policy for generation, whichever it is: a small-VLM run folder
-/// (`model.safetensors` + `config.json` + `tokenizer.json`, e.g. `models/sft-cpu-small` or a run's
-/// `dpo/`), a Qwen run folder of this project (`recipe.resolved.toml` + adapters: its DPO model when
-/// it has one, else its SFT model), or a Hugging Face Qwen2-VL / Qwen2.5-VL checkpoint directory.
+/// The model in `dir`, as a policy for generation, whichever it is: a Hugging Face Qwen2-VL /
+/// Qwen2.5-VL checkpoint directory (`config.json` of that `model_type`), a small-VLM model folder
+/// (`model.safetensors` + `config.json` + `tokenizer.json`: `models/sft-cpu-small`, a run folder = its
+/// SFT model, or a run's `dpo/` = its DPO model), or a Qwen run folder of this project
+/// (`recipe.resolved.toml` + adapters: its DPO model when it has one, else its SFT model).
 pub fn load_any<AB: AutodiffBackend>(
     dir: &Path,
     device: &AB::Device,
 ) -> Result<Box<dyn Policy>, TrainError> {
     let recipe = dir.join("recipe.resolved.toml");
-    if dir.join("model.safetensors").exists()
-        && dir.join("tokenizer.json").exists()
-        && !dir.join(ADAPTERS_FILE).exists()
-    {
+    let is_qwen = std::fs::read_to_string(dir.join("config.json"))
+        .is_ok_and(|t| t.contains("\"qwen2_vl\"") || t.contains("\"qwen2_5_vl\""));
+    if is_qwen {
+        let lora = crate::model::lora::LoraConfig::default();
+        return Ok(Box::new(QwenPolicy::<AB>::new(
+            dir,
+            crate::model::quant::Quantize::None,
+            &lora,
+            &[],
+            0,
+            OptimConfig::default(),
+            512,
+            device,
+        )?));
+    }
+    if dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists() {
         return Ok(Box::new(VlmPolicy::<AB>::load_run(dir, device)?));
     }
     if recipe.exists() {
@@ -129,22 +142,6 @@ pub fn load_any<AB: AutodiffBackend>(
             )));
         }
         return load::<AB>(&r, dir, stage, device);
-    }
-    let config = dir.join("config.json");
-    let is_qwen = std::fs::read_to_string(&config)
-        .is_ok_and(|t| t.contains("\"qwen2_vl\"") || t.contains("\"qwen2_5_vl\""));
-    if is_qwen {
-        let lora = crate::model::lora::LoraConfig::default();
-        return Ok(Box::new(QwenPolicy::<AB>::new(
-            dir,
-            crate::model::quant::Quantize::None,
-            &lora,
-            &[],
-            0,
-            OptimConfig::default(),
-            512,
-            device,
-        )?));
     }
     Err(TrainError::Data(format!(
         "{}: not a model folder (expected a small-VLM run with model.safetensors + tokenizer.json, a run with recipe.resolved.toml, or a Qwen2-VL / Qwen2.5-VL checkpoint with config.json)",
