@@ -1,5 +1,6 @@
-//! `cadvlm eval --run RUN --data DIR`: a trained small-VLM run on a data folder through the one eval
-//! runner (programs executed in the sandbox); `eval.json` + `samples.parquet`.
+//! `cadvlm eval --run RUN --data DIR`: a trained model (small-VLM folder, Qwen run or Qwen checkpoint)
+//! on a data folder through the one eval runner (programs executed in the sandbox); `eval.json` +
+//! `samples.parquet` (+ `search.jsonl` with `--search`).
 
 use std::path::PathBuf;
 
@@ -11,11 +12,11 @@ use crate::data::load_samples;
 use crate::eval::{EvalSettings, run_set};
 use crate::model::generate::GenerateConfig;
 use crate::pipeline::BackendKind;
-use crate::train::policy::VlmPolicy;
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Trained run folder (config.json, tokenizer.json, model.safetensors), e.g. models/sft-cpu.
+    /// The model: a small-VLM folder (config.json, tokenizer.json, model.safetensors), e.g.
+    /// models/sft-cpu-small, a Qwen run folder, or a Qwen2-VL / Qwen2.5-VL checkpoint directory.
     #[arg(long)]
     pub run: PathBuf,
     /// Data folder: index.jsonl + ID.png + ID.py, or GenCAD-Code parquet shards.
@@ -86,7 +87,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
 }
 
 fn eval_on<AB: AutodiffBackend>(a: &EvalArgs, device: &AB::Device) -> Result<()> {
-    let policy = VlmPolicy::<AB>::load_run(&a.run, device)?;
+    let policy = crate::pipeline::policy::load_any::<AB>(&a.run, device)?;
     let samples = load_samples(&a.data, a.limit)?;
     if samples.is_empty() {
         bail!("{}: no samples", a.data.display());
@@ -122,7 +123,7 @@ fn eval_on<AB: AutodiffBackend>(a: &EvalArgs, device: &AB::Device) -> Result<()>
     } else {
         indicatif::ProgressBar::new(samples.len() as u64)
     };
-    let s = run_set(&policy, &samples, &settings, &out, &mut |d| {
+    let s = run_set(policy.as_ref(), &samples, &settings, &out, &mut |d| {
         pb.set_position(d as u64)
     })?;
     pb.finish_and_clear();
