@@ -1,4 +1,5 @@
-//! `recipes/smoke.toml` end to end (synth data, tokenizer, SFT, eval), then again: every stage is reused.
+//! `recipes/smoke.toml` end to end (synth data, tokenizer, SFT, eval), then again: every stage is reused;
+//! then a GRPO stage from the finished run (`grpo.sft_run`), its evaluation and report.
 
 #![cfg(feature = "model")]
 
@@ -87,5 +88,46 @@ fn smoke_recipe_runs_and_reuses_finished_stages() {
         "{:?}",
         rep2.stages
     );
+    // GRPO from the finished smoke run (its sft_run): one round of 4 images × 2 programs, 2 steps;
+    // the GRPO model is evaluated on the same set and drawn in the report
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("name = \"smoke\"", "name = \"smoke-grpo\"");
+    let text = format!(
+        "{text}\n[grpo]\nsft_run = {:?}\nrounds = 1\nimages_per_round = 4\nsteps_per_round = 2\nbatch_completions = 4\nbeta = 0.04\n\n[grpo.rollout]\nk = 2\nmax_new_tokens = 64\nbatch = 8\n",
+        dir.display().to_string()
+    );
+    let g = Recipe::parse(&text, &file, &[]).unwrap();
+    let rep3 = run(&g, &runs, false).unwrap();
+    let gdir = runs.join("smoke-grpo");
+    for f in [
+        "grpo/model.safetensors",
+        "grpo/metrics.parquet",
+        "grpo/rollouts/round-00.parquet",
+        "grpo/eval/synth-test/eval.json",
+    ] {
+        assert!(gdir.join(f).exists(), "missing {f}: {:?}", rep3.stages);
+    }
+    assert!(
+        rep3.stages.iter().any(|s| s.0 == "grpo" && s.1 == "done"),
+        "{:?}",
+        rep3.stages
+    );
+    let rep_g = cadvlm::report::run::write_report(&gdir).unwrap();
+    assert!(
+        rep_g
+            .figures
+            .iter()
+            .any(|f| f.ends_with("grpo_training.png")),
+        "{:?} {:?}",
+        rep_g.figures,
+        rep_g.notes
+    );
+    let md = std::fs::read_to_string(gdir.join("report/README.md")).unwrap();
+    assert!(md.contains("SFT vs GRPO"), "{md}");
+    // a recipe with both [dpo] and [grpo] is refused before any work
+    let both = format!("{text}\n[dpo]\nrounds = 1\n");
+    let e = Recipe::parse(&both, &file, &[]).unwrap_err().to_string();
+    assert!(e.contains("not both"), "{e}");
     let _ = std::fs::remove_dir_all(&runs);
 }

@@ -201,6 +201,31 @@ fn report_of_a_run_folder() {
         md.contains("![gallery](gallery.png)") && md.contains("| set | model |"),
         "{md}"
     );
+    // the same two models side by side (cadvlm report --compare SFT=run DPO=run/dpo --out ...)
+    let cmp = cadvlm::report::run::write_comparison(
+        &[
+            ("SFT".to_string(), run.clone()),
+            ("DPO".to_string(), run.join("dpo")),
+        ],
+        &root.join("compare"),
+    )
+    .unwrap();
+    let names: Vec<String> = cmp
+        .figures
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(names, ["compare_iou.png", "compare_rewards.png"]);
+    for f in &cmp.figures {
+        let (w, h, colours) = png_size(f);
+        assert!(w >= 400 && h >= 300 && colours > 8, "{}: {w}×{h}, {colours} colours", f.display());
+    }
+    let md = std::fs::read_to_string(cmp.dir.join("README.md")).unwrap();
+    let d_best = s_dpo.iou_best_mean_all - s_sft.iou_best_mean_all;
+    assert!(
+        md.contains("| set | DPO | 6 |") && md.contains(&format!("{d_best:+.3} ± ")),
+        "comparison lacks DPO's row or its paired IoU_best difference {d_best:+.3}:\n{md}"
+    );
     println!("report written to {}", out.dir.display());
     if std::env::var_os("CADVLM_KEEP_REPORT").is_none() {
         let _ = std::fs::remove_dir_all(&root);

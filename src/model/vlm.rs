@@ -76,6 +76,36 @@ impl TokenBatch {
         self.target_mask.iter().filter(|&&m| m > 0.0).count()
     }
 
+    /// Per row, the values of `dense` (`[batch * (seq - 1)]`, the layout of the target mask) at the
+    /// row's target positions, in order.
+    pub fn target_rows(&self, dense: &[f32]) -> Vec<Vec<f64>> {
+        let w = self.seq - 1;
+        (0..self.batch)
+            .map(|i| {
+                (0..w)
+                    .filter(|&t| self.target_mask[i * w + t] > 0.0)
+                    .map(|t| dense[i * w + t] as f64)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The inverse of [`TokenBatch::target_rows`]: each row's values at its target positions, 0
+    /// elsewhere (`[batch * (seq - 1)]`). A row longer than its targets is cut.
+    pub fn scatter_targets(&self, rows: &[Vec<f64>]) -> Vec<f32> {
+        let w = self.seq - 1;
+        let mut out = vec![0.0f32; self.batch * w];
+        for (i, r) in rows.iter().enumerate().take(self.batch) {
+            let mut vals = r.iter();
+            for t in 0..w {
+                if self.target_mask[i * w + t] > 0.0 {
+                    out[i * w + t] = vals.next().copied().unwrap_or(0.0) as f32;
+                }
+            }
+        }
+        out
+    }
+
     pub fn ids_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
         let v: Vec<i64> = self.ids.iter().map(|&x| x as i64).collect();
         Tensor::from_data(TensorData::new(v, [self.batch, self.seq]), device) // [batch, seq]
@@ -152,19 +182,45 @@ impl<B: Backend> Vlm<B> {
         }
     }
 
-    /// Log-probabilities `[batch, seq - 1]` of `ids[:, 1..]` given the image tokens and `ids[:, ..t]`.
-    pub fn token_logprobs(&self, image: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
-        let [b, t] = ids.dims();
+    /// Next-token log-distributions `[batch, seq - 1, vocab]` at the positions that predict `ids[:, 1..]`.
+    fn next_token_logp(&self, image: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [_, t] = ids.dims();
         let n = self.n_image_tokens;
         let device = ids.device();
         let cond = self.image_condition(&image); // [batch, 1, hidden]
-        let x = Tensor::cat(vec![image, self.embed_text(ids.clone(), cond.as_ref())], 1); // [batch, n + seq, hidden]
+        let x = Tensor::cat(vec![image, self.embed_text(ids, cond.as_ref())], 1); // [batch, n + seq, hidden]
         let bias = prefix_causal_bias::<B>(n + t, n + t, n, &device); // [n + seq, n + seq]
         let h = self.model.forward(x, Some(&bias), None); // [batch, n + seq, hidden]
         let h = h.narrow(1, n, t - 1); // [batch, seq - 1, hidden]: the states that predict ids[:, 1..]
-        let logp = log_softmax(self.lm_head.forward(h), 2); // [batch, seq - 1, vocab]
+        log_softmax(self.lm_head.forward(h), 2) // [batch, seq - 1, vocab]
+    }
+
+    /// Log-probabilities `[batch, seq - 1]` of `ids[:, 1..]` given the image tokens and `ids[:, ..t]`.
+    pub fn token_logprobs(&self, image: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let [b, t] = ids.dims();
+        let logp = self.next_token_logp(image, ids.clone()); // [batch, seq - 1, vocab]
         let targets = ids.narrow(1, 1, t - 1).unsqueeze_dim::<3>(2); // [batch, seq - 1, 1]
         logp.gather(2, targets).reshape([b, t - 1]) // [batch, seq - 1]
+    }
+
+    /// [`Vlm::token_logprobs`] and the entropy of each next-token distribution, `[batch, seq - 1]`
+    /// each (the entropy for monitoring: detach it before use).
+    pub fn token_logprobs_entropy(
+        &self,
+        image: Tensor<B, 3>,
+        ids: Tensor<B, 2, Int>,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let [b, t] = ids.dims();
+        let logp = self.next_token_logp(image, ids.clone()); // [batch, seq - 1, vocab]
+        let ent = logp
+            .clone()
+            .exp()
+            .mul(logp.clone())
+            .sum_dim(2)
+            .neg()
+            .reshape([b, t - 1]); // [batch, seq - 1]
+        let targets = ids.narrow(1, 1, t - 1).unsqueeze_dim::<3>(2); // [batch, seq - 1, 1]
+        (logp.gather(2, targets).reshape([b, t - 1]), ent) // [batch, seq - 1] each
     }
 
     /// Mean negative log-likelihood over the masked (code) targets: the SFT loss.

@@ -84,12 +84,12 @@ pub fn stage<AB: AutodiffBackend>(
     Ok(())
 }
 
-/// With `dpo.sft_run`, make `run` reuse that finished SFT run: its data folder (symlinked),
+/// With `dpo.sft_run` or `grpo.sft_run`, make `run` reuse that finished SFT run: its data folder (symlinked),
 /// tokenizer, model config, weights and SFT metrics (copied), so the recipe's data, tokenizer and SFT
 /// stages are "reused". Evaluations are not copied: the recipe evaluates the SFT model itself, with
 /// its own decoding.
 pub fn adopt_sft_run(r: &Recipe, run: &Path, rep: &mut RunReport) -> Result<(), RecipeError> {
-    let Some(src) = r.dpo.as_ref().and_then(|d| d.sft_run.as_ref()) else {
+    let Some(src) = r.sft_run() else {
         return Ok(());
     };
     let got = adopt(src, run).map_err(|e| stage_err("sft_run", e))?;
@@ -106,7 +106,7 @@ pub fn adopt_sft_run(r: &Recipe, run: &Path, rep: &mut RunReport) -> Result<(), 
 fn adopt(src: &Path, run: &Path) -> Result<Vec<String>, TrainError> {
     if !src.join("model.safetensors").exists() || !src.join("tokenizer.json").exists() {
         return Err(TrainError::Data(format!(
-            "dpo.sft_run = {:?}: no finished SFT run there (model.safetensors + tokenizer.json); run its recipe first, e.g. cadvlm recipe recipes/sft.toml",
+            "sft_run = {:?}: no finished SFT run there (model.safetensors + tokenizer.json); run its recipe first, e.g. cadvlm recipe recipes/sft.toml",
             src
         )));
     }

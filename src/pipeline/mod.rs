@@ -1,11 +1,12 @@
 //! The pipeline: a recipe (`recipe`, the one schema for both model families) run stage by stage
-//! under `runs/<name>/` — `data` → `tokenizer` → `sft` → `eval` → `dpo` (+ its eval) → `report`, one
-//! file each. The resolved recipe is written first as `recipe.resolved.toml`; a stage whose outputs
+//! under `runs/<name>/` — `data` → `tokenizer` → `sft` → `eval` → `dpo` or `grpo` (+ its eval) →
+//! `report`, one file each. The resolved recipe is written first as `recipe.resolved.toml`; a stage whose outputs
 //! exist is reused, and training resumes from its last checkpoint.
 
 pub mod data;
 pub mod dpo;
 pub mod eval;
+pub mod grpo;
 pub mod policy;
 pub mod recipe;
 pub mod report;
@@ -117,6 +118,17 @@ fn run_on<AB: AutodiffBackend>(
             r,
             run_dir,
             policy::Stage::Dpo,
+            device,
+            show_progress,
+            &mut rep,
+        )?;
+    }
+    if r.grpo.is_some() {
+        grpo::stage::<AB>(r, run_dir, device, show_progress, &mut rep)?;
+        eval::stage::<AB>(
+            r,
+            run_dir,
+            policy::Stage::Grpo,
             device,
             show_progress,
             &mut rep,

@@ -1,5 +1,6 @@
 //! The trained policy of a stage, whichever the model family: the small VLM's run folder, or a Qwen
-//! checkpoint with its adapter stack (SFT adapters; for DPO, SFT folded in and the DPO adapters).
+//! checkpoint with its adapter stack (SFT adapters; for DPO or GRPO, SFT folded in and that stage's
+//! adapters).
 
 use std::path::{Path, PathBuf};
 
@@ -16,14 +17,16 @@ use crate::train::qwen::{ADAPTERS_FILE, QwenPolicy};
 pub enum Stage {
     Sft,
     Dpo,
+    Grpo,
 }
 
 impl Stage {
-    /// Where the stage writes its model (`runs/<name>/` or `runs/<name>/dpo/`).
+    /// Where the stage writes its model (`runs/<name>/`, `runs/<name>/dpo/`, `runs/<name>/grpo/`).
     pub fn dir(&self, run_dir: &Path) -> PathBuf {
         match self {
             Stage::Sft => run_dir.to_path_buf(),
             Stage::Dpo => run_dir.join("dpo"),
+            Stage::Grpo => run_dir.join("grpo"),
         }
     }
 
@@ -32,6 +35,7 @@ impl Stage {
         match self {
             Stage::Sft => "eval",
             Stage::Dpo => "dpo eval",
+            Stage::Grpo => "grpo eval",
         }
     }
 }
@@ -63,7 +67,7 @@ pub fn qwen_policy<AB: AutodiffBackend>(
         .ok_or_else(|| TrainError::Data("a Qwen recipe needs [lora]".into()))?;
     let (fold, seed) = match stage {
         Stage::Sft => (Vec::new(), r.data.seed),
-        Stage::Dpo => (
+        Stage::Dpo | Stage::Grpo => (
             vec![run_dir.join(ADAPTERS_FILE)],
             r.data.seed.wrapping_add(1),
         ),
@@ -101,8 +105,8 @@ pub fn load<AB: AutodiffBackend>(
 /// The model in `dir`, as a policy for generation, whichever it is: a Hugging Face Qwen2-VL /
 /// Qwen2.5-VL checkpoint directory (`config.json` of that `model_type`), a small-VLM model folder
 /// (`model.safetensors` + `config.json` + `tokenizer.json`: `models/sft-cpu-small`, a run folder = its
-/// SFT model, or a run's `dpo/` = its DPO model), or a Qwen run folder of this project
-/// (`recipe.resolved.toml` + adapters: its DPO model when it has one, else its SFT model).
+/// SFT model, or a run's `dpo/` or `grpo/`), or a Qwen run folder of this project
+/// (`recipe.resolved.toml` + adapters: its GRPO or DPO model when it has one, else its SFT model).
 pub fn load_any<AB: AutodiffBackend>(
     dir: &Path,
     device: &AB::Device,
@@ -128,13 +132,15 @@ pub fn load_any<AB: AutodiffBackend>(
     }
     if recipe.exists() {
         let r = Recipe::load(&recipe, &[]).map_err(|e| TrainError::Data(e.to_string()))?;
-        let stage = if Stage::Dpo.dir(dir).join(ADAPTERS_FILE).exists()
-            || Stage::Dpo.dir(dir).join("model.safetensors").exists()
-        {
-            Stage::Dpo
-        } else {
-            Stage::Sft
+        // the last stage with a model: GRPO or DPO (a recipe has one of them), else SFT
+        let trained = |st: Stage| {
+            st.dir(dir).join(ADAPTERS_FILE).exists()
+                || st.dir(dir).join("model.safetensors").exists()
         };
+        let stage = [Stage::Grpo, Stage::Dpo]
+            .into_iter()
+            .find(|&st| trained(st))
+            .unwrap_or(Stage::Sft);
         if !finished(&r, dir, stage) {
             return Err(TrainError::Data(format!(
                 "{}: the run has no trained model yet (run `cadvlm recipe` to the end first)",

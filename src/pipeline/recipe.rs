@@ -18,6 +18,7 @@ use crate::model::tokenizer::TokenizerConfig;
 use crate::model::{SIZES, VlmConfig};
 use crate::train::adapt::Adaptation;
 use crate::train::dpo::DpoConfig;
+use crate::train::grpo::GrpoConfig;
 use crate::train::sft::SftConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +90,10 @@ pub struct Recipe {
     /// DPO on executed-IoU preferences after SFT and its evaluation (`train::dpo`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpo: Option<DpoConfig>,
+    /// Online RL (Dr. GRPO) on the executed reward after SFT and its evaluation (`train::grpo`); a
+    /// recipe has `[dpo]` or `[grpo]`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpo: Option<GrpoConfig>,
     /// The executor of every program a model writes: SFT validation, evaluation, DPO rollouts (wasm
     /// by default; `native` only for trusted runs).
     #[serde(default)]
@@ -382,6 +387,9 @@ impl Recipe {
                 if self.data.source != DataSource::Dir {
                     return inv("model.path (a Qwen2-VL checkpoint) trains on existing data: set data.source = \"dir\" and data.dir".into());
                 }
+                if self.grpo.as_ref().is_some_and(|g| g.sft_run.is_some()) {
+                    return inv("[grpo] with model.path: sft_run is not supported (the SFT adapters of this run are the start)".into());
+                }
                 if self.dpo.as_ref().is_some_and(|d| {
                     d.reset_reference || d.label_smoothing != 0.0 || d.sft_run.is_some()
                 }) {
@@ -417,6 +425,21 @@ impl Recipe {
                 ));
             }
         }
+        if self.dpo.is_some() && self.grpo.is_some() {
+            return inv("a recipe has [dpo] or [grpo], not both: compare them with two recipes that share dpo.sft_run / grpo.sft_run".into());
+        }
+        if let Some(g) = &self.grpo {
+            if let Err(m) = g.validate() {
+                return inv(m);
+            }
+            if let Some(src) = &g.sft_run
+                && !src.join("model.safetensors").exists()
+            {
+                return inv(format!(
+                    "grpo.sft_run = {src:?}: no finished SFT run there (model.safetensors); run its recipe first"
+                ));
+            }
+        }
         if let Some(d) = &self.dpo {
             if let Err(m) = d
                 .validate()
@@ -433,6 +456,14 @@ impl Recipe {
             }
         }
         Ok(())
+    }
+
+    /// The finished SFT run `[dpo]` or `[grpo]` starts from, if one is named.
+    pub fn sft_run(&self) -> Option<&PathBuf> {
+        self.dpo
+            .as_ref()
+            .and_then(|d| d.sft_run.as_ref())
+            .or_else(|| self.grpo.as_ref().and_then(|g| g.sft_run.as_ref()))
     }
 
     /// The model family `[model]` names (validated).

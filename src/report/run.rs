@@ -1,9 +1,10 @@
-//! The report of a run folder: reads SFT/DPO metrics, rollouts and evaluations, writes the PNG figures
+//! The report of a run folder: reads SFT/DPO/GRPO metrics, rollouts and evaluations, writes the PNG figures
 //! and `report/README.md` (a metrics table with the figures).
 //!
 //! Layout read (what `cadvlm recipe` writes): `metrics.jsonl` (SFT), `eval/<set>/{eval.json,samples.parquet}`
 //! (SFT checkpoint), `dpo/metrics.jsonl`, `dpo/rollouts/round-NN.parquet`, `dpo/eval/<set>/...` (DPO
-//! checkpoint) and `dpo/eval/sets.json` (set name → data folder, for the gallery's target images).
+//! checkpoint) and `dpo/eval/sets.json` (set name → data folder, for the gallery's target images);
+//! a GRPO run has the same under `grpo/` (its `metrics.jsonl` with TRL's GRPO names).
 //! Missing parts are skipped with a note in the README rather than failing the report.
 
 use std::collections::BTreeMap;
@@ -15,7 +16,7 @@ use super::{
     line_figure,
 };
 use crate::eval::EvalSummary;
-use crate::train::metrics::{DpoMetricRow, MetricRow};
+use crate::train::metrics::{DpoMetricRow, GrpoMetricRow, MetricRow};
 
 fn ioerr(path: &Path, e: impl std::fmt::Display) -> ReportError {
     ReportError::Io {
@@ -198,9 +199,14 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let _ = writeln!(md, "# Run `{name}`\n");
-    let dpo_dir = run.join("dpo");
+    // the stage after SFT: GRPO when the run has one, else DPO (a recipe has one of them)
+    let (post, dpo_dir) = if run.join("grpo").is_dir() {
+        ("GRPO", run.join("grpo"))
+    } else {
+        ("DPO", run.join("dpo"))
+    };
 
-    // --- evaluation table (SFT vs DPO on the same sets and decoding)
+    // --- evaluation table (SFT vs DPO or GRPO on the same sets and decoding)
     let sets: Vec<String> = {
         let mut s = eval_sets(run);
         for x in eval_sets(&dpo_dir) {
@@ -219,7 +225,7 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         ));
     }
     if !table.is_empty() {
-        let _ = writeln!(md, "## Evaluation: SFT vs DPO (same sets, same decoding)\n");
+        let _ = writeln!(md, "## Evaluation: SFT vs {post} (same sets, same decoding)\n");
         let _ = writeln!(
             md,
             "IoU over *all* programs counts a failure as 0; over *valid* programs it averages the ones that executed (as CAD-Coder reports).\n"
@@ -230,7 +236,7 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         );
         let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
         for (s, a, b) in &table {
-            for (m, e) in [("SFT", a), ("DPO", b)] {
+            for (m, e) in [("SFT", a), (post, b)] {
                 if let Some(e) = e {
                     let _ = writeln!(
                         md,
@@ -247,7 +253,7 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
             if let (Some(a), Some(b)) = (a, b) {
                 let _ = writeln!(
                     md,
-                    "| {s} | **Δ DPO−SFT** | | {} | {} | {} | {} | {} |",
+                    "| {s} | **Δ {post}−SFT** | | {} | {} | {} | {} | {} |",
                     delta3(b.vsr - a.vsr),
                     delta3(b.iou_unitcube_mean_all - a.iou_unitcube_mean_all),
                     delta3(b.iou_unitcube_mean_valid - a.iou_unitcube_mean_valid),
@@ -272,7 +278,7 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
             ] {
                 if let Some(p) = paired_difference(&a, &b, f) {
                     lines.push(format!(
-                        "- {s}, {name}: {} ± {:.3} (s.e., n {}); DPO better on {}, worse on {}, tied on {}",
+                        "- {s}, {name}: {} ± {:.3} (s.e., n {}); {post} better on {}, worse on {}, tied on {}",
                         delta3(p.mean),
                         p.se,
                         p.n,
@@ -286,7 +292,7 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         if !lines.is_empty() {
             let _ = writeln!(
                 md,
-                "Per image, DPO − SFT (failures = 0; first program per image):\n\n{}\n",
+                "Per image, {post} − SFT (failures = 0; first program per image):\n\n{}\n",
                 lines.join("\n")
             );
         }
@@ -308,7 +314,7 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         let series = |f: &dyn Fn(&EvalSummary) -> f64| {
             vec![
                 ("SFT".to_string(), pick(f, 0)),
-                ("DPO".to_string(), pick(f, 1)),
+                (post.to_string(), pick(f, 1)),
             ]
         };
         let p = out.join("vsr_iou.png");
@@ -342,7 +348,7 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         rep.figures.push(p);
     } else {
         rep.notes
-            .push("no evaluation results (eval/ or dpo/eval/)".into());
+            .push("no evaluation results (eval/, dpo/eval/ or grpo/eval/)".into());
     }
 
     // --- IoU histograms per set
@@ -350,7 +356,7 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         let a = read_eval_rows(&run.join("eval").join(s).join("samples.parquet")).ok();
         let b = read_eval_rows(&dpo_dir.join("eval").join(s).join("samples.parquet")).ok();
         let mut series = Vec::new();
-        for (m, rows) in [("SFT", &a), ("DPO", &b)] {
+        for (m, rows) in [("SFT", &a), (post, &b)] {
             if let Some(rows) = rows {
                 let v: Vec<f64> = rows.iter().filter_map(|r| r.iou_unitcube).collect();
                 series.push((
@@ -442,73 +448,77 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         rep.notes.push("no SFT metrics.jsonl".into());
     }
 
-    // --- DPO training
-    let dpo: Vec<DpoMetricRow> = read_jsonl(&dpo_dir.join("metrics.jsonl"));
-    let steps: Vec<&DpoMetricRow> = dpo.iter().filter(|r| r.loss.is_some()).collect();
-    if !steps.is_empty() {
-        let s = |name: &str, f: &dyn Fn(&DpoMetricRow) -> Option<f64>| Series {
-            name: name.into(),
-            points: steps
-                .iter()
-                .filter_map(|r| Some((r.step as f64, f(r)?)))
-                .collect(),
-        };
-        let p = out.join("dpo_training.png");
-        line_figure(
-            &p,
-            "DPO optimizer step",
-            &[
-                (
-                    "DPO loss",
-                    "sigmoid DPO loss",
-                    vec![s("loss", &|r| r.loss)],
-                    Some((std::f64::consts::LN_2, "ln 2 (policy = reference)")),
-                ),
-                (
-                    "Implicit rewards β·log(π/π_ref)",
-                    "reward",
-                    vec![
-                        s("rewards/margins", &|r| r.rewards_margins),
-                        s("rewards/chosen", &|r| r.rewards_chosen),
-                        s("rewards/rejected", &|r| r.rewards_rejected),
-                    ],
-                    Some((0.0, "0")),
-                ),
-                (
-                    "Preference accuracy",
-                    "rewards/accuracies",
-                    vec![s("rewards/accuracies", &|r| r.rewards_accuracies)],
-                    Some((0.5, "chance")),
-                ),
-            ],
-            (620, 460),
-        )?;
-        let _ = writeln!(md, "## DPO\n\n![DPO training](dpo_training.png)\n");
-        rep.figures.push(p);
-    } else {
-        rep.notes
-            .push("no DPO training steps in dpo/metrics.jsonl".into());
-    }
-    let rounds: Vec<&DpoMetricRow> = dpo.iter().filter(|r| r.rollout_pairs.is_some()).collect();
-    if !rounds.is_empty() {
-        let _ = writeln!(
-            md,
-            "| round | policy step | rollout mean reward | rollout VSR | rollout IoU_unitcube (all) | pairs |"
-        );
-        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|");
-        for r in &rounds {
+    // --- DPO or GRPO training
+    if post == "DPO" {
+        let dpo: Vec<DpoMetricRow> = read_jsonl(&dpo_dir.join("metrics.jsonl"));
+        let steps: Vec<&DpoMetricRow> = dpo.iter().filter(|r| r.loss.is_some()).collect();
+        if !steps.is_empty() {
+            let s = |name: &str, f: &dyn Fn(&DpoMetricRow) -> Option<f64>| Series {
+                name: name.into(),
+                points: steps
+                    .iter()
+                    .filter_map(|r| Some((r.step as f64, f(r)?)))
+                    .collect(),
+            };
+            let p = out.join("dpo_training.png");
+            line_figure(
+                &p,
+                "DPO optimizer step",
+                &[
+                    (
+                        "DPO loss",
+                        "sigmoid DPO loss",
+                        vec![s("loss", &|r| r.loss)],
+                        Some((std::f64::consts::LN_2, "ln 2 (policy = reference)")),
+                    ),
+                    (
+                        "Implicit rewards β·log(π/π_ref)",
+                        "reward",
+                        vec![
+                            s("rewards/margins", &|r| r.rewards_margins),
+                            s("rewards/chosen", &|r| r.rewards_chosen),
+                            s("rewards/rejected", &|r| r.rewards_rejected),
+                        ],
+                        Some((0.0, "0")),
+                    ),
+                    (
+                        "Preference accuracy",
+                        "rewards/accuracies",
+                        vec![s("rewards/accuracies", &|r| r.rewards_accuracies)],
+                        Some((0.5, "chance")),
+                    ),
+                ],
+                (620, 460),
+            )?;
+            let _ = writeln!(md, "## DPO\n\n![DPO training](dpo_training.png)\n");
+            rep.figures.push(p);
+        } else {
+            rep.notes
+                .push("no DPO training steps in dpo/metrics.jsonl".into());
+        }
+        let rounds: Vec<&DpoMetricRow> = dpo.iter().filter(|r| r.rollout_pairs.is_some()).collect();
+        if !rounds.is_empty() {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} |",
-                r.round,
-                r.step,
-                fmt3(r.rollout_reward_mean.unwrap_or(f64::NAN)),
-                fmt3(r.rollout_vsr.unwrap_or(f64::NAN)),
-                fmt3(r.rollout_iou_mean_all.unwrap_or(f64::NAN)),
-                r.rollout_pairs.unwrap_or(0.0)
+                "| round | policy step | rollout mean reward | rollout VSR | rollout IoU_unitcube (all) | pairs |"
             );
+            let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|");
+            for r in &rounds {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    r.round,
+                    r.step,
+                    fmt3(r.rollout_reward_mean.unwrap_or(f64::NAN)),
+                    fmt3(r.rollout_vsr.unwrap_or(f64::NAN)),
+                    fmt3(r.rollout_iou_mean_all.unwrap_or(f64::NAN)),
+                    r.rollout_pairs.unwrap_or(0.0)
+                );
+            }
+            let _ = writeln!(md);
         }
-        let _ = writeln!(md);
+    } else {
+        grpo_section(&dpo_dir, &out, &mut md, &mut rep)?;
     }
     // rollout rewards per round
     let mut rseries = Vec::new();
@@ -621,13 +631,13 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         gallery_figure(
             &p,
             &format!(
-                "{s}: target | SFT | DPO (first program per image, evenly spaced ids, not selected by IoU)"
+                "{s}: target | SFT | {post} (first program per image, evenly spaced ids, not selected by IoU)"
             ),
             &rows,
             2,
             side,
             "IoU_uc",
-            ["target image", "SFT program", "DPO program"],
+            ["target image", "SFT program", &format!("{post} program")],
         )?;
         let _ = writeln!(md, "## Gallery ({s})\n\n![gallery](gallery.png)\n");
         rep.figures.push(p);
@@ -636,7 +646,7 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
     }
     if !gallery_done {
         rep.notes.push(
-            "no gallery: needs SFT and DPO evaluations of one set and dpo/eval/sets.json".into(),
+            format!("no gallery: needs SFT and {post} evaluations of one set and {}/eval/sets.json", post.to_lowercase()),
         );
     }
     search_section(run, &out, &mut md, &mut rep)?;
@@ -660,7 +670,11 @@ fn search_section(
     rep: &mut ReportOutcome,
 ) -> Result<(), ReportError> {
     let mut found: Vec<(String, crate::eval::SearchSummary, PathBuf, Option<PathBuf>)> = Vec::new();
-    for (stage, dir) in [("SFT", run.to_path_buf()), ("DPO", run.join("dpo"))] {
+    for (stage, dir) in [
+        ("SFT", run.to_path_buf()),
+        ("DPO", run.join("dpo")),
+        ("GRPO", run.join("grpo")),
+    ] {
         let set_dirs: BTreeMap<String, PathBuf> =
             std::fs::read_to_string(dir.join("eval").join("sets.json"))
                 .ok()
@@ -800,4 +814,256 @@ fn search_section(
         break;
     }
     Ok(())
+}
+
+/// The GRPO training figure (rollout reward per round; loss, KL, clip ratio and entropy per step) and
+/// the table of rounds, from `grpo/metrics.jsonl`.
+fn grpo_section(
+    dir: &Path,
+    out: &Path,
+    md: &mut String,
+    rep: &mut ReportOutcome,
+) -> Result<(), ReportError> {
+    let rows: Vec<GrpoMetricRow> = read_jsonl(&dir.join("metrics.jsonl"));
+    let steps: Vec<&GrpoMetricRow> = rows.iter().filter(|r| r.loss.is_some()).collect();
+    let rounds: Vec<&GrpoMetricRow> = rows.iter().filter(|r| r.reward.is_some()).collect();
+    if steps.is_empty() {
+        rep.notes
+            .push("no GRPO training steps in grpo/metrics.jsonl".into());
+        return Ok(());
+    }
+    let s = |v: &[&GrpoMetricRow], name: &str, f: &dyn Fn(&GrpoMetricRow) -> Option<f64>| Series {
+        name: name.into(),
+        points: v
+            .iter()
+            .filter_map(|r| Some((r.step as f64, f(r)?)))
+            .collect(),
+    };
+    let p = out.join("grpo_training.png");
+    line_figure(
+        &p,
+        "GRPO optimizer step",
+        &[
+            (
+                "Rollout reward per round (at its first step)",
+                "reward",
+                vec![
+                    s(&rounds, "reward (mean)", &|r| r.reward),
+                    s(&rounds, "reward_std (in group)", &|r| r.reward_std),
+                    s(&rounds, "rollout IoU (all)", &|r| r.rollout_iou_mean_all),
+                ],
+                None,
+            ),
+            (
+                "Surrogate loss",
+                "loss",
+                vec![s(&steps, "loss", &|r| r.loss)],
+                Some((0.0, "0")),
+            ),
+            (
+                "Clip ratio and KL to the reference",
+                "per token",
+                vec![
+                    s(&steps, "clip_ratio/region_mean", &|r| r.clip_ratio),
+                    s(&steps, "kl", &|r| r.kl),
+                ],
+                None,
+            ),
+            (
+                "Entropy of the next-token distribution",
+                "nats per token",
+                vec![s(&steps, "entropy", &|r| r.entropy)],
+                None,
+            ),
+        ],
+        (520, 420),
+    )?;
+    let _ = writeln!(md, "## GRPO\n\n![GRPO training](grpo_training.png)\n");
+    rep.figures.push(p);
+    if !rounds.is_empty() {
+        let _ = writeln!(
+            md,
+            "| round | policy step | reward (mean) | reward std in group | groups all equal | rollout VSR | rollout IoU (all) | groups trained | completions |"
+        );
+        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &rounds {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.round,
+                r.step,
+                fmt3(r.reward.unwrap_or(f64::NAN)),
+                fmt3(r.reward_std.unwrap_or(f64::NAN)),
+                fmt3(r.frac_reward_zero_std.unwrap_or(f64::NAN)),
+                fmt3(r.rollout_vsr.unwrap_or(f64::NAN)),
+                fmt3(r.rollout_iou_mean_all.unwrap_or(f64::NAN)),
+                r.rollout_groups.unwrap_or(0.0),
+                r.rollout_completions.unwrap_or(0.0)
+            );
+        }
+        let _ = writeln!(md);
+    }
+    Ok(())
+}
+
+/// A side-by-side report of several models' evaluations (`cadvlm report --compare LABEL=DIR ...`):
+/// each `(label, dir)` is a stage folder with `eval/<set>/` (a run for its SFT model, `run/dpo`,
+/// `run/grpo`). Writes into `out`: a table per set, bars of VSR and mean IoU, per-image paired
+/// differences of every model against the first (mean ± s.e., better/worse), and the rollout reward
+/// per round of the models that trained on rollouts (`metrics.jsonl` with `rollout/reward_mean` or
+/// `reward`).
+pub fn write_comparison(
+    models: &[(String, PathBuf)],
+    out: &Path,
+) -> Result<ReportOutcome, ReportError> {
+    std::fs::create_dir_all(out).map_err(|e| ioerr(out, e))?;
+    let mut rep = ReportOutcome {
+        dir: out.to_path_buf(),
+        ..Default::default()
+    };
+    let mut md = String::from("# Side by side\n\n");
+    for (l, d) in models {
+        let _ = writeln!(md, "- {l}: `{}`", d.display());
+    }
+    let _ = writeln!(
+        md,
+        "\nIoU over *all* images counts a failure as 0. Paired differences are per image against {}, with the standard error of the mean.\n",
+        models.first().map_or("the first", |m| m.0.as_str())
+    );
+    let mut sets: Vec<String> = Vec::new();
+    for (_, d) in models {
+        for s in eval_sets(d) {
+            if !sets.contains(&s) {
+                sets.push(s);
+            }
+        }
+    }
+    let _ = writeln!(
+        md,
+        "| set | model | n | VSR | IoU_unitcube all | IoU_best all | IoU_best valid | Δ IoU_best vs first (± s.e.) | better / worse |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut bars: Vec<(String, Vec<f64>, Vec<f64>, Vec<f64>)> = models
+        .iter()
+        .map(|m| (m.0.clone(), Vec::new(), Vec::new(), Vec::new()))
+        .collect();
+    for s in &sets {
+        let base = models
+            .first()
+            .and_then(|m| read_eval_rows(&m.1.join("eval").join(s).join("samples.parquet")).ok());
+        for (i, (l, d)) in models.iter().enumerate() {
+            let e = read_summary(&d.join("eval").join(s).join("eval.json"));
+            let rows = read_eval_rows(&d.join("eval").join(s).join("samples.parquet")).ok();
+            let paired = match (&base, &rows) {
+                (Some(a), Some(b)) if i > 0 => paired_difference(a, b, |r| r.iou_best),
+                _ => None,
+            };
+            let (pd, bw) = paired.map_or((String::new(), String::new()), |p| {
+                (
+                    format!("{} ± {:.3}", delta3(p.mean), p.se),
+                    format!("{} / {}", p.better, p.worse),
+                )
+            });
+            match &e {
+                Some(e) => {
+                    let _ = writeln!(
+                        md,
+                        "| {s} | {l} | {} | {} | {} | {} | {} | {pd} | {bw} |",
+                        e.n,
+                        fmt3(e.vsr),
+                        fmt3(e.iou_unitcube_mean_all),
+                        fmt3(e.iou_best_mean_all),
+                        fmt3(e.iou_best_mean_valid)
+                    );
+                }
+                None => {
+                    let _ = writeln!(md, "| {s} | {l} | (no eval.json) | | | | | | |");
+                }
+            }
+            let b = &mut bars[i];
+            b.1.push(e.as_ref().map_or(0.0, |e| e.vsr));
+            b.2.push(e.as_ref().map_or(0.0, |e| e.iou_unitcube_mean_all));
+            b.3.push(e.as_ref().map_or(0.0, |e| e.iou_best_mean_all));
+        }
+    }
+    let _ = writeln!(md);
+    if !sets.is_empty() {
+        let p = out.join("compare_iou.png");
+        let series = |k: usize| -> Vec<(String, Vec<f64>)> {
+            bars.iter()
+                .map(|b| {
+                    (
+                        b.0.clone(),
+                        match k {
+                            0 => b.1.clone(),
+                            1 => b.2.clone(),
+                            _ => b.3.clone(),
+                        },
+                    )
+                })
+                .collect()
+        };
+        bar_figure(
+            &p,
+            &[
+                ("Valid syntax rate", "VSR", 1.3, sets.clone(), series(0)),
+                (
+                    "Mean IoU_unitcube (failures = 0)",
+                    "mean IoU",
+                    1.1,
+                    sets.clone(),
+                    series(1),
+                ),
+                (
+                    "Mean IoU_best (failures = 0)",
+                    "mean IoU",
+                    1.1,
+                    sets.clone(),
+                    series(2),
+                ),
+            ],
+        )?;
+        let _ = writeln!(md, "![VSR and mean IoU](compare_iou.png)\n");
+        rep.figures.push(p);
+    }
+    // rollout reward per round (DPO: rollout/reward_mean; GRPO: reward)
+    let mut curves = Vec::new();
+    for (l, d) in models {
+        let rows: Vec<serde_json::Value> = read_jsonl(&d.join("metrics.jsonl"));
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter_map(|r| {
+                let v = r
+                    .get("rollout/reward_mean")
+                    .or_else(|| r.get("reward"))?
+                    .as_f64()?;
+                Some((r.get("round")?.as_f64()?, v))
+            })
+            .collect();
+        if !pts.is_empty() {
+            curves.push(Series {
+                name: l.clone(),
+                points: pts,
+            });
+        }
+    }
+    if !curves.is_empty() {
+        let p = out.join("compare_rewards.png");
+        line_figure(
+            &p,
+            "round",
+            &[(
+                "Mean reward of the round's sampled programs",
+                "reward (IoU_unitcube; failure -0.5)",
+                curves,
+                None,
+            )],
+            (720, 460),
+        )?;
+        let _ = writeln!(md, "![Rollout rewards](compare_rewards.png)\n");
+        rep.figures.push(p);
+    }
+    let p = out.join("README.md");
+    std::fs::write(&p, md).map_err(|e| ioerr(&p, e))?;
+    Ok(rep)
 }

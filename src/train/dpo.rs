@@ -266,35 +266,18 @@ pub fn train_dpo_policy(
         let rpath = run
             .join("rollouts")
             .join(format!("round-{round:02}.parquet"));
-        let round_imgs: Vec<usize> =
-            rollout::round_images(images.len(), cfg.images_per_round, cfg.seed, round);
-        let imgs: Vec<Sample> = round_imgs.iter().map(|&i| images[i].clone()).collect();
-        let rs = if rpath.exists() {
-            rollout::read_rollouts(&rpath)?
-        } else {
-            pb.set_message(format!(
-                "round {round}: sampling {} × {} programs",
-                imgs.len(),
-                cfg.rollout.k
-            ));
-            let t = Instant::now();
-            let rs = rollout::sample_rollouts(
-                &*policy,
-                &imgs,
-                &cfg.rollout,
-                executor,
-                cfg.seed ^ ((round as u64) << 32),
-                round,
-                step,
-            )?;
-            rollout::write_rollouts(&rpath, &rs)?;
-            pb.println(format!(
-                "round {round}: {} rollouts in {:.1} s",
-                rs.len(),
-                t.elapsed().as_secs_f64()
-            ));
-            rs
-        };
+        let (imgs, rs) = rollout::round_rollouts(
+            &*policy,
+            images,
+            cfg.images_per_round,
+            &cfg.rollout,
+            executor,
+            cfg.seed,
+            round,
+            step,
+            &rpath,
+            &pb,
+        )?;
         // 2. pairs
         let keep = cfg
             .pairs

@@ -1,5 +1,6 @@
 //! `metrics.jsonl` (the log, read back on resume) and `metrics.parquet` (the same rows, one column per
-//! metric) of SFT ([`MetricRow`]) and DPO ([`DpoMetricRow`], TRL's column names), written atomically.
+//! metric) of SFT ([`MetricRow`]), DPO ([`DpoMetricRow`]) and GRPO ([`GrpoMetricRow`]) — the latter two
+//! with TRL's column names — written atomically.
 
 use std::path::Path;
 
@@ -64,6 +65,36 @@ pub struct DpoMetricRow {
     pub rollout_iou_mean_all: Option<f64>,
     #[serde(rename = "rollout/pairs")]
     pub rollout_pairs: Option<f64>,
+}
+
+/// One row of the GRPO `metrics.parquet`: a training step (`loss`, `kl`, `clip_ratio/region_mean`,
+/// `entropy`, `completions/mean_length`) or the rollouts of a round (`reward`, `reward_std`,
+/// `frac_reward_zero_std`, `rollout/*`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GrpoMetricRow {
+    pub step: usize,
+    pub round: usize,
+    pub loss: Option<f64>,
+    pub kl: Option<f64>,
+    #[serde(rename = "clip_ratio/region_mean")]
+    pub clip_ratio: Option<f64>,
+    pub entropy: Option<f64>,
+    #[serde(rename = "completions/mean_length")]
+    pub mean_length: Option<f64>,
+    pub lr: Option<f64>,
+    pub grad_norm: Option<f64>,
+    pub seconds: f64,
+    pub reward: Option<f64>,
+    pub reward_std: Option<f64>,
+    pub frac_reward_zero_std: Option<f64>,
+    #[serde(rename = "rollout/vsr")]
+    pub rollout_vsr: Option<f64>,
+    #[serde(rename = "rollout/iou_mean_all")]
+    pub rollout_iou_mean_all: Option<f64>,
+    #[serde(rename = "rollout/groups")]
+    pub rollout_groups: Option<f64>,
+    #[serde(rename = "rollout/completions")]
+    pub rollout_completions: Option<f64>,
 }
 
 /// Write `rows` as `run/metrics.jsonl` and `run/metrics.parquet` (`columns` are the parquet columns).
@@ -178,4 +209,46 @@ pub fn write_dpo_metrics(run: &Path, rows: &[DpoMetricRow]) -> Result<(), TrainE
 /// DPO rows up to `upto` (for resume).
 pub fn read_dpo_metrics(run: &Path, upto: usize) -> Vec<DpoMetricRow> {
     read_rows(run, upto, |r: &DpoMetricRow| r.step)
+}
+
+/// Write the GRPO metrics (TRL's column names).
+pub fn write_grpo_metrics(run: &Path, rows: &[GrpoMetricRow]) -> Result<(), TrainError> {
+    let f = |n: &str, g: fn(&GrpoMetricRow) -> Option<f64>| f64_column(rows, n, g);
+    write_rows(
+        run,
+        rows,
+        vec![
+            Column::new(
+                "step".into(),
+                rows.iter().map(|r| r.step as u64).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "round".into(),
+                rows.iter().map(|r| r.round as u64).collect::<Vec<_>>(),
+            ),
+            f("loss", |r| r.loss),
+            f("kl", |r| r.kl),
+            f("clip_ratio/region_mean", |r| r.clip_ratio),
+            f("entropy", |r| r.entropy),
+            f("completions/mean_length", |r| r.mean_length),
+            f("lr", |r| r.lr),
+            f("grad_norm", |r| r.grad_norm),
+            Column::new(
+                "seconds".into(),
+                rows.iter().map(|r| r.seconds).collect::<Vec<_>>(),
+            ),
+            f("reward", |r| r.reward),
+            f("reward_std", |r| r.reward_std),
+            f("frac_reward_zero_std", |r| r.frac_reward_zero_std),
+            f("rollout/vsr", |r| r.rollout_vsr),
+            f("rollout/iou_mean_all", |r| r.rollout_iou_mean_all),
+            f("rollout/groups", |r| r.rollout_groups),
+            f("rollout/completions", |r| r.rollout_completions),
+        ],
+    )
+}
+
+/// GRPO rows up to `upto` (for resume).
+pub fn read_grpo_metrics(run: &Path, upto: usize) -> Vec<GrpoMetricRow> {
+    read_rows(run, upto, |r: &GrpoMetricRow| r.step)
 }

@@ -1,5 +1,6 @@
 //! Training algorithms: SFT (`sft`), DPO on executed-IoU preferences (`dpo`, its loss in `dpo_loss`,
-//! rollouts and pairs in `rollout`), the [`Policy`](policy::Policy) trait that lets one DPO loop and
+//! rollouts and pairs in `rollout`), online RL on the executed reward (`grpo`, Dr. GRPO; its loss in
+//! `grpo_loss`), the [`Policy`](policy::Policy) trait that lets one DPO loop, one GRPO loop and
 //! one eval runner serve both model families (`policy`: the small VLM; `qwen`: Qwen2-VL / 2.5-VL),
 //! the optimizer and schedule (`optim`), atomic checkpoints (`checkpoint`), metrics files
 //! (`metrics`), LoRA / QLoRA instead of full fine-tuning (`adapt`).
@@ -8,6 +9,8 @@ pub mod adapt;
 pub mod checkpoint;
 pub mod dpo;
 pub mod dpo_loss;
+pub mod grpo;
+pub mod grpo_loss;
 pub mod metrics;
 pub mod optim;
 pub mod policy;

@@ -10,13 +10,14 @@ use std::path::Path;
 
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 
 use super::TrainError;
 use super::adapt::Adaptation;
 use super::checkpoint::{self, CheckpointMeta};
 use super::dpo_loss::{DpoStats, dpo_objective, to_vec};
+use super::grpo_loss::{GrpoLossConfig, GrpoStats, grpo_loss_tensor};
 use super::optim::{AdamW, OptimConfig};
 use super::sft::check_adaptation;
 use crate::data::Sample;
@@ -36,6 +37,23 @@ pub struct PairExample<'a> {
     pub prefix: Vec<u32>,
     pub chosen: Vec<u32>,
     pub rejected: Vec<u32>,
+}
+
+/// One sampled program of an image as tokens, for policy-gradient training (GRPO).
+#[derive(Clone, Debug)]
+pub struct CompletionExample<'a> {
+    pub image: &'a Sample,
+    /// The prompt's token ids, as in [`PairExample`].
+    pub prefix: Vec<u32>,
+    /// The program's tokens (with the end token when its sample finished).
+    pub tokens: Vec<u32>,
+}
+
+/// The settings of one GRPO step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GrpoStep {
+    pub loss: GrpoLossConfig,
+    pub lr: f64,
 }
 
 /// The settings of one DPO step.
@@ -89,6 +107,33 @@ pub trait Policy {
         refs: &[(f64, f64)],
         step: &DpoStep,
     ) -> Result<(DpoStats, f64), TrainError>;
+
+    /// A sampled program of `image` as tokens; `None` when it does not fit the model or is empty.
+    fn encode_completion<'a>(
+        &self,
+        image: &'a Sample,
+        program: (&str, bool),
+    ) -> Result<Option<CompletionExample<'a>>, TrainError>;
+
+    /// Per-token log-probs of each completion's tokens, without gradient: under the current policy,
+    /// or under the reference when `reference` (see [`Policy::freeze_reference`]).
+    fn completion_logprobs(
+        &self,
+        batch: &[&CompletionExample],
+        reference: bool,
+    ) -> Result<Vec<Vec<f64>>, TrainError>;
+
+    /// One optimizer step of the GRPO surrogate ([`crate::train::grpo_loss`]) on `batch` with the
+    /// sampling policy's per-token log-probs `old`, the reference's `refs` (needed when β > 0) and one
+    /// advantage per completion: the batch statistics and the gradient norm before clipping.
+    fn grpo_step(
+        &mut self,
+        batch: &[&CompletionExample],
+        old: &[Vec<f64>],
+        refs: Option<&[Vec<f64>]>,
+        adv: &[f64],
+        step: &GrpoStep,
+    ) -> Result<(GrpoStats, f64), TrainError>;
 
     /// Make the reference a frozen copy of the current weights (full fine-tuning), written to `file`;
     /// an error with adapters, whose reference is always the base with the adapters off.
@@ -177,6 +222,67 @@ pub fn dpo_train_step<AB: AutodiffBackend>(
     (policy, stats, gnorm)
 }
 
+/// Token rows `(prefix, tokens)` of a batch of completions.
+pub fn completion_token_batch(batch: &[&CompletionExample], pad: u32) -> TokenBatch {
+    let rows: Vec<(Vec<u32>, Vec<u32>)> = batch
+        .iter()
+        .map(|c| (c.prefix.clone(), c.tokens.clone()))
+        .collect();
+    TokenBatch::from_rows(&rows, pad)
+}
+
+/// Per-token log-probs of a batch of completions under `model`, no gradient.
+pub fn completion_logprobs<B: Backend>(
+    model: &Vlm<B>,
+    c: &VlmConfig,
+    batch: &[&CompletionExample],
+    pad: u32,
+    device: &B::Device,
+) -> Vec<Vec<f64>> {
+    let imgs: Vec<&Sample> = batch.iter().map(|x| x.image).collect();
+    let tokens = completion_token_batch(batch, pad);
+    let img = model.encode_image(patches_tensor::<B>(&imgs, c, device)); // [batch, n_img, hidden]
+    let lp = model.token_logprobs(img, tokens.ids_tensor(device)); // [batch, seq-1]
+    tokens.target_rows(&lp.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default())
+}
+
+/// One GRPO optimizer step of the small VLM `policy` (see [`Policy::grpo_step`]).
+#[allow(clippy::too_many_arguments)]
+pub fn grpo_train_step<AB: AutodiffBackend>(
+    policy: Vlm<AB>,
+    opt: &mut AdamW<AB::InnerBackend>,
+    c: &VlmConfig,
+    batch: &[&CompletionExample],
+    old: &[Vec<f64>],
+    refs: Option<&[Vec<f64>]>,
+    adv: &[f64],
+    hp: &GrpoStep,
+    pad: u32,
+    device: &AB::Device,
+) -> (Vlm<AB>, GrpoStats, f64) {
+    let imgs: Vec<&Sample> = batch.iter().map(|x| x.image).collect();
+    let tokens = completion_token_batch(batch, pad);
+    let (b, w) = (tokens.batch, tokens.seq - 1);
+    let dense = |v: Vec<f32>| Tensor::<AB, 2>::from_data(TensorData::new(v, [b, w]), device); // [batch, seq-1]
+    let img = policy.encode_image(patches_tensor::<AB>(&imgs, c, device)); // [batch, n_img, hidden]
+    let (lp, ent) = policy.token_logprobs_entropy(img, tokens.ids_tensor(device)); // [batch, seq-1] each
+    let mask = tokens.mask_tensor::<AB>(device); // [batch, seq-1]
+    let old = dense(tokens.scatter_targets(old));
+    let refs = refs.map(|r| dense(tokens.scatter_targets(r)));
+    let (loss, mut stats) = grpo_loss_tensor(lp, old, refs, mask.clone(), adv, &hp.loss);
+    let n = tokens.n_target_tokens().max(1) as f64;
+    stats.entropy = ent
+        .inner()
+        .mul(mask.inner())
+        .sum()
+        .into_scalar()
+        .elem::<f64>()
+        / n;
+    let grads = GradientsParams::from_grads(loss.backward(), &policy);
+    let (policy, gnorm) = opt.step(policy, grads, hp.lr);
+    (policy, stats, gnorm)
+}
+
 /// The small VLM as a [`Policy`]: full fine-tuning, LoRA or QLoRA (`adapt`).
 pub struct VlmPolicy<AB: AutodiffBackend> {
     /// Always `Some` between calls (taken for the optimizer step).
@@ -232,6 +338,21 @@ impl<AB: AutodiffBackend> VlmPolicy<AB> {
             .as_ref()
             .expect("the model is back after every step")
     }
+
+    /// Text positions left after the image tokens.
+    fn room(&self) -> usize {
+        let c = &self.config;
+        c.max_seq_len.saturating_sub(c.n_image_tokens())
+    }
+
+    /// A program's code tokens (+ the end token when its generation finished).
+    fn code_tokens(&self, (program, finished): (&str, bool)) -> Result<Vec<u32>, TrainError> {
+        let mut t = self.tok.encode(program)?;
+        if finished {
+            t.push(self.tok.end);
+        }
+        Ok(t)
+    }
 }
 
 impl<AB: AutodiffBackend> Policy for VlmPolicy<AB> {
@@ -262,17 +383,9 @@ impl<AB: AutodiffBackend> Policy for VlmPolicy<AB> {
         chosen: (&str, bool),
         rejected: (&str, bool),
     ) -> Result<Option<PairExample<'a>>, TrainError> {
-        let c = &self.config;
-        let room = c.max_seq_len.saturating_sub(c.n_image_tokens());
-        let code = |(program, finished): (&str, bool)| -> Result<Vec<u32>, TrainError> {
-            let mut t = self.tok.encode(program)?;
-            if finished {
-                t.push(self.tok.end);
-            }
-            Ok(t)
-        };
+        let room = self.room();
         let prefix = prefix_tokens(&self.tok, &image.prompt)?;
-        let (cw, cl) = (code(chosen)?, code(rejected)?);
+        let (cw, cl) = (self.code_tokens(chosen)?, self.code_tokens(rejected)?);
         if prefix.len() + cw.len().max(cl.len()) > room || cw.is_empty() && cl.is_empty() {
             return Ok(None);
         }
@@ -282,6 +395,80 @@ impl<AB: AutodiffBackend> Policy for VlmPolicy<AB> {
             chosen: cw,
             rejected: cl,
         }))
+    }
+
+    fn encode_completion<'a>(
+        &self,
+        image: &'a Sample,
+        program: (&str, bool),
+    ) -> Result<Option<CompletionExample<'a>>, TrainError> {
+        let prefix = prefix_tokens(&self.tok, &image.prompt)?;
+        let tokens = self.code_tokens(program)?;
+        if tokens.is_empty() || prefix.len() + tokens.len() > self.room() {
+            return Ok(None);
+        }
+        Ok(Some(CompletionExample {
+            image,
+            prefix,
+            tokens,
+        }))
+    }
+
+    fn completion_logprobs(
+        &self,
+        batch: &[&CompletionExample],
+        reference: bool,
+    ) -> Result<Vec<Vec<f64>>, TrainError> {
+        let (c, pad, d) = (&self.config, self.tok.pad, &self.device);
+        Ok(match (&self.reference, reference) {
+            (_, false) => completion_logprobs(&self.model().valid(), c, batch, pad, d),
+            (Some(r), true) => completion_logprobs(r, c, batch, pad, d),
+            (None, true) if !self.adapt.is_full() => with_adapters_disabled(|| {
+                completion_logprobs(&self.model().valid(), c, batch, pad, d)
+            }),
+            (None, true) => {
+                return Err(TrainError::Data(
+                    "no reference: call freeze_reference before asking for reference log-probs"
+                        .into(),
+                ));
+            }
+        })
+    }
+
+    fn grpo_step(
+        &mut self,
+        batch: &[&CompletionExample],
+        old: &[Vec<f64>],
+        refs: Option<&[Vec<f64>]>,
+        adv: &[f64],
+        step: &GrpoStep,
+    ) -> Result<(GrpoStats, f64), TrainError> {
+        if batch.is_empty() || old.len() != batch.len() || adv.len() != batch.len() {
+            return Err(TrainError::Data(format!(
+                "grpo_step: {} completions, {} old log-prob rows, {} advantages",
+                batch.len(),
+                old.len(),
+                adv.len()
+            )));
+        }
+        let model = self
+            .model
+            .take()
+            .expect("the model is back after every step");
+        let (m, stats, gnorm) = grpo_train_step(
+            model,
+            &mut self.opt,
+            &self.config,
+            batch,
+            old,
+            refs,
+            adv,
+            step,
+            self.tok.pad,
+            &self.device,
+        );
+        self.model = Some(m);
+        Ok((stats, gnorm))
     }
 
     fn reference_logprobs(&self, pairs: &[&PairExample]) -> Result<Vec<(f64, f64)>, TrainError> {

@@ -1,6 +1,7 @@
 //! Qwen2-VL / Qwen2.5-VL training: the QLoRA SFT step and loop on chat-formatted examples, the DPO
-//! step whose reference is the same model with its adapters switched off, and [`QwenPolicy`], the
-//! [`Policy`] that lets the one DPO loop and the one eval runner serve Qwen as they serve the small VLM.
+//! and GRPO steps whose reference is the same model with its adapters switched off, and
+//! [`QwenPolicy`], the [`Policy`] that lets the one DPO loop, the one GRPO loop and the one eval runner
+//! serve Qwen as they serve the small VLM.
 //!
 //! The policy's weights are a stack: the base checkpoint (quantized as `[model] quantize` says), then
 //! adapter files folded in one by one (dequantize, merge, re-quantize), then the trainable adapters —
@@ -11,16 +12,17 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
 use super::dpo_loss::{DpoStats, dpo_objective, scalar, to_vec};
+use super::grpo_loss::{GrpoStats, dense_rows, grpo_loss_tensor};
 use super::optim::{AdamW, OptimConfig, lr_at};
-use super::policy::{DpoStep, PairExample, Policy, Progress};
+use super::policy::{CompletionExample, DpoStep, GrpoStep, PairExample, Policy, Progress};
 use super::sft::{SftConfig, sample_indices};
 use super::{TrainError, ioerr};
 use crate::data::Sample;
@@ -30,7 +32,7 @@ use crate::model::lora::{
 };
 use crate::model::quant::Quantize;
 use crate::model::qwen2vl::answer::{
-    PromptInput, answer_logprobs, im_end_id, prepare_qlora, qwen_sft_loss, seed_adapters,
+    PromptInput, answer_logprobs, answer_token_logprobs, im_end_id, prepare_qlora, qwen_sft_loss, seed_adapters,
 };
 use crate::model::qwen2vl::preprocess::{PreprocessConfig, encode, load_tokenizer};
 use crate::model::qwen2vl::{ImageInput, QwenConfig, QwenError, QwenVl, load_dir};
@@ -415,6 +417,116 @@ impl<AB: AutodiffBackend> Policy for QwenPolicy<AB> {
             chosen: cw,
             rejected: cl,
         }))
+    }
+
+    fn encode_completion<'a>(
+        &self,
+        image: &'a Sample,
+        program: (&str, bool),
+    ) -> Result<Option<CompletionExample<'a>>, TrainError> {
+        let tokens = self.answer(program.0, program.1)?;
+        if tokens.is_empty()
+            || tokens.len() > self.max_answer_tokens
+            || tokens.contains(&self.config.image_token_id)
+        {
+            return Ok(None);
+        }
+        Ok(Some(CompletionExample {
+            image,
+            prefix: self.prompt(image)?.ids,
+            tokens,
+        }))
+    }
+
+    /// The reference is the model with its adapters off.
+    fn completion_logprobs(
+        &self,
+        batch: &[&CompletionExample],
+        reference: bool,
+    ) -> Result<Vec<Vec<f64>>, TrainError> {
+        let infer = self.model().valid();
+        let one = |x: &CompletionExample| -> Result<Vec<f64>, TrainError> {
+            let p = self.prompt(x.image)?;
+            Ok(to_vec(answer_token_logprobs(
+                &infer,
+                &self.config,
+                &p,
+                &x.tokens,
+            )?))
+        };
+        batch
+            .iter()
+            .map(|x| {
+                if reference {
+                    with_adapters_disabled(|| one(x))
+                } else {
+                    one(x)
+                }
+            })
+            .collect()
+    }
+
+    /// The entropy is not computed (NaN): the vocabulary is large and the statistic optional.
+    fn grpo_step(
+        &mut self,
+        batch: &[&CompletionExample],
+        old: &[Vec<f64>],
+        refs: Option<&[Vec<f64>]>,
+        adv: &[f64],
+        step: &GrpoStep,
+    ) -> Result<(GrpoStats, f64), TrainError> {
+        if batch.is_empty() || old.len() != batch.len() || adv.len() != batch.len() {
+            return Err(TrainError::Data(format!(
+                "grpo_step: {} completions, {} old log-prob rows, {} advantages",
+                batch.len(),
+                old.len(),
+                adv.len()
+            )));
+        }
+        let prompts = batch
+            .iter()
+            .map(|x| self.prompt(x.image))
+            .collect::<Result<Vec<_>, _>>()?;
+        let model = self
+            .model
+            .take()
+            .expect("the model is back after every step");
+        let r = (|| -> Result<(QwenVl<AB>, GrpoStats, f64), TrainError> {
+            let seq = batch.iter().map(|x| x.tokens.len()).max().unwrap_or(1);
+            let mut rows = Vec::with_capacity(batch.len());
+            for (x, p) in batch.iter().zip(&prompts) {
+                let lp = answer_token_logprobs(&model, &self.config, p, &x.tokens)?; // [answer]
+                let a = x.tokens.len();
+                let row = if a < seq {
+                    Tensor::cat(vec![lp, Tensor::zeros([seq - a], &self.device)], 0)
+                } else {
+                    lp
+                }; // [seq]
+                rows.push(row.reshape([1, seq]));
+            }
+            let lp = Tensor::cat(rows, 0); // [batch, seq]
+            let b = batch.len();
+            let dense = |v: Vec<f32>| {
+                Tensor::<AB, 2>::from_data(TensorData::new(v, [b, seq]), &self.device)
+            }; // [batch, seq]
+            let (old, mask) = dense_rows(old, seq);
+            let refs = refs.map(|r| dense(dense_rows(r, seq).0));
+            let (loss, stats) =
+                grpo_loss_tensor(lp, dense(old), refs, dense(mask), adv, &step.loss);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let (m, gnorm) = self.opt.step(model.clone(), grads, step.lr);
+            Ok((m, stats, gnorm))
+        })();
+        match r {
+            Ok((m, stats, gnorm)) => {
+                self.model = Some(m);
+                Ok((stats, gnorm))
+            }
+            Err(e) => {
+                self.model = Some(model);
+                Err(e)
+            }
+        }
     }
 
     fn reference_logprobs(&self, pairs: &[&PairExample]) -> Result<Vec<(f64, f64)>, TrainError> {

@@ -1,6 +1,7 @@
-//! Rollouts and preference pairs for DPO: K sampled programs per training image from the current
-//! policy, executed in the sandbox and scored by IoU against the target's cached solid; then pairs
-//! (chosen = better, rejected = worse by at least a margin) chosen by a configurable strategy.
+//! Rollouts for DPO and GRPO, and preference pairs for DPO: K sampled programs per training image from
+//! the current policy, executed in the sandbox and scored by IoU against the target's cached solid
+//! (or by the image score against the image); then pairs (chosen = better, rejected = worse by at
+//! least a margin) chosen by a configurable strategy.
 //!
 //! Generation runs on the model's backend; execution runs in parallel (rayon) in the sandbox
 //! ([`crate::exec`], the wasm guest by default, since the programs are model output). Pair selection
@@ -208,6 +209,53 @@ pub fn sample_rollouts(
         }
     }
     Ok(out)
+}
+
+/// The images and rollouts of one round of an on-policy loop (DPO, GRPO): `n` images of `pool` drawn
+/// by [`round_images`], `cfg.k` samples each from `policy`; cached in `path` (a resumed run reads them
+/// back instead of sampling again).
+#[allow(clippy::too_many_arguments)]
+pub fn round_rollouts(
+    policy: &dyn Policy,
+    pool: &[Sample],
+    n: usize,
+    cfg: &RolloutConfig,
+    executor: &dyn Executor,
+    seed: u64,
+    round: usize,
+    policy_step: usize,
+    path: &Path,
+    pb: &indicatif::ProgressBar,
+) -> Result<(Vec<Sample>, Vec<Rollout>), TrainError> {
+    let imgs: Vec<Sample> = round_images(pool.len(), n, seed, round)
+        .iter()
+        .map(|&i| pool[i].clone())
+        .collect();
+    if path.exists() {
+        return Ok((imgs, read_rollouts(path)?));
+    }
+    pb.set_message(format!(
+        "round {round}: sampling {} × {} programs",
+        imgs.len(),
+        cfg.k
+    ));
+    let t = std::time::Instant::now();
+    let rs = sample_rollouts(
+        policy,
+        &imgs,
+        cfg,
+        executor,
+        seed ^ ((round as u64) << 32),
+        round,
+        policy_step,
+    )?;
+    write_rollouts(path, &rs)?;
+    pb.println(format!(
+        "round {round}: {} rollouts in {:.1} s",
+        rs.len(),
+        t.elapsed().as_secs_f64()
+    ));
+    Ok((imgs, rs))
 }
 
 /// Image-score rewards of `programs` against a normalised training image: each executed in the
