@@ -88,14 +88,19 @@ fn smoke_recipe_runs_and_reuses_finished_stages() {
         "{:?}",
         rep2.stages
     );
-    // GRPO from the finished smoke run (its sft_run): one round of 4 images × 2 programs, 2 steps;
-    // the GRPO model is evaluated on the same set and drawn in the report
-    let text = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("name = \"smoke\"", "name = \"smoke-grpo\"");
+    // GRPO from a finished SFT run (grpo.sft_run): the committed small model (the tiny smoke model
+    // writes no valid program yet, so all its groups would be equal), one round of 3 images × 3
+    // programs, 2 steps; the GRPO model is evaluated on the same set and drawn in the report
+    let text = std::fs::read_to_string(&file).unwrap();
+    let text = text[..text.find("[eval.search]").unwrap()]
+        .replace("name = \"smoke\"", "name = \"smoke-grpo\"")
+        .replace("size = \"tiny\"", "size = \"small\"");
     let text = format!(
-        "{text}\n[grpo]\nsft_run = {:?}\nrounds = 1\nimages_per_round = 4\nsteps_per_round = 2\nbatch_completions = 4\nbeta = 0.04\n\n[grpo.rollout]\nk = 2\nmax_new_tokens = 64\nbatch = 8\n",
-        dir.display().to_string()
+        "{text}\n[grpo]\nsft_run = {:?}\nrounds = 1\nimages_per_round = 3\nsteps_per_round = 2\nbatch_completions = 4\nbeta = 0.04\n\n[grpo.rollout]\nk = 3\nmax_new_tokens = 480\nbatch = 9\n",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models/sft-cpu-small")
+            .display()
+            .to_string()
     );
     let g = Recipe::parse(&text, &file, &[]).unwrap();
     let rep3 = run(&g, &runs, false).unwrap();
