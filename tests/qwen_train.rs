@@ -1,6 +1,7 @@
 //! QLoRA training on the tiny random Qwen2.5-VL of `fixtures/qwen`: the SFT loss on the assistant answer
 //! (the CadQuery program) falls under AdamW while only the adapters change, and DPO steps raise the
-//! policy's preference margin while the reference (adapters off) stays put.
+//! policy's preference margin while the reference (adapters off) stays put; GRPO steps through the
+//! `Policy` trait move a group's programs by advantage, the reference again untouched.
 #![cfg(feature = "model")]
 
 use std::path::{Path, PathBuf};
@@ -342,4 +343,83 @@ fn sampled_generation_is_seeded_and_checks_its_temperature() {
         .unwrap();
     assert_eq!(sample(3, 1e-4).unwrap(), greedy);
     assert!(sample(1, 0.0).is_err() && sample(1, f32::NAN).is_err());
+}
+
+#[test]
+fn qlora_grpo_moves_the_group_by_advantage_and_leaves_the_reference_alone() {
+    use cadvlm::train::grpo_loss::{GrpoLossConfig, LossType, group_advantages};
+    use cadvlm::train::policy::{CompletionExample, GrpoStep, Policy};
+    use cadvlm::train::qwen::QwenPolicy;
+    let dev = Default::default();
+    let dir = fx().join("qwen2_5_vl");
+    let mut policy = QwenPolicy::<A>::new(
+        &dir,
+        Quantize::Nf4,
+        &lora(),
+        &[],
+        6,
+        OptimConfig {
+            lr: 5e-3,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+        64,
+        &dev,
+    )
+    .unwrap();
+    let img = image(1);
+    let sample = cadvlm::data::Sample {
+        id: "q".into(),
+        prompt: cadvlm::data::GENCAD_PROMPT.into(),
+        program: String::new(),
+        rgb: img.rgb.clone(),
+        width: img.width,
+        height: img.height,
+    };
+    let ex: Vec<CompletionExample> = PROGRAMS
+        .iter()
+        .map(|p| policy.encode_completion(&sample, (p, true)).unwrap().unwrap())
+        .collect();
+    let batch: Vec<&CompletionExample> = ex.iter().collect();
+    let adv = group_advantages(&[1.0, 0.5, 0.0], false);
+    let sums = |v: Vec<Vec<f64>>| -> Vec<f64> { v.iter().map(|r| r.iter().sum()).collect() };
+    let old = policy.completion_logprobs(&batch, false).unwrap();
+    let refs = policy.completion_logprobs(&batch, true).unwrap();
+    let before = sums(old.clone());
+    // fresh adapters (B = 0): the policy is the reference
+    for (a, b) in before.iter().zip(sums(refs.clone())) {
+        assert!((a - b).abs() < 1e-4, "{before:?} vs reference");
+    }
+    let hp = GrpoStep {
+        loss: GrpoLossConfig {
+            clip_low: 0.2,
+            clip_high: 0.2,
+            beta: 0.04,
+            loss_type: LossType::DrGrpo,
+            norm_len: 64,
+        },
+        lr: 5e-3,
+    };
+    for k in 0..4 {
+        let (s, g) = policy
+            .grpo_step(&batch, &old, Some(&refs), &adv, &hp)
+            .unwrap();
+        assert!(s.loss.is_finite() && g.is_finite() && g > 0.0, "{s:?}");
+        if k == 0 {
+            assert!(s.kl.abs() < 1e-6 && s.clip_ratio == 0.0, "{s:?}");
+        }
+    }
+    let after = sums(policy.completion_logprobs(&batch, false).unwrap());
+    let refs_after = policy.completion_logprobs(&batch, true).unwrap();
+    eprintln!("GRPO: log-probs {before:?} → {after:?}");
+    assert_eq!(refs_after, refs, "the reference (adapters off) moved");
+    // the best program gains on the worst one
+    assert!(
+        after[0] - after[2] > before[0] - before[2] + 0.1,
+        "{before:?} → {after:?}"
+    );
+    // mismatched inputs are refused, the model is kept
+    assert!(policy.grpo_step(&batch, &old[..1], None, &adv, &hp).is_err());
+    assert!(policy.completion_logprobs(&batch, false).is_ok());
 }
