@@ -4,13 +4,13 @@
 
 #![cfg(all(feature = "model", feature = "sandbox"))]
 
+mod common;
+
 use burn::backend::{Autodiff, NdArray};
 use burn::module::AutodiffModule;
-use cadvlm::data::{GENCAD_PROMPT, Sample};
-use cadvlm::model::VlmConfig;
 use burn::optim::GradientsParams;
+use cadvlm::data::{GENCAD_PROMPT, Sample};
 use cadvlm::model::inputs::{patches_tensor, prefix_tokens};
-use cadvlm::model::tokenizer::{CodeTokenizer, TokenizerConfig};
 use cadvlm::model::weights;
 use cadvlm::train::adapt::Adaptation;
 use cadvlm::train::grpo::{GrpoConfig, train_grpo_adapted};
@@ -20,60 +20,11 @@ use cadvlm::train::policy::{
     CompletionExample, GrpoStep, completion_logprobs, completion_token_batch, grpo_train_step,
 };
 use cadvlm::train::rollout::{Rollout, RolloutConfig, write_rollouts};
+use common::{code, image, program, setup};
 use polars::prelude::SerReader as _;
 
 type AB = Autodiff<NdArray<f32>>;
 type B = NdArray<f32>;
-
-fn program(w: f64, d: f64) -> String {
-    format!(
-        "import cadquery as cq\nwp_sketch0 = cq.Workplane(cq.Plane(cq.Vector(-0.5, -0.25, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))\nloop0=wp_sketch0.moveTo({w}, 0.0).lineTo({w}, 0.25).lineTo(0.0, 0.25).lineTo(0.0, 0.0).close()\nsolid0=wp_sketch0.add(loop0).extrude({d})\nsolid=solid0\n"
-    )
-}
-
-fn image(size: usize, shade: u8) -> Sample {
-    let mut rgb = vec![255u8; size * size * 3];
-    for y in size / 4..3 * size / 4 {
-        for x in size / 4..size / 2 {
-            let p = (y * size + x) * 3;
-            rgb[p] = shade;
-            rgb[p + 1] = 100;
-            rgb[p + 2] = 60;
-        }
-    }
-    Sample {
-        id: format!("img{shade}"),
-        prompt: GENCAD_PROMPT.into(),
-        program: program(0.5, 0.25),
-        rgb,
-        width: size,
-        height: size,
-    }
-}
-
-fn setup() -> (CodeTokenizer, VlmConfig) {
-    let corpus: Vec<String> = [0.25, 0.5, 0.75]
-        .iter()
-        .flat_map(|&w| [0.125, 0.25].map(|d| program(w, d)))
-        .chain([GENCAD_PROMPT.to_string()])
-        .collect();
-    let tok = cadvlm::model::tokenizer::train(
-        &corpus,
-        &TokenizerConfig {
-            vocab_size: 320,
-            min_frequency: 2,
-        },
-    )
-    .unwrap();
-    let c = VlmConfig::named("tiny", tok.vocab_size()).unwrap();
-    (tok, c)
-}
-
-fn code(tok: &CodeTokenizer, p: &str) -> Vec<u32> {
-    let mut t = tok.encode(p).unwrap();
-    t.push(tok.end);
-    t
-}
 
 /// SFT steps on the group before GRPO: enough that the shared tokens are near certain (with fewer,
 /// Adam's first steps move every program's log-prob the same way and drown the group's signal).
@@ -170,9 +121,17 @@ fn steps_raise_above_average_programs_and_lower_the_others() {
     eprintln!("log-probs before {before:?}\nafter {after:?}");
     for i in 0..4 {
         if adv[i] > 0.0 {
-            assert!(after[i] > before[i], "program {i} (A = {}) fell: {before:?} → {after:?}", adv[i]);
+            assert!(
+                after[i] > before[i],
+                "program {i} (A = {}) fell: {before:?} → {after:?}",
+                adv[i]
+            );
         } else {
-            assert!(after[i] < before[i], "program {i} (A = {}) rose: {before:?} → {after:?}", adv[i]);
+            assert!(
+                after[i] < before[i],
+                "program {i} (A = {}) rose: {before:?} → {after:?}",
+                adv[i]
+            );
         }
     }
 }

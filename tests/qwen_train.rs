@@ -379,7 +379,12 @@ fn qlora_grpo_moves_the_group_by_advantage_and_leaves_the_reference_alone() {
     };
     let ex: Vec<CompletionExample> = PROGRAMS
         .iter()
-        .map(|p| policy.encode_completion(&sample, (p, true)).unwrap().unwrap())
+        .map(|p| {
+            policy
+                .encode_completion(&sample, (p, true))
+                .unwrap()
+                .unwrap()
+        })
         .collect();
     let batch: Vec<&CompletionExample> = ex.iter().collect();
     let adv = group_advantages(&[1.0, 0.5, 0.0], false);
@@ -420,6 +425,10 @@ fn qlora_grpo_moves_the_group_by_advantage_and_leaves_the_reference_alone() {
         "{before:?} → {after:?}"
     );
     // mismatched inputs are refused, the model is kept
-    assert!(policy.grpo_step(&batch, &old[..1], None, &adv, &hp).is_err());
+    assert!(
+        policy
+            .grpo_step(&batch, &old[..1], None, &adv, &hp)
+            .is_err()
+    );
     assert!(policy.completion_logprobs(&batch, false).is_ok());
 }

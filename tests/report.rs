@@ -218,7 +218,11 @@ fn report_of_a_run_folder() {
     assert_eq!(names, ["compare_iou.png", "compare_rewards.png"]);
     for f in &cmp.figures {
         let (w, h, colours) = png_size(f);
-        assert!(w >= 400 && h >= 300 && colours > 8, "{}: {w}×{h}, {colours} colours", f.display());
+        assert!(
+            w >= 400 && h >= 300 && colours > 8,
+            "{}: {w}×{h}, {colours} colours",
+            f.display()
+        );
     }
     let md = std::fs::read_to_string(cmp.dir.join("README.md")).unwrap();
     let d_best = s_dpo.iou_best_mean_all - s_sft.iou_best_mean_all;

@@ -53,8 +53,7 @@ pub fn stage<AB: AutodiffBackend>(
         }
         Family::Qwen(_) => (|| {
             AB::seed(device, cfg.seed);
-            let mut policy =
-                qwen_policy::<AB>(r, run_dir, Stage::Grpo, cfg.optim.clone(), device)?;
+            let mut policy = qwen_policy::<AB>(r, run_dir, Stage::Grpo, cfg.optim.clone(), device)?;
             let executor = crate::exec::executor(&cfg.rollout.sandbox)?;
             train_grpo_policy(
                 &mut policy,

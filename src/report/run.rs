@@ -225,7 +225,10 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         ));
     }
     if !table.is_empty() {
-        let _ = writeln!(md, "## Evaluation: SFT vs {post} (same sets, same decoding)\n");
+        let _ = writeln!(
+            md,
+            "## Evaluation: SFT vs {post} (same sets, same decoding)\n"
+        );
         let _ = writeln!(
             md,
             "IoU over *all* programs counts a failure as 0; over *valid* programs it averages the ones that executed (as CAD-Coder reports).\n"
@@ -645,9 +648,10 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         break;
     }
     if !gallery_done {
-        rep.notes.push(
-            format!("no gallery: needs SFT and {post} evaluations of one set and {}/eval/sets.json", post.to_lowercase()),
-        );
+        rep.notes.push(format!(
+            "no gallery: needs SFT and {post} evaluations of one set and {}/eval/sets.json",
+            post.to_lowercase()
+        ));
     }
     search_section(run, &out, &mut md, &mut rep)?;
     if !rep.notes.is_empty() {

@@ -27,8 +27,8 @@ use super::sft::sample_indices;
 use super::{TrainError, ioerr};
 use crate::data::Sample;
 use crate::exec::Executor;
+use crate::model::VlmConfig;
 use crate::model::tokenizer::CodeTokenizer;
-use crate::model::{VlmConfig, weights};
 
 /// `[dpo]` of a recipe.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -426,15 +426,7 @@ pub fn train_dpo_adapted<AB: AutodiffBackend>(
     validate_with(cfg, adapt).map_err(TrainError::Data)?;
     AB::seed(device, cfg.seed);
     // the base is the SFT model, rebuilt (and quantized) the same way on resume
-    let model = weights::load_module(c.init::<AB>(device), init)?;
-    let mut policy = VlmPolicy::new(
-        model,
-        c.clone(),
-        tok.clone(),
-        adapt.clone(),
-        cfg.optim.clone(),
-        device,
-    )?;
+    let mut policy = VlmPolicy::<AB>::from_weights(init, c, tok, adapt, cfg.optim.clone(), device)?;
     let executor = crate::exec::executor(&cfg.rollout.sandbox)?;
     train_dpo_policy(
         &mut policy,

@@ -30,8 +30,8 @@ use super::sft::sample_indices;
 use super::{TrainError, ioerr};
 use crate::data::Sample;
 use crate::exec::Executor;
+use crate::model::VlmConfig;
 use crate::model::tokenizer::CodeTokenizer;
-use crate::model::{VlmConfig, weights};
 
 /// `[grpo]` of a recipe.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -470,15 +470,7 @@ pub fn train_grpo_adapted<AB: AutodiffBackend>(
     show_progress: bool,
 ) -> Result<GrpoOutcome, TrainError> {
     AB::seed(device, cfg.seed);
-    let model = weights::load_module(c.init::<AB>(device), init)?;
-    let mut policy = VlmPolicy::new(
-        model,
-        c.clone(),
-        tok.clone(),
-        adapt.clone(),
-        cfg.optim.clone(),
-        device,
-    )?;
+    let mut policy = VlmPolicy::<AB>::from_weights(init, c, tok, adapt, cfg.optim.clone(), device)?;
     let executor = crate::exec::executor(&cfg.rollout.sandbox)?;
     train_grpo_policy(
         &mut policy,

@@ -152,9 +152,7 @@ pub fn grpo_loss_tensor<B: Backend>(
     .reshape([b, 1])
     .expand([b, t]); // [batch, seq]
     let ratio = lp.clone().sub(old).exp(); // [batch, seq]
-    let clipped = ratio
-        .clone()
-        .clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high); // [batch, seq]
+    let clipped = ratio.clone().clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high); // [batch, seq]
     let s1 = ratio.mul(a.clone()); // [batch, seq]
     let s2 = clipped.mul(a.clone()); // [batch, seq]
     let was_clipped = s1.clone().greater(s2.clone()).float().mul(mask.clone()); // [batch, seq]
@@ -169,9 +167,7 @@ pub fn grpo_loss_tensor<B: Backend>(
     let per_token = per_token.mul(mask.clone()); // [batch, seq]
     let lens = mask.clone().sum_dim(1); // [batch, 1]
     let loss = match cfg.loss_type {
-        LossType::DrGrpo => per_token
-            .sum()
-            .div_scalar((b * cfg.norm_len.max(1)) as f64), // [1]
+        LossType::DrGrpo => per_token.sum().div_scalar((b * cfg.norm_len.max(1)) as f64), // [1]
         LossType::Grpo => per_token
             .sum_dim(1)
             .div(lens.clone().clamp_min(1.0))
@@ -254,7 +250,10 @@ mod tests {
                 let (o, _) = t2(&old, 3);
                 let r = (beta > 0.0).then(|| t2(&rf, 3).0);
                 let (_, s) = grpo_loss_tensor(l, o, r, m, &adv, &cfg);
-                assert!((p.loss - s.loss).abs() < 1e-6, "{loss_type:?} {beta}: {p:?} vs {s:?}");
+                assert!(
+                    (p.loss - s.loss).abs() < 1e-6,
+                    "{loss_type:?} {beta}: {p:?} vs {s:?}"
+                );
                 assert!((p.kl - s.kl).abs() < 1e-6);
                 assert!((p.clip_ratio - s.clip_ratio).abs() < 1e-9);
                 assert!((p.mean_length - 2.0).abs() < 1e-12 && (s.mean_length - 2.0).abs() < 1e-6);
@@ -285,7 +284,12 @@ mod tests {
         let m = Tensor::<AB, 2>::from_data(TensorData::new(m, [2, 2]), &d);
         let (loss, s) = grpo_loss_tensor(l.clone(), o, None, m, &adv, &cfg);
         assert!(s.loss.abs() < 1e-9);
-        let g = l.grad(&loss.backward()).unwrap().into_data().to_vec::<f32>().unwrap();
+        let g = l
+            .grad(&loss.backward())
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         assert_eq!(g, vec![-0.25, -0.25, 0.25, 0.25]);
     }
 }

@@ -243,7 +243,30 @@ pub fn completion_logprobs<B: Backend>(
     let tokens = completion_token_batch(batch, pad);
     let img = model.encode_image(patches_tensor::<B>(&imgs, c, device)); // [batch, n_img, hidden]
     let lp = model.token_logprobs(img, tokens.ids_tensor(device)); // [batch, seq-1]
-    tokens.target_rows(&lp.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default())
+    tokens.target_rows(
+        &lp.into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap_or_default(),
+    )
+}
+
+/// The check of [`Policy::grpo_step`]'s inputs: one row of old log-probs and one advantage per
+/// completion, at least one completion.
+pub fn check_grpo_batch(
+    batch: &[&CompletionExample],
+    old: &[Vec<f64>],
+    adv: &[f64],
+) -> Result<(), TrainError> {
+    if batch.is_empty() || old.len() != batch.len() || adv.len() != batch.len() {
+        return Err(TrainError::Data(format!(
+            "grpo_step: {} completions, {} old log-prob rows, {} advantages",
+            batch.len(),
+            old.len(),
+            adv.len()
+        )));
+    }
+    Ok(())
 }
 
 /// One GRPO optimizer step of the small VLM `policy` (see [`Policy::grpo_step`]).
@@ -317,6 +340,20 @@ impl<AB: AutodiffBackend> VlmPolicy<AB> {
             adapt,
             device: device.clone(),
         })
+    }
+
+    /// The model of config `c` with the weights of `init` (e.g. an SFT run's `model.safetensors`),
+    /// trained as `adapt` says: the start of DPO and GRPO (rebuilt the same way on resume).
+    pub fn from_weights(
+        init: &Path,
+        c: &VlmConfig,
+        tok: &CodeTokenizer,
+        adapt: &Adaptation,
+        optim: OptimConfig,
+        device: &AB::Device,
+    ) -> Result<Self, TrainError> {
+        let model = weights::load_module(c.init::<AB>(device), init)?;
+        VlmPolicy::new(model, c.clone(), tok.clone(), adapt.clone(), optim, device)
     }
 
     /// A trained run folder (`config.json`, `tokenizer.json`, `model.safetensors`) as a policy for
@@ -443,14 +480,7 @@ impl<AB: AutodiffBackend> Policy for VlmPolicy<AB> {
         adv: &[f64],
         step: &GrpoStep,
     ) -> Result<(GrpoStats, f64), TrainError> {
-        if batch.is_empty() || old.len() != batch.len() || adv.len() != batch.len() {
-            return Err(TrainError::Data(format!(
-                "grpo_step: {} completions, {} old log-prob rows, {} advantages",
-                batch.len(),
-                old.len(),
-                adv.len()
-            )));
-        }
+        check_grpo_batch(batch, old, adv)?;
         let model = self
             .model
             .take()

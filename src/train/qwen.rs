@@ -22,7 +22,9 @@ use super::checkpoint;
 use super::dpo_loss::{DpoStats, dpo_objective, scalar, to_vec};
 use super::grpo_loss::{GrpoStats, dense_rows, grpo_loss_tensor};
 use super::optim::{AdamW, OptimConfig, lr_at};
-use super::policy::{CompletionExample, DpoStep, GrpoStep, PairExample, Policy, Progress};
+use super::policy::{
+    CompletionExample, DpoStep, GrpoStep, PairExample, Policy, Progress, check_grpo_batch,
+};
 use super::sft::{SftConfig, sample_indices};
 use super::{TrainError, ioerr};
 use crate::data::Sample;
@@ -32,7 +34,8 @@ use crate::model::lora::{
 };
 use crate::model::quant::Quantize;
 use crate::model::qwen2vl::answer::{
-    PromptInput, answer_logprobs, answer_token_logprobs, im_end_id, prepare_qlora, qwen_sft_loss, seed_adapters,
+    PromptInput, answer_logprobs, answer_token_logprobs, im_end_id, prepare_qlora, qwen_sft_loss,
+    seed_adapters,
 };
 use crate::model::qwen2vl::preprocess::{PreprocessConfig, encode, load_tokenizer};
 use crate::model::qwen2vl::{ImageInput, QwenConfig, QwenError, QwenVl, load_dir};
@@ -475,14 +478,7 @@ impl<AB: AutodiffBackend> Policy for QwenPolicy<AB> {
         adv: &[f64],
         step: &GrpoStep,
     ) -> Result<(GrpoStats, f64), TrainError> {
-        if batch.is_empty() || old.len() != batch.len() || adv.len() != batch.len() {
-            return Err(TrainError::Data(format!(
-                "grpo_step: {} completions, {} old log-prob rows, {} advantages",
-                batch.len(),
-                old.len(),
-                adv.len()
-            )));
-        }
+        check_grpo_batch(batch, old, adv)?;
         let prompts = batch
             .iter()
             .map(|x| self.prompt(x.image))
