@@ -1,6 +1,7 @@
 //! GRPO on a tiny model: steps on a fixed group raise the log-probability of the above-average
 //! programs and lower the others; the round loop (cached rollouts → groups → steps → metrics with
-//! TRL's GRPO names → checkpoints) resumes exactly, mid-round.
+//! TRL's GRPO names → checkpoints) resumes exactly, mid-round; with QLoRA the adapters train against
+//! the base (adapters off) as reference.
 
 #![cfg(all(feature = "model", feature = "sandbox"))]
 
@@ -282,5 +283,83 @@ fn rounds_write_trl_metrics_checkpoints_and_resume_exactly() {
     assert!(max_diff < 1e-5, "resumed weights differ by {max_diff}");
     let init_w = weights::named_params(&weights::load_module(c.init::<B>(&device), &init).unwrap());
     assert_ne!(a, &init_w);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn qlora_grpo_trains_adapters_against_the_base() {
+    use cadvlm::model::lora::LoraConfig;
+    use cadvlm::model::quant::Quantize;
+    let (tok, c) = setup();
+    let device = Default::default();
+    let root = std::env::temp_dir().join(format!("cadvlm-grpo-qlora-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    <AB as burn::tensor::backend::Backend>::seed(&device, 9);
+    let init = root.join("sft.safetensors");
+    weights::save_module(&c.init::<B>(&device), &init).unwrap();
+    let images = vec![image(32, 40)];
+    let cfg = GrpoConfig {
+        rounds: 1,
+        images_per_round: 1,
+        steps_per_round: 2,
+        batch_completions: 4,
+        beta: 0.1,
+        optim: OptimConfig {
+            lr: 1e-3,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+        rollout: RolloutConfig {
+            k: 4,
+            max_new_tokens: 128,
+            sandbox: cadvlm::exec::SandboxConfig::with_backend(cadvlm::exec::Backend::Native),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let progs = vec![
+        (program(0.5, 0.25), 1.0),
+        (program(0.5, 0.125), 0.5),
+        (program(0.75, 0.25), 0.66),
+        ("wp = cq.Workplane(".to_string(), -0.5),
+    ];
+    let run = root.join("run");
+    write_rollouts(
+        &run.join("rollouts").join("round-00.parquet"),
+        &cached_rollouts(&progs, 0, &images[0].id),
+    )
+    .unwrap();
+    let adapt = Adaptation {
+        quantize: Quantize::Nf4,
+        lora: Some(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: vec!["all-linear".into()],
+        }),
+    };
+    let o = train_grpo_adapted::<AB>(
+        &run, &cfg, &c, &adapt, &tok, &init, &images, &device, None, false,
+    )
+    .unwrap();
+    assert_eq!(o.step, 2);
+    let steps: Vec<_> = o.metrics.iter().filter(|m| m.loss.is_some()).collect();
+    // fresh adapters (B = 0): at the first step the policy is its reference (the base, adapters off)
+    assert!(steps[0].kl.unwrap().abs() < 1e-6, "{:?}", steps[0]);
+    assert!(
+        steps[1].kl.unwrap() > 0.0,
+        "the adapters did not move: {:?}",
+        steps[1]
+    );
+    // the final model is written as the merged f32 model that `cadvlm eval` loads
+    let merged = weights::named_params(
+        &weights::load_module(c.init::<B>(&device), &run.join("model.safetensors")).unwrap(),
+    );
+    assert_eq!(
+        merged.len(),
+        weights::named_params(&c.init::<B>(&device)).len()
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
