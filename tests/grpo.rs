@@ -25,6 +25,10 @@ use common::{code, image, program, setup};
 use polars::prelude::SerReader as _;
 
 type AB = Autodiff<NdArray<f32>>;
+
+/// The backend's seed is global: tests of this binary run one at a time so that each model starts
+/// from its own seed (in parallel, another test's reseeding made the first test's start vary).
+static SEQUENTIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 type B = NdArray<f32>;
 
 /// SFT steps on the group before GRPO: enough that the shared tokens are near certain (with fewer,
@@ -33,6 +37,7 @@ const SFT_STEPS: usize = 150;
 
 #[test]
 fn steps_raise_above_average_programs_and_lower_the_others() {
+    let _one = SEQUENTIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (tok, c) = setup();
     let device = Default::default();
     <AB as burn::tensor::backend::Backend>::seed(&device, 11);
@@ -156,6 +161,7 @@ fn cached_rollouts(programs: &[(String, f64)], image: usize, id: &str) -> Vec<Ro
 
 #[test]
 fn rounds_write_trl_metrics_checkpoints_and_resume_exactly() {
+    let _one = SEQUENTIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (tok, c) = setup();
     let device = Default::default();
     let root = std::env::temp_dir().join(format!("cadvlm-grpo-test-{}", std::process::id()));
@@ -288,6 +294,7 @@ fn rounds_write_trl_metrics_checkpoints_and_resume_exactly() {
 
 #[test]
 fn qlora_grpo_trains_adapters_against_the_base() {
+    let _one = SEQUENTIAL.lock().unwrap_or_else(|e| e.into_inner());
     use cadvlm::model::lora::LoraConfig;
     use cadvlm::model::quant::Quantize;
     let (tok, c) = setup();
