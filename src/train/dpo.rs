@@ -244,16 +244,7 @@ pub fn train_dpo_policy(
     let end = stop_at.map_or(total, |s| s.min(total));
     let t0 = Instant::now();
     let mut round_stats = Vec::new();
-    let pb = if show_progress {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb.set_position(step as u64);
+    let pb = super::step_bar(total, step, show_progress);
     while step < end {
         let round = step / cfg.steps_per_round;
         let round_start = round * cfg.steps_per_round;

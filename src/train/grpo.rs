@@ -286,16 +286,7 @@ pub fn train_grpo_policy(
     let total = cfg.total_steps();
     let end = stop_at.map_or(total, |s| s.min(total));
     let t0 = Instant::now();
-    let pb = if show_progress {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb.set_position(step as u64);
+    let pb = super::step_bar(total, step, show_progress);
     let hp_loss = cfg.loss();
     while step < end {
         let round = step / cfg.steps_per_round;

@@ -41,6 +41,22 @@ pub enum TrainError {
     Lora(#[from] crate::model::lora::LoraError),
 }
 
+/// The progress bar of a training loop: `total` steps, at `step` (a resumed run), hidden unless
+/// `show`.
+pub(crate) fn step_bar(total: usize, step: usize, show: bool) -> indicatif::ProgressBar {
+    let pb = if show {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.set_position(step as u64);
+    pb
+}
+
 pub(crate) fn ioerr(path: &std::path::Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Io {
         path: path.display().to_string(),

@@ -348,16 +348,7 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
     }
     let mut metrics = read_metrics(run, step);
     let end = stop_at.map_or(cfg.steps, |s| s.min(cfg.steps));
-    let pb = if show_progress {
-        indicatif::ProgressBar::new(cfg.steps as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb.set_position(step as u64);
+    let pb = super::step_bar(cfg.steps, step, show_progress);
     let t0 = Instant::now();
     let mut window = (Instant::now(), 0u64, 0.0f64, 0usize); // (since, tokens, loss sum, steps)
     let mut aux_window = 0.0f64;
