@@ -680,3 +680,89 @@ fn cadquery_backend_matches_when_available() {
         .unwrap();
     assert!((iou - ours).abs() < 0.01, "{iou} vs {ours}");
 }
+
+/// A fresh, empty directory for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cadvlm-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The compiled guest is cached on disk under a key of the module and the engine's settings, loaded
+/// on the next start, and recompiled (never run) when the file is corrupt or truncated.
+#[test]
+fn compiled_guest_is_cached_checked_and_rebuilt_when_corrupt() {
+    use cadvlm::exec::guest_cache::{GuestSource, load_or_compile};
+    use cadvlm::exec::wasm::{GUEST_WASM, engine};
+    let engine = engine().unwrap();
+    let dir = temp_dir("guest-cache");
+    let source = |dir: &Path| load_or_compile(&engine, GUEST_WASM, Ok(dir)).unwrap();
+    let first = source(&dir);
+    let GuestSource::Compiled(path) = &first.source else {
+        panic!("a cold cache compiles: {:?}", first.source)
+    };
+    let second = source(&dir);
+    assert_eq!(second.source, GuestSource::Cached(path.clone()));
+    let names = |g: &cadvlm::exec::guest_cache::GuestModule| {
+        g.module
+            .exports()
+            .map(|e| e.name().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&second), names(&first));
+    assert!(!names(&first).is_empty());
+    // one flipped bit in the machine code: detected, recompiled, the file replaced
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(path, &bytes).unwrap();
+    assert_eq!(source(&dir).source, GuestSource::Compiled(path.clone()));
+    assert_eq!(source(&dir).source, GuestSource::Cached(path.clone()));
+    // a truncated file
+    std::fs::write(path, &bytes[..100]).unwrap();
+    assert_eq!(source(&dir).source, GuestSource::Compiled(path.clone()));
+    // a cache directory that cannot be made: compiled in memory, with the reason
+    let blocked = dir.join("not-a-dir");
+    std::fs::write(&blocked, b"x").unwrap();
+    let third = source(&blocked.join("cache"));
+    assert!(
+        matches!(&third.source, GuestSource::Uncached(why) if why.contains("cannot write")),
+        "{:?}",
+        third.source
+    );
+    let off = load_or_compile(&engine, GUEST_WASM, Err("CADVLM_CACHE_DIR=off")).unwrap();
+    assert_eq!(
+        off.source,
+        GuestSource::Uncached("CADVLM_CACHE_DIR=off".into())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `cadvlm exec` compiles the guest on a cold cache, loads it on the next start, and answers the same.
+#[test]
+fn cli_loads_the_guest_from_the_cache() {
+    let dir = temp_dir("cli-guest-cache");
+    let file = dir.join("square_hole.py");
+    std::fs::write(&file, SQUARE_HOLE).unwrap();
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_cadvlm"))
+            .args(["exec", "--json", "--timing"])
+            .arg(&file)
+            .env("CADVLM_CACHE_DIR", dir.join("cache"))
+            .output()
+            .expect("cadvlm runs");
+        assert!(out.status.success());
+        let mut json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["elapsed_ms"] = 0.into();
+        json["fuel_used"] = 0.into();
+        (json, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (cold, cold_err) = run();
+    let (warm, warm_err) = run();
+    assert!(cold_err.contains("guest compiled, cached at"), "{cold_err}");
+    assert!(warm_err.contains("guest loaded from"), "{warm_err}");
+    assert_eq!(cold, warm);
+    assert_eq!(cold["ok"], true);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -97,7 +97,9 @@ pub fn peak_rss_mib() -> Option<f64> {
 /// `cadvlm exec`: all files through one executor, in parallel; answers in input order.
 pub fn run(a: ExecArgs) -> Result<()> {
     let cfg = a.sandbox.config();
+    let t_setup = Instant::now();
     let ex = executor(&cfg)?;
+    let setup = t_setup.elapsed().as_secs_f64();
     if !a.json {
         eprintln!("{}", cfg.describe());
     }
@@ -155,6 +157,18 @@ pub fn run(a: ExecArgs) -> Result<()> {
         }
     }
     if a.timing {
+        let guest = match cfg.backend {
+            Backend::Wasm => match crate::exec::wasm::guest_source() {
+                Ok((source, t)) => format!("; guest {source} in {:.1} ms", 1e3 * t.as_secs_f64()),
+                Err(_) => String::new(),
+            },
+            _ => String::new(),
+        };
+        eprintln!(
+            "exec [{}]: set-up {:.1} ms{guest}",
+            cfg.backend,
+            1e3 * setup
+        );
         let n = outcomes.len().max(1) as f64;
         let busy: f64 = outcomes.iter().map(|o| o.elapsed.as_secs_f64()).sum();
         eprintln!(

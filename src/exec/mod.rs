@@ -10,6 +10,8 @@
 #[cfg(feature = "sandbox")]
 pub mod cadquery;
 #[cfg(feature = "sandbox")]
+pub mod guest_cache;
+#[cfg(feature = "sandbox")]
 pub mod native;
 #[cfg(feature = "sandbox")]
 mod sandbox;

@@ -1,8 +1,9 @@
 //! The `wasm` backend: the executor compiled to WebAssembly (`guest/`), run by wasmtime under fuel, memory and time limits.
 //!
-//! The guest module is built by `build.rs` from `guest/` and embedded in the binary; it is compiled
-//! once per process (one [`Engine`] + [`InstancePre`], shared by all threads), and every program runs
-//! in a fresh [`Store`] with its own linear memory.
+//! The guest module is built by `build.rs` from `guest/` and embedded in the binary; its machine code
+//! is loaded from the disk cache (`super::guest_cache`, milliseconds) or compiled once (about half a
+//! second) and cached, once per process (one [`Engine`] + [`InstancePre`], shared by all threads),
+//! and every program runs in a fresh [`Store`] with its own linear memory.
 //!
 //! Protects against (for each program separately): unbounded computation (fuel: a count of executed
 //! WebAssembly operations; and a wall-clock deadline by epoch interruption, checked by a ticker
@@ -13,17 +14,18 @@
 //! (reads as 0); stdin is the request, stdout/stderr are capped in-memory buffers, randomness is a
 //! fixed sequence; every other WASI call answers `EBADF` (fd calls) or `ENOSYS`. A malformed or oversized answer is a `crash`.
 //! Does NOT protect against: bugs in wasmtime/Cranelift themselves, or host-side costs outside the
-//! guest (compiling the module once, ~1 s; the request and answer copies, capped at 64 MiB and 16 MiB).
+//! guest (compiling the module on a cold cache, ~0.5 s; the request and answer copies, capped at 64 MiB and 16 MiB).
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use wasmtime::{
-    Caller, Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    Caller, Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker,
     PoolingAllocationConfig, ResourceLimiter, Store, Trap, Val, ValType,
 };
 
+use super::guest_cache::{self, GuestSource};
 use super::{
     Executor, Failure, FailureKind, Ious, Outcome, Report, SandboxConfig, SandboxError, Target,
 };
@@ -127,6 +129,9 @@ impl std::error::Error for Exit {}
 struct Shared {
     engine: Engine,
     pre: InstancePre<Ctx>,
+    /// Where the compiled guest came from (the disk cache or Cranelift) and how long that took.
+    source: GuestSource,
+    load_time: Duration,
 }
 
 static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
@@ -138,7 +143,13 @@ fn shared() -> Result<&'static Shared, SandboxError> {
         .map_err(|e| SandboxError::Wasm(e.clone()))
 }
 
-fn build_shared() -> wasmtime::Result<Shared> {
+/// How this process obtained the compiled guest and how long it took; sets the guest up if needed.
+pub fn guest_source() -> Result<(GuestSource, Duration), SandboxError> {
+    shared().map(|s| (s.source.clone(), s.load_time))
+}
+
+/// The engine configuration every guest runs under (fuel, epochs, the pooling allocator).
+pub fn engine() -> wasmtime::Result<Engine> {
     let mut config = Config::new();
     config.consume_fuel(true);
     config.epoch_interruption(true);
@@ -157,8 +168,15 @@ fn build_shared() -> wasmtime::Result<Shared> {
         .linear_memory_keep_resident(16 << 20)
         .table_keep_resident(1 << 20);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    let engine = Engine::new(&config)?;
-    let module = Module::new(&engine, GUEST_WASM)?;
+    Engine::new(&config)
+}
+
+fn build_shared() -> wasmtime::Result<Shared> {
+    let engine = engine()?;
+    let dir = guest_cache::cache_dir();
+    let guest =
+        guest_cache::load_or_compile(&engine, GUEST_WASM, dir.as_deref().map_err(String::as_str))?;
+    let module = guest.module;
     let mut linker: Linker<Ctx> = Linker::new(&engine);
     define_wasi(&mut linker)?;
     // Anything else the module imports from WASI answers ENOSYS; imports from elsewhere trap.
@@ -200,7 +218,12 @@ fn build_shared() -> wasmtime::Result<Shared> {
                 ticker.increment_epoch();
             }
         })?;
-    Ok(Shared { engine, pre })
+    Ok(Shared {
+        engine,
+        pre,
+        source: guest.source,
+        load_time: guest.elapsed,
+    })
 }
 
 fn dummy_ctx() -> Ctx {
@@ -438,7 +461,8 @@ pub struct WasmExecutor {
 }
 
 impl WasmExecutor {
-    /// Compiles the guest on the first call in the process (about a second), then reuses it.
+    /// Sets up the guest on the first call in the process (from the disk cache, or compiled and
+    /// cached), then reuses it.
     pub fn new(cfg: SandboxConfig) -> Result<WasmExecutor, SandboxError> {
         Ok(WasmExecutor {
             cfg,

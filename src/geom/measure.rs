@@ -542,7 +542,7 @@ pub fn measure(solid: &Solid, opts: &MeasureOptions) -> Measure {
         volume: volume(solid, opts),
         bbox: bb.to_array(),
         n_solids: components(solid, opts.component_grid),
-        valid: !solid.is_empty(),
+        valid: !solid.is_empty() && solid.prisms.iter().all(|p| p.valid),
     }
 }
 

@@ -78,10 +78,6 @@ pub enum ProfileError {
         "loop {0} is not connected (an edge does not start where the previous one ends, e.g. a moveTo inside a loop)"
     )]
     Disconnected(usize),
-    #[error(
-        "loops {0} and {1} touch (a shared point, tangency or overlapping edges); OCC makes no valid solid of it"
-    )]
-    Crossing(usize, usize),
     #[error("loop {0} crosses itself")]
     SelfCrossing(usize),
     #[error(
@@ -337,6 +333,10 @@ pub struct Prism {
     pub area: f64,
     /// False when loops cross each other: `area` is then only an estimate.
     pub exact_area: bool,
+    /// Whether OpenCascade calls the solid of this profile valid (false when loops touch, except
+    /// two outer loops side by side).
+    #[serde(default = "yes")]
+    pub valid: bool,
     /// Tag offset: the surfaces of this prism are tagged `tag_base + {0: w0 cap, 1: w1 cap, 2+k: side k}`.
     pub tag_base: u32,
     /// Number of edges over all loops (side surfaces).
@@ -355,12 +355,16 @@ impl Prism {
         }
         // Loops that cross each other: OCC still builds a face (outer wire minus the others) and
         // reports it valid, so we keep the even-odd region; its area then comes from rays.
+        // Loops that touch (a shared point, tangency, overlapping edges): OCC still builds the solid
+        // (its volume is the even-odd region's) but calls it invalid, unless both are outer loops
+        // side by side (separate faces).
         let mut crossing = vec![false; loops.len()];
+        let mut touching = Vec::new();
         for i in 0..loops.len() {
             for j in i + 1..loops.len() {
                 let (touch, cross) = loops_meet(&loops[i], &loops[j]);
                 if touch {
-                    return Err(ProfileError::Crossing(i, j));
+                    touching.push((i, j));
                 }
                 if cross {
                     crossing[i] = true;
@@ -368,23 +372,24 @@ impl Prism {
                 }
             }
         }
-        // nesting depth: how many other loops contain a point of this loop
+        // nesting depth: how many other loops contain a point of this loop (not one they touch)
         let mut area = 0.0;
+        let mut depths = Vec::with_capacity(loops.len());
         for (i, l) in loops.iter().enumerate() {
-            let p = l.sample(1)[0];
-            let depth = loops
-                .iter()
-                .enumerate()
-                .filter(|(j, o)| *j != i && o.contains(p))
-                .count();
+            let depth = nesting_depth(&loops, i);
             if depth >= 2 && !crossing[i] {
                 return Err(ProfileError::TooDeep(i, depth + 1));
             }
+            depths.push(depth);
             let a = l.signed_area().abs();
             area += if depth % 2 == 0 { a } else { -a };
         }
-        let exact_area = !crossing.contains(&true);
-        if !(area > 1e-12) {
+        let valid = touching
+            .iter()
+            .all(|&(i, j)| depths[i] == 0 && depths[j] == 0);
+        let self_touching = loops.iter().any(touches_itself);
+        let exact_area = !crossing.contains(&true) && !self_touching;
+        if exact_area && !(area > 1e-12) {
             return Err(ProfileError::ZeroArea);
         }
         let n_edges = loops.iter().map(|l| l.edges.len() as u32).sum();
@@ -396,6 +401,7 @@ impl Prism {
             bbox: Aabb::EMPTY,
             area,
             exact_area,
+            valid,
             tag_base: 0,
             n_edges,
         };
@@ -449,17 +455,8 @@ impl Prism {
 
     /// Number of loops not inside another loop (the separate faces of the profile).
     pub fn outer_loops(&self) -> usize {
-        self.loops
-            .iter()
-            .enumerate()
-            .filter(|(i, l)| {
-                let p = l.sample(1)[0];
-                !self
-                    .loops
-                    .iter()
-                    .enumerate()
-                    .any(|(j, o)| j != *i && o.contains(p))
-            })
+        (0..self.loops.len())
+            .filter(|&i| nesting_depth(&self.loops, i) == 0)
             .count()
     }
 
@@ -576,6 +573,73 @@ pub struct Span {
     pub f1: u32,
 }
 
+fn yes() -> bool {
+    true
+}
+
+/// How many other loops contain loop `i`, judged at a point of `i` that lies on no other loop (loops
+/// may touch), else at its first point.
+fn nesting_depth(loops: &[Loop], i: usize) -> usize {
+    let pts = loops[i].sample(4);
+    let free = |p: &[f64; 2]| {
+        loops
+            .iter()
+            .enumerate()
+            .all(|(j, o)| j == i || !o.edges.iter().any(|e| on_edge(e, *p, 1e-6)))
+    };
+    let p = pts.iter().copied().find(free).unwrap_or(pts[0]);
+    loops
+        .iter()
+        .enumerate()
+        .filter(|(j, o)| *j != i && o.contains(p))
+        .count()
+}
+
+/// Whether two non-adjacent edges of a loop meet, only ever at vertices they share (a figure
+/// eight): OCC makes a valid solid of such a loop.
+fn touches_itself(l: &Loop) -> bool {
+    let n = l.edges.len();
+    (0..n).any(|a| {
+        (a + 1..n).any(|b| {
+            let adjacent = b == a + 1 || (a == 0 && b == n - 1);
+            !adjacent && edges_intersect(&l.edges[a], &l.edges[b], false)
+        })
+    })
+}
+
+/// Whether every meeting point of edges `a` and `b` is an endpoint of both.
+fn meet_only_at_shared_vertices(a: &Edge2, b: &Edge2) -> bool {
+    let ends = |e: &Edge2| [e.start(), e.end()];
+    edge_edge_points(a, b)
+        .into_iter()
+        .filter(|&p| on_edge(a, p, 1e-7) && on_edge(b, p, 1e-7))
+        .all(|p| {
+            ends(a).into_iter().any(|v| dist(p, v) < 1e-6)
+                && ends(b).into_iter().any(|v| dist(p, v) < 1e-6)
+        })
+        && !carriers_overlap(a, b)
+}
+
+/// Whether two edges lie on the same line or circle and share more than a point.
+fn carriers_overlap(a: &Edge2, b: &Edge2) -> bool {
+    let same = match (carrier(a), carrier(b)) {
+        (Carrier::Line(p, d), Carrier::Line(q, e)) => {
+            let n = d[0].hypot(d[1]) * e[0].hypot(e[1]);
+            (d[0] * e[1] - d[1] * e[0]).abs() <= 1e-12 * n
+                && ((q[0] - p[0]) * d[1] - (q[1] - p[1]) * d[0]).abs() <= 1e-9 * d[0].hypot(d[1])
+        }
+        (Carrier::Circle(c1, r1), Carrier::Circle(c2, r2)) => {
+            dist(c1, c2) < 1e-9 && (r1 - r2).abs() < 1e-9
+        }
+        _ => false,
+    };
+    same && {
+        let mut pts = Vec::new();
+        a.sample(5, &mut pts);
+        pts.iter().filter(|&&p| on_edge(b, p, 1e-7)).count() > 2
+    }
+}
+
 fn check_loop(i: usize, l: &Loop) -> Result<(), ProfileError> {
     for e in &l.edges {
         match *e {
@@ -601,12 +665,16 @@ fn check_loop(i: usize, l: &Loop) -> Result<(), ProfileError> {
             return Err(ProfileError::Disconnected(i));
         }
     }
-    // self-crossing: non-adjacent edges must not intersect; adjacent ones only at their shared vertex
+    // self-crossing: non-adjacent edges must not intersect, except at a vertex both pass through
+    // (a figure eight, which OCC accepts); adjacent ones only at their shared vertex
     for a in 0..n {
         for b in a + 1..n {
             // adjacent edges share a vertex; OCC tolerates them grazing each other near it
             let adjacent = b == a + 1 || (a == 0 && b == n - 1);
-            if !adjacent && edges_intersect(&l.edges[a], &l.edges[b], false) {
+            if !adjacent
+                && edges_intersect(&l.edges[a], &l.edges[b], false)
+                && !meet_only_at_shared_vertices(&l.edges[a], &l.edges[b])
+            {
                 return Err(ProfileError::SelfCrossing(i));
             }
         }
@@ -886,22 +954,20 @@ mod tests {
             Prism::new(xy(), vec![square(0.0, 0.0, 1.0), hole, island], 0.0, 1.0),
             Err(ProfileError::TooDeep(..))
         ));
-        // a loop touching another at a vertex is invalid in OCC; a proper crossing is not
+        // two outer loops touching at a vertex: separate faces, valid in OCC
         let touching = square(1.0, 1.0, 1.0);
-        assert!(matches!(
-            Prism::new(xy(), vec![square(0.0, 0.0, 1.0), touching], 0.0, 1.0),
-            Err(ProfileError::Crossing(..))
-        ));
+        let p = Prism::new(xy(), vec![square(0.0, 0.0, 1.0), touching], 0.0, 1.0).unwrap();
+        assert!(p.valid && p.exact_area && (p.area - 2.0).abs() < 1e-12);
+        // a hole touching its outer loop: OCC makes the solid but calls it invalid
         let tangent = Loop {
             edges: vec![Edge2::Circle {
                 c: [0.5, 0.25],
                 r: 0.25,
             }],
         };
-        assert!(matches!(
-            Prism::new(xy(), vec![square(0.0, 0.0, 1.0), tangent], 0.0, 1.0),
-            Err(ProfileError::Crossing(..))
-        ));
+        let p = Prism::new(xy(), vec![square(0.0, 0.0, 1.0), tangent], 0.0, 1.0).unwrap();
+        assert!(!p.valid);
+        assert!((p.area - (1.0 - PI / 16.0)).abs() < 1e-12, "{}", p.area);
         let crossing = square(0.5, 0.5, 1.0);
         let p = Prism::new(xy(), vec![square(0.0, 0.0, 1.0), crossing], 0.0, 1.0).unwrap();
         assert!(!p.exact_area);
@@ -929,6 +995,21 @@ mod tests {
             Prism::new(xy(), vec![bow], 0.0, 1.0),
             Err(ProfileError::SelfCrossing(0))
         ));
+        // a figure eight (one loop through the same vertex twice): valid in OCC, area from rays
+        let line = |a: [f64; 2], b: [f64; 2]| Edge2::Line { a, b };
+        let (m, pts) = ([1.0, 0.5], [[0.0, 0.0], [2.0, 0.0], [2.0, 1.0], [0.0, 1.0]]);
+        let eight = Loop {
+            edges: vec![
+                line(pts[0], m),
+                line(m, pts[1]),
+                line(pts[1], pts[2]),
+                line(pts[2], m),
+                line(m, pts[3]),
+                line(pts[3], pts[0]),
+            ],
+        };
+        let p = Prism::new(xy(), vec![eight], 0.0, 1.0).unwrap();
+        assert!(p.valid && !p.exact_area);
     }
 
     #[test]
