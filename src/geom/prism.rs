@@ -65,6 +65,10 @@ pub enum Edge2 {
     },
 }
 
+/// Below this sine of the angle between `mid − start` and `end − start`, a three-point arc's points
+/// are collinear (OCC's limit, measured).
+const ARC_COLLINEAR_SIN: f64 = 8e-9;
+
 /// Why a sketch profile cannot become a valid solid.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ProfileError {
@@ -97,7 +101,12 @@ impl Edge2 {
         let (bx, by) = (p2[0] - p0[0], p2[1] - p0[1]);
         let d = 2.0 * (ax * by - ay * bx);
         let scale_ = (ax * ax + ay * ay).max(bx * bx + by * by);
-        if !(d.abs() > 1e-12 * scale_) || scale_ < POINT_TOL * POINT_TOL {
+        // OCC's GC_MakeArcOfCircle refuses points whose directions from the start differ by less
+        // than ~8e-9 rad (measured with CadQuery 2.8: a sagitta of 3e-9 × the chord fails, 5e-9
+        // works, at chords 0.1, 1 and 10); so do we.
+        let sin =
+            (ax * by - ay * bx).abs() / ((ax * ax + ay * ay).sqrt() * (bx * bx + by * by).sqrt());
+        if !(sin > ARC_COLLINEAR_SIN) || scale_ < POINT_TOL * POINT_TOL {
             return Err(ProfileError::CollinearArc);
         }
         let (a2, b2) = (ax * ax + ay * ay, bx * bx + by * by);
@@ -1010,6 +1019,27 @@ mod tests {
         };
         let p = Prism::new(xy(), vec![eight], 0.0, 1.0).unwrap();
         assert!(p.valid && !p.exact_area);
+    }
+
+    #[test]
+    fn nearly_collinear_arcs_are_refused_where_occ_refuses_them() {
+        // (chord, sagitta, OCC makes the arc) — CadQuery 2.8 via ../shared/oracle
+        for (chord, sag, occ) in [
+            (1.0, 0.0, false),
+            (1.0, 1e-12, false),
+            (1.0, 1e-9, false),
+            (1.0, 2e-9, false),
+            (1.0, 5e-9, true),
+            (1.0, 1e-8, true),
+            (1.0, 1e-7, true),
+            (10.0, 3e-8, false),
+            (10.0, 1e-7, true),
+            (0.1, 3e-10, false),
+            (0.1, 1e-9, true),
+        ] {
+            let got = Edge2::arc3([0.0, 0.0], [chord / 2.0, sag], [chord, 0.0]).is_ok();
+            assert_eq!(got, occ, "chord {chord}, sagitta {sag}");
+        }
     }
 
     #[test]
