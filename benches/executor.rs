@@ -1,12 +1,12 @@
-//! Criterion benches of the executor: parse + execute + measure per program, and IoU per pair, over
-//! the real GenCAD-Code programs in fixtures/cadquery.
+//! Criterion benches of the executor: parse + execute + measure per program, and IoU and Chamfer
+//! distance per pair, over the real GenCAD-Code programs in fixtures/cadquery.
 
 use std::hint::black_box;
 use std::path::Path;
 
 use cadvlm::cad::{Limits, execute};
 use cadvlm::exec::exec_program;
-use cadvlm::geom::{MeasureOptions, Normalize, iou};
+use cadvlm::geom::{MeasureOptions, Normalize, chamfer, iou};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn programs() -> Vec<String> {
@@ -63,6 +63,15 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // cadrille's CD: two 8192-point surface samplings + two k-d trees and 16384 queries per pair
+    g.bench_function("chamfer", |b| {
+        b.iter(|| {
+            solids
+                .windows(2)
+                .filter_map(|w| chamfer(&w[0], &w[1]).ok())
+                .sum::<f64>()
+        })
+    });
     g.finish();
 }
 

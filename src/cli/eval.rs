@@ -131,13 +131,15 @@ fn eval_on<AB: AutodiffBackend>(a: &EvalArgs, device: &AB::Device) -> Result<()>
         println!("{}", serde_json::to_string(&s)?);
     } else {
         println!(
-            "n {}  VSR {:.3}  IoU_unitcube valid {:.3} all {:.3}  IoU_best valid {:.3} all {:.3}  ({:.1} s) -> {}",
+            "n {}  VSR {:.3}  IoU_unitcube valid {:.3} all {:.3}  IoU_best valid {:.3} all {:.3}  CD×1000 valid mean {} median {}  ({:.1} s) -> {}",
             s.n,
             s.vsr,
             s.iou_unitcube_mean_valid,
             s.iou_unitcube_mean_all,
             s.iou_best_mean_valid,
             s.iou_best_mean_all,
+            s.cd_x1000_mean_valid.map_or("–".into(), |v| format!("{v:.3}")),
+            s.cd_x1000_median_valid.map_or("–".into(), |v| format!("{v:.3}")),
             s.seconds,
             out.display()
         );

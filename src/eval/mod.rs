@@ -1,7 +1,7 @@
 //! Evaluation: the one eval-set runner. A [`Policy`] writes `k` programs per image, each is executed
-//! in the sandbox and scored against its target program: VSR and IoU (`raw`, `unitcube`, `best`),
-//! means over valid programs and over all (failures as 0), best-of-K; written as `eval.json` and
-//! `samples.parquet`.
+//! in the sandbox and scored against its target program: VSR, IoU (`raw`, `unitcube`, `best`) and
+//! cadrille's Chamfer distance; IoU means over valid programs and over all (failures as 0), CD×1000
+//! mean and median over valid programs, best-of-K; written as `eval.json` and `samples.parquet`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -78,6 +78,12 @@ pub struct EvalSummary {
     pub iou_raw_mean_all: f64,
     /// Best-of-K IoU_best per image, averaged (equals the mean for K = 1).
     pub iou_best_at_k_mean: f64,
+    /// Chamfer distance ×1000 (cadrille / CAD-Recode's report) over the valid programs that have one:
+    /// mean and median. Absent in older eval.json files and when no program has one.
+    #[serde(default)]
+    pub cd_x1000_mean_valid: Option<f64>,
+    #[serde(default)]
+    pub cd_x1000_median_valid: Option<f64>,
     pub unfinished: usize,
     /// Distinct generated programs: far below `n` means the model writes the same program whatever
     /// the image (a collapse that mean IoU alone hides). Absent in older eval.json files.
@@ -152,6 +158,21 @@ pub fn summarize(results: &[SampleResult], k: usize, seconds: f64) -> EvalSummar
         (0.0 + valid.iter().filter_map(|r| f(&r.score)).sum::<f64>()) / over.max(1.0)
     };
     let nv = valid.len() as f64;
+    let mut cds: Vec<f64> = valid
+        .iter()
+        .filter_map(|r| r.score.chamfer)
+        .map(|c| 1e3 * c)
+        .collect();
+    cds.sort_by(f64::total_cmp);
+    let cd_median = (!cds.is_empty()).then(|| {
+        let m = cds.len() / 2;
+        if cds.len() % 2 == 1 {
+            cds[m]
+        } else {
+            0.5 * (cds[m - 1] + cds[m])
+        }
+    });
+    let cd_mean = (!cds.is_empty()).then(|| cds.iter().sum::<f64>() / cds.len() as f64);
     let mut best_at_k: BTreeMap<&str, f64> = BTreeMap::new();
     for r in results {
         let e = best_at_k.entry(r.id.as_str()).or_insert(0.0);
@@ -176,6 +197,8 @@ pub fn summarize(results: &[SampleResult], k: usize, seconds: f64) -> EvalSummar
         } else {
             best_at_k.values().sum::<f64>() / best_at_k.len() as f64
         },
+        cd_x1000_mean_valid: cd_mean,
+        cd_x1000_median_valid: cd_median,
         unfinished: results.iter().filter(|r| !r.finished).count(),
         distinct_programs: results
             .iter()
@@ -487,7 +510,7 @@ pub fn read_summary(path: &Path) -> Result<EvalSummary, EvalError> {
     serde_json::from_str(&text).map_err(|e| derr(path, e))
 }
 
-/// Write the per-sample parquet (id, sample, program, ok, error, IoUs).
+/// Write the per-sample parquet (id, sample, program, ok, error, IoUs, Chamfer distance).
 pub fn write_results_parquet(path: &Path, results: &[SampleResult]) -> Result<(), EvalError> {
     use polars::prelude::*;
     let mut df = DataFrame::new(
@@ -545,6 +568,10 @@ pub fn write_results_parquet(path: &Path, results: &[SampleResult]) -> Result<()
                 "iou_best".into(),
                 results.iter().map(|r| r.score.iou_best).collect::<Vec<_>>(),
             ),
+            Column::new(
+                "chamfer".into(),
+                results.iter().map(|r| r.score.chamfer).collect::<Vec<_>>(),
+            ),
         ],
     )
     .map_err(|e| derr(path, e))?;
@@ -582,5 +609,9 @@ mod tests {
         assert!((sum.vsr - 0.5).abs() < 1e-12);
         assert!((sum.iou_best_mean_valid - 1.0).abs() < 1e-6);
         assert!((sum.iou_best_mean_all - 0.5).abs() < 1e-6);
+        // the CD of a cube with itself is cadrille's sampling floor (≈ 2·6 / (π·8192)), over the valid one
+        let cd = sum.cd_x1000_mean_valid.unwrap();
+        assert!(cd > 0.4 && cd < 0.6, "{cd}");
+        assert_eq!(sum.cd_x1000_median_valid, Some(cd));
     }
 }

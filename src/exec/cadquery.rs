@@ -236,7 +236,8 @@ impl Executor for CadqueryExecutor {
         self.run(program, Some(target.program()), Some(normalize))
     }
 
-    /// Three CadQuery runs, one per normalisation (a cross-check backend, not a fast one).
+    /// Three CadQuery runs, one per normalisation (a cross-check backend, not a fast one). No
+    /// Chamfer distance here: `benches/chamfer_vs_cadquery.py` computes CadQuery's.
     fn score(&self, program: &str, target: &Target) -> Outcome {
         let mut out = self.reward(program, target, Normalize::Raw);
         let unitcube = self.reward(program, target, Normalize::UnitCube);
@@ -249,6 +250,7 @@ impl Executor for CadqueryExecutor {
                 raw,
                 unitcube,
                 best,
+                chamfer: None,
             });
         }
         out

@@ -60,21 +60,27 @@ impl Report {
     }
 }
 
-/// IoU of a program against a target under the three normalisations ([`Normalize`]).
+/// A program scored against a target: IoU under the three normalisations ([`Normalize`]) and the
+/// Chamfer distance of cadrille / CAD-Recode ([`geom::chamfer`]).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Ious {
     pub raw: f64,
     pub unitcube: f64,
     pub best: f64,
+    /// Chamfer distance (not ×1000); `None` where it could not be computed (an empty solid) or the
+    /// backend does not compute it.
+    #[serde(default)]
+    pub chamfer: Option<f64>,
 }
 
 impl Ious {
-    /// The three IoUs of `pred` against `target` (exact ray-interval CSG).
+    /// The three IoUs (exact ray-interval CSG) and the Chamfer distance of `pred` against `target`.
     pub fn of(pred: &Solid, target: &Solid) -> Ious {
         Ious {
             raw: geom::iou(pred, target, Normalize::Raw),
             unitcube: geom::iou(pred, target, Normalize::UnitCube),
             best: geom::iou(pred, target, Normalize::Best),
+            chamfer: geom::chamfer(pred, target).ok(),
         }
     }
 }
@@ -87,6 +93,9 @@ pub struct Scored {
     pub iou_raw: Option<f64>,
     pub iou_unitcube: Option<f64>,
     pub iou_best: Option<f64>,
+    /// Chamfer distance to the target (cadrille's: unit cube, 8192 points, squared; not ×1000).
+    #[serde(default)]
+    pub chamfer: Option<f64>,
 }
 
 /// Execute `src` and measure the result.

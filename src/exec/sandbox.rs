@@ -440,6 +440,7 @@ impl From<&Outcome> for Scored {
                 iou_raw: m.ious.map(|i| i.raw),
                 iou_unitcube: m.ious.map(|i| i.unitcube),
                 iou_best: m.ious.map(|i| i.best),
+                chamfer: m.ious.and_then(|i| i.chamfer),
             },
             Err(f) => Scored {
                 ok: false,
@@ -447,6 +448,7 @@ impl From<&Outcome> for Scored {
                 iou_raw: None,
                 iou_unitcube: None,
                 iou_best: None,
+                chamfer: None,
             },
         }
     }

@@ -55,7 +55,9 @@ pub fn iou_raw(a: &Solid, b: &Solid, opts: &MeasureOptions) -> f64 {
     }
 }
 
-fn unitcube(s: &Solid, opts: &MeasureOptions) -> Solid {
+/// The solid moved so that its bbox centre is the origin and scaled by 1 / its largest extent
+/// ([`Normalize::UnitCube`]; also the Chamfer distance's placement).
+pub fn unitcube(s: &Solid, opts: &MeasureOptions) -> Solid {
     let bb = bbox(s, opts);
     let ext = bb.max_extent();
     let k = if ext > 1e-7 { 1.0 / ext } else { 1.0 };

@@ -176,6 +176,14 @@ fn fmt3(v: f64) -> String {
     format!("{v:.3}")
 }
 
+/// `mean / median` of CD×1000 over valid programs, or `–` for an eval.json without it.
+fn fmt_cd(e: &crate::eval::EvalSummary) -> String {
+    match (e.cd_x1000_mean_valid, e.cd_x1000_median_valid) {
+        (Some(m), Some(md)) => format!("{m:.3} / {md:.3}"),
+        _ => "–".to_string(),
+    }
+}
+
 /// A signed difference with 3 decimals, without a "-0.000".
 fn delta3(v: f64) -> String {
     if v.abs() < 5e-4 {
@@ -231,32 +239,33 @@ pub fn write_report(run: &Path) -> Result<ReportOutcome, ReportError> {
         );
         let _ = writeln!(
             md,
-            "IoU over *all* programs counts a failure as 0; over *valid* programs it averages the ones that executed (as CAD-Coder reports).\n"
+            "IoU over *all* programs counts a failure as 0; over *valid* programs it averages the ones that executed (as CAD-Coder reports). CD×1000 is cadrille's Chamfer distance (unit cube, 8192 points, squared distances; lower is better), mean / median over valid programs.\n"
         );
         let _ = writeln!(
             md,
-            "| set | model | n | VSR | IoU_unitcube all | IoU_unitcube valid | IoU_best all | IoU_best valid |"
+            "| set | model | n | VSR | IoU_unitcube all | IoU_unitcube valid | IoU_best all | IoU_best valid | CD×1000 mean / median |"
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
         for (s, a, b) in &table {
             for (m, e) in [("SFT", a), (post, b)] {
                 if let Some(e) = e {
                     let _ = writeln!(
                         md,
-                        "| {s} | {m} | {} | {} | {} | {} | {} | {} |",
+                        "| {s} | {m} | {} | {} | {} | {} | {} | {} | {} |",
                         e.n,
                         fmt3(e.vsr),
                         fmt3(e.iou_unitcube_mean_all),
                         fmt3(e.iou_unitcube_mean_valid),
                         fmt3(e.iou_best_mean_all),
-                        fmt3(e.iou_best_mean_valid)
+                        fmt3(e.iou_best_mean_valid),
+                        fmt_cd(e)
                     );
                 }
             }
             if let (Some(a), Some(b)) = (a, b) {
                 let _ = writeln!(
                     md,
-                    "| {s} | **Δ {post}−SFT** | | {} | {} | {} | {} | {} |",
+                    "| {s} | **Δ {post}−SFT** | | {} | {} | {} | {} | {} | |",
                     delta3(b.vsr - a.vsr),
                     delta3(b.iou_unitcube_mean_all - a.iou_unitcube_mean_all),
                     delta3(b.iou_unitcube_mean_valid - a.iou_unitcube_mean_valid),
@@ -944,9 +953,9 @@ pub fn write_comparison(
     }
     let _ = writeln!(
         md,
-        "| set | model | n | VSR | IoU_unitcube all | IoU_best all | IoU_best valid | Δ IoU_best vs first (± s.e.) | better / worse |"
+        "| set | model | n | VSR | IoU_unitcube all | IoU_best all | IoU_best valid | CD×1000 mean / median | Δ IoU_best vs first (± s.e.) | better / worse |"
     );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut bars: Vec<(String, Vec<f64>, Vec<f64>, Vec<f64>)> = models
         .iter()
         .map(|m| (m.0.clone(), Vec::new(), Vec::new(), Vec::new()))
@@ -972,16 +981,17 @@ pub fn write_comparison(
                 Some(e) => {
                     let _ = writeln!(
                         md,
-                        "| {s} | {l} | {} | {} | {} | {} | {} | {pd} | {bw} |",
+                        "| {s} | {l} | {} | {} | {} | {} | {} | {} | {pd} | {bw} |",
                         e.n,
                         fmt3(e.vsr),
                         fmt3(e.iou_unitcube_mean_all),
                         fmt3(e.iou_best_mean_all),
-                        fmt3(e.iou_best_mean_valid)
+                        fmt3(e.iou_best_mean_valid),
+                        fmt_cd(e)
                     );
                 }
                 None => {
-                    let _ = writeln!(md, "| {s} | {l} | (no eval.json) | | | | | | |");
+                    let _ = writeln!(md, "| {s} | {l} | (no eval.json) | | | | | | | |");
                 }
             }
             let b = &mut bars[i];
