@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cadvlm-target}"
 venv="${CADVLM_PYVENV:-$HOME/.cache/cadvlm-pyvenv}"
+export PATH="$venv/bin:$PATH"  # the build backend runs the venv's `maturin`
 if ! "$venv/bin/python" -c "import pytest, numpy" 2>/dev/null || ! "$venv/bin/maturin" --version >/dev/null 2>&1; then
     "${PYTHON:-python3}" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check maturin pytest numpy
@@ -18,4 +19,6 @@ if [ "$(cat "$venv/.cadvlm-stamp" 2>/dev/null)" != "$stamp" ] || ! "$venv/bin/py
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps ./python
     echo "$stamp" > "$venv/.cadvlm-stamp"
 fi
-cd python && exec "$venv/bin/python" -m pytest -q tests "$@"
+# from the root: `python -m pytest` puts the working directory first on sys.path, and python/cadvlm
+# (the sources, without the built extension) must not shadow the installed package
+exec "$venv/bin/python" -m pytest -q python/tests "$@"

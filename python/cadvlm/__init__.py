@@ -186,6 +186,15 @@ def _completion_text(c: Completion) -> str:
     raise TypeError(f"a completion must be a string or a list of messages, not {type(c).__name__}")
 
 
+def _utf8(text: str) -> str:
+    """The text, with what UTF-8 cannot encode (lone surrogates) replaced: a completion is never an error."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def reward(
     completions: Sequence[Completion],
     targets: Sequence[str],
@@ -206,7 +215,7 @@ def reward(
     ``invalid`` for all its completions (equal rewards: a GRPO group without signal) and a
     ``RuntimeWarning``. Programs run in the wasm sandbox by default: model output is untrusted.
     """
-    texts = [_completion_text(c) for c in completions]
+    texts = [_utf8(_completion_text(c)) for c in completions]
     rewards, bad_targets = _native.reward(
         texts,
         list(targets),

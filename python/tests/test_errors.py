@@ -16,18 +16,19 @@ def prog(*lines):
 
 
 def test_failures_carry_kind_line_and_column():
-    rep = cadvlm.execute(prog("solid = wp.moveTo(0, 0).lineTo(1, 0).lineTo(1, 1).close().extrude(1", ""))
+    rep = cadvlm.execute(prog("solid = wp.moveTo(0, 0))"))
     assert rep["ok"] is False and rep["valid"] is False
-    assert rep["kind"] == "syntax"
-    assert rep["line"] == 3 and isinstance(rep["column"], int) and rep["column"] >= 1
+    assert (rep["kind"], rep["line"], rep["column"]) == ("syntax", 3, 24)  # the second `)`
     assert rep["volume"] is None and rep["bbox"] is None
-    assert rep["error"].startswith(f"line 3, column {rep['column']}: ")
+    assert rep["error"].startswith("line 3, column 24: ")
+    rep = cadvlm.execute(prog("solid = wp.moveTo(0, 0).lineTo(1, 0).lineTo(1, 1).close().extrude(1"))
+    assert (rep["kind"], rep["line"], rep["column"]) == ("syntax", 4, 1)  # unclosed `(`: at the line's end
 
     rep = cadvlm.execute(prog("x = 1", "solid = wp.box(1, 1, 1)"))
     assert rep["kind"] == "unsupported" and rep["line"] == 4
     assert rep["column"] == 12  # `box` after `solid = wp.`
     rep = cadvlm.execute(prog("solid = wp.moveTo(0, 0).lineTo(1, 0).lineTo(1, 1).close().extrude(q)"))
-    assert rep["kind"] == "runtime" and rep["line"] == 3
+    assert (rep["kind"], rep["line"], rep["column"]) == ("runtime", 3, 67)  # the undefined `q`
 
 
 def test_iou_raises_cad_error_naming_the_program():

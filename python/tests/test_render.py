@@ -36,9 +36,18 @@ def test_box_faces_are_the_flat_grey_and_edges_black():
 
 
 def test_multiview_and_failures():
-    img = cadvlm.render(box_program(), style="multiview", size=256)
+    # an L-shaped part (a 3x1 and a 1x3 slab of different heights) looks different from each corner
+    l_part = box_program(3, 1, 0.5).replace("solid =", "s1 =") + box_program(1, 3, 2).split("\n", 2)[2].replace(
+        "solid =", "s2 ="
+    ) + "solid = s1.union(s2)\n"
+    assert cadvlm.execute(l_part)["ok"], cadvlm.execute(l_part)
+    img = cadvlm.render(l_part, style="multiview", size=256)
     assert img.shape == (256, 256, 3)
-    assert not np.array_equal(img[:128, :128], img[128:, 128:])  # different views
+    tiles = [img[:128, :128], img[:128, 128:], img[128:, :128], img[128:, 128:]]
+    for i in range(4):
+        assert (tiles[i] < 250).any()  # the part is in every tile
+        for j in range(i):
+            assert not np.array_equal(tiles[i], tiles[j]), (i, j)
     with pytest.raises(cadvlm.CadError) as e:
         cadvlm.render("x = (")
     assert e.value.kind == "syntax" and e.value.line == 1

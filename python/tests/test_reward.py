@@ -46,7 +46,8 @@ def test_reward_takes_code_out_of_fences():
 def test_hostile_programs_get_the_invalid_reward_and_write_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     target = box_program()
-    before = set(os.listdir(tmp_path)), set(os.listdir("/tmp"))
+    pwned = lambda: {n for d in (tmp_path, "/tmp", os.path.expanduser("~")) for n in os.listdir(d) if "pwned" in n}
+    assert not pwned()
     rewards = cadvlm.reward(HOSTILE, [target] * len(HOSTILE), invalid=-0.5, threads=2)
     assert rewards == [-0.5] * len(HOSTILE)
     # the same through the native backend's parser, and one at a time through execute
@@ -56,8 +57,7 @@ def test_hostile_programs_get_the_invalid_reward_and_write_nothing(tmp_path, mon
             "syntax", "unsupported", "runtime", "budget", "no_result", "invalid_geometry",
             "out_of_fuel", "out_of_memory", "timeout",
         }, rep
-    assert (set(os.listdir(tmp_path)), set(os.listdir("/tmp"))) == before
-    assert not any(n.startswith("pwned") for n in os.listdir(tmp_path))
+    assert os.listdir(tmp_path) == [] and not pwned()
 
 
 def test_reward_of_a_failing_target_is_invalid_with_a_warning():
