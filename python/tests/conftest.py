@@ -72,3 +72,22 @@ def box_program(w=2.0, d=2.0, h=2.0, x=0.0) -> str:
         f"loop0 = wp.moveTo({x}, 0.0).lineTo({x + w}, 0.0).lineTo({x + w}, {d}).lineTo({x}, {d}).close()\n"
         f"solid = wp.add(loop0).extrude({h})\n"
     )
+
+
+def heavy_program(n_circles=30, n_slabs=8) -> str:
+    """A valid program that takes ~0.5 s natively (and longer in the wasm guest): `n_slabs` unioned
+    slabs with `n_circles` circles each (within the executor's budgets)."""
+    out = [box_program().split("\n")[0] + "\n"]
+    for j in range(n_slabs):
+        out.append(
+            f"wp{j} = cq.Workplane(cq.Plane(cq.Vector(0.0, 0.0, {j * 0.1}), cq.Vector(1.0, 0.0, 0.0), "
+            "cq.Vector(0.0, 0.0, 1.0)))\n"
+        )
+        adds = []
+        for i in range(n_circles):
+            x, y = (i % 12) + 0.013 * j, (i // 12) + 0.007 * j
+            out.append(f"c{j}_{i} = wp{j}.moveTo({x}, {y}).circle(0.45)\n")
+            adds.append(f".add(c{j}_{i})")
+        out.append(f"s{j} = wp{j}{''.join(adds)}.extrude(0.35)\n")
+    out.append("solid = s0" + "".join(f".union(s{j})" for j in range(1, n_slabs)) + "\n")
+    return "".join(out)
