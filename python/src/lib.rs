@@ -73,10 +73,11 @@ fn executor_for(cfg: &SandboxConfig) -> PyResult<Arc<dyn Executor>> {
         return Ok(e);
     }
     // Built outside the lock: the first wasm executor compiles the guest (about a second).
-    let made: Arc<dyn Executor> = Arc::from(
-        exec::executor(cfg).map_err(|e| PyRuntimeError::new_err(e.to_string()))?,
-    );
-    Ok(with_cache(|c| c.executors.entry(key).or_insert(made).clone()))
+    let made: Arc<dyn Executor> =
+        Arc::from(exec::executor(cfg).map_err(|e| PyRuntimeError::new_err(e.to_string()))?);
+    Ok(with_cache(|c| {
+        c.executors.entry(key).or_insert(made).clone()
+    }))
 }
 
 fn pool_for(threads: Option<usize>) -> PyResult<Arc<rayon::ThreadPool>> {
@@ -93,7 +94,9 @@ fn pool_for(threads: Option<usize>) -> PyResult<Arc<rayon::ThreadPool>> {
         .thread_name(|i| format!("cadvlm-{i}"))
         .build()
         .map_err(|e| PyRuntimeError::new_err(format!("cannot start {n} threads: {e}")))?;
-    Ok(with_cache(|c| c.pools.entry(n).or_insert(Arc::new(pool)).clone()))
+    Ok(with_cache(|c| {
+        c.pools.entry(n).or_insert(Arc::new(pool)).clone()
+    }))
 }
 
 fn parse_normalize(s: &str) -> PyResult<Normalize> {
@@ -372,11 +375,7 @@ fn render<'py>(
     let ex = executor_for(&sandbox_config(sandbox, timeout_ms, memory_mb, fuel)?)?;
     let res = py.detach(|| render_program(&*ex, &code, &opts, &mut RayScratch::default()));
     match res {
-        Ok((_, img)) => Ok((
-            img.height,
-            img.width,
-            PyByteArray::new(py, &img.pixels),
-        )),
+        Ok((_, img)) => Ok((img.height, img.width, PyByteArray::new(py, &img.pixels))),
         Err(f) => Err(cad_error(py, &f, None)),
     }
 }

@@ -137,11 +137,17 @@ mod tests {
             CadError::locate(&shown),
             Some((12, 7, "unexpected `)`: expected an expression"))
         );
-        let real = execute("r = cq.Workplane('XY').box(1, 1, 1)\nx = )", &Limits::default())
-            .unwrap_err();
+        let real = execute(
+            "r = cq.Workplane('XY').box(1, 1, 1)\nx = )",
+            &Limits::default(),
+        )
+        .unwrap_err();
         let (line, col, _) = CadError::locate(&real.to_string()).unwrap();
         assert_eq!((line, col), (real.line, real.col));
-        assert_eq!(CadError::locate("out of fuel after 2000000000 instructions"), None);
+        assert_eq!(
+            CadError::locate("out of fuel after 2000000000 instructions"),
+            None
+        );
         assert_eq!(CadError::locate("line x, column 2: no"), None);
     }
 }

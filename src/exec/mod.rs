@@ -146,12 +146,18 @@ mod tests {
     fn code_comes_out_of_a_fence() {
         let prog = "import cadquery as cq\nr = cq.Workplane('XY').box(1, 2, 3)\n";
         assert_eq!(code(prog), prog);
-        assert_eq!(code(&format!("Here it is:\n```python\n{prog}```\nDone.")), prog);
+        assert_eq!(
+            code(&format!("Here it is:\n```python\n{prog}```\nDone.")),
+            prog
+        );
         assert_eq!(code(&format!("```\n{prog}```")), prog);
         // unclosed fence: to the end
         assert_eq!(code(&format!("```py\n{prog}")), prog);
         // a python fence wins over an earlier untagged one
-        assert_eq!(code(&format!("```text\nnot code\n```\n```python\n{prog}```")), prog);
+        assert_eq!(
+            code(&format!("```text\nnot code\n```\n```python\n{prog}```")),
+            prog
+        );
         // no python fence: the first one
         assert_eq!(code("```\na\n```\n```\nb\n```"), "a\n");
         assert_eq!(code("```"), "");
