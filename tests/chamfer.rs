@@ -24,7 +24,11 @@ fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let m = s.len() / 2;
-    if s.len() % 2 == 1 { s[m] } else { 0.5 * (s[m - 1] + s[m]) }
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        0.5 * (s[m - 1] + s[m])
+    }
 }
 
 #[test]
@@ -58,9 +62,15 @@ fn chamfer_matches_cadquery_tessellation() {
         let cq = r["cd_cadquery"].as_f64().unwrap();
         let rel = (ours - cq).abs() / cq;
         if rel > worst.0 {
-            worst = (rel, format!("{a} vs {b} ({kind}): ours {ours:.3e}, CadQuery {cq:.3e}"));
+            worst = (
+                rel,
+                format!("{a} vs {b} ({kind}): ours {ours:.3e}, CadQuery {cq:.3e}"),
+            );
         }
-        by_kind.entry(kind.to_string()).or_default().push((ours, cq));
+        by_kind
+            .entry(kind.to_string())
+            .or_default()
+            .push((ours, cq));
     }
     let all: Vec<(f64, f64)> = by_kind.values().flatten().copied().collect();
     assert!(all.len() >= 100, "only {} pairs compared", all.len());
@@ -92,5 +102,10 @@ fn chamfer_matches_cadquery_tessellation() {
     println!("  worst pair: {:.2}%  {}", 100.0 * worst.0, worst.1);
     assert!(failures.is_empty(), "outside 5 % of CadQuery: {failures:?}");
     // no single pair far off (sampling noise is ~1–2 % per pair)
-    assert!(worst.0 < 0.2, "worst pair {:.1}%: {}", 100.0 * worst.0, worst.1);
+    assert!(
+        worst.0 < 0.2,
+        "worst pair {:.1}%: {}",
+        100.0 * worst.0,
+        worst.1
+    );
 }

@@ -102,8 +102,52 @@ pub struct CadError {
     pub message: String,
 }
 
+impl CadError {
+    /// The line and column a message of this type's `Display` form (`line L, column C: …`) starts
+    /// with, and the rest of it; `None` for messages without a location (a sandbox's own failures).
+    /// This is how a location survives the wasm guest, whose answer carries the message as text.
+    pub fn locate(message: &str) -> Option<(usize, usize, &str)> {
+        let rest = message.strip_prefix("line ")?;
+        let (line, rest) = rest.split_once(", column ")?;
+        let (col, rest) = rest.split_once(": ")?;
+        Some((line.parse().ok()?, col.parse().ok()?, rest))
+    }
+}
+
 /// Parse and run a program; its result is `solid`, else `result`, else `r`, else the last assigned workplane.
 pub fn execute(src: &str, limits: &Limits) -> Result<Solid, CadError> {
     let stmts = parse::parse(src, limits)?;
     interp::run(&stmts, limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_inverts_display() {
+        let e = CadError {
+            kind: FailureKind::Syntax,
+            line: 12,
+            col: 7,
+            message: "unexpected `)`: expected an expression".into(),
+        };
+        let shown = e.to_string();
+        assert_eq!(
+            CadError::locate(&shown),
+            Some((12, 7, "unexpected `)`: expected an expression"))
+        );
+        let real = execute(
+            "r = cq.Workplane('XY').box(1, 1, 1)\nx = )",
+            &Limits::default(),
+        )
+        .unwrap_err();
+        let (line, col, _) = CadError::locate(&real.to_string()).unwrap();
+        assert_eq!((line, col), (real.line, real.col));
+        assert_eq!(
+            CadError::locate("out of fuel after 2000000000 instructions"),
+            None
+        );
+        assert_eq!(CadError::locate("line x, column 2: no"), None);
+    }
 }

@@ -138,8 +138,10 @@ fn eval_on<AB: AutodiffBackend>(a: &EvalArgs, device: &AB::Device) -> Result<()>
             s.iou_unitcube_mean_all,
             s.iou_best_mean_valid,
             s.iou_best_mean_all,
-            s.cd_x1000_mean_valid.map_or("–".into(), |v| format!("{v:.3}")),
-            s.cd_x1000_median_valid.map_or("–".into(), |v| format!("{v:.3}")),
+            s.cd_x1000_mean_valid
+                .map_or("–".into(), |v| format!("{v:.3}")),
+            s.cd_x1000_median_valid
+                .map_or("–".into(), |v| format!("{v:.3}")),
             s.seconds,
             out.display()
         );

@@ -16,9 +16,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::cad::{self, Limits};
-use crate::geom::{MeasureOptions, measure};
 /// The generator and hash moved down to `geom::rng` (the Chamfer sampler needs them there).
 pub use crate::geom::rng::{Rng, fxhash};
+use crate::geom::{MeasureOptions, measure};
 
 /// Settings of the generator (the defaults match the statistics of real GenCAD-Code programs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -922,7 +922,6 @@ pub fn generate_with_progress(
     }
     Ok(out)
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -117,9 +117,60 @@ pub fn exec_program(src: &str, limits: &Limits, opts: &MeasureOptions) -> (Repor
     }
 }
 
+/// The program in a model's completion: the body of its markdown code fence (```` ```python …``` ````)
+/// if it has one — the first fence tagged `python`/`py`, else the first fence; an unclosed fence runs
+/// to the end — otherwise the whole text. Chat models often fence their code; the reward must score
+/// the code, not the fence.
+pub fn code_from_completion(text: &str) -> &str {
+    const FENCE: &str = "```";
+    let mut first: Option<&str> = None;
+    let mut rest = text;
+    while let Some(open) = rest.find(FENCE) {
+        let after = &rest[open + FENCE.len()..];
+        let (info, body) = after.split_once('\n').unwrap_or((after, ""));
+        let (code, next) = match body.find(FENCE) {
+            Some(close) => (&body[..close], &body[close + FENCE.len()..]),
+            None => (body, ""),
+        };
+        let lang = info.trim().to_ascii_lowercase();
+        if lang == "python" || lang == "py" || lang == "python3" {
+            return code;
+        }
+        first.get_or_insert(code);
+        rest = next;
+    }
+    first.unwrap_or(text)
+}
+
 /// IoU of two programs' solids, in-process (benchmarks and tests; model output goes through an [`Executor`]).
 pub fn iou_programs(a: &str, b: &str, norm: Normalize, limits: &Limits) -> Result<f64, String> {
     let sa = cad::execute(a, limits).map_err(|e| format!("first program: {e}"))?;
     let sb = cad::execute(b, limits).map_err(|e| format!("second program: {e}"))?;
     Ok(geom::iou(&sa, &sb, norm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::code_from_completion as code;
+
+    #[test]
+    fn code_comes_out_of_a_fence() {
+        let prog = "import cadquery as cq\nr = cq.Workplane('XY').box(1, 2, 3)\n";
+        assert_eq!(code(prog), prog);
+        assert_eq!(
+            code(&format!("Here it is:\n```python\n{prog}```\nDone.")),
+            prog
+        );
+        assert_eq!(code(&format!("```\n{prog}```")), prog);
+        // unclosed fence: to the end
+        assert_eq!(code(&format!("```py\n{prog}")), prog);
+        // a python fence wins over an earlier untagged one
+        assert_eq!(
+            code(&format!("```text\nnot code\n```\n```python\n{prog}```")),
+            prog
+        );
+        // no python fence: the first one
+        assert_eq!(code("```\na\n```\n```\nb\n```"), "a\n");
+        assert_eq!(code("```"), "");
+    }
 }

@@ -172,6 +172,12 @@ impl Failure {
             message: message.into(),
         }
     }
+
+    /// The 1-based line and column the failure names (those of the executor's [`crate::cad::CadError`]),
+    /// and the message without them; `None` for failures without a place (timeouts, crashes, ...).
+    pub fn location(&self) -> Option<(usize, usize, &str)> {
+        crate::cad::CadError::locate(&self.message)
+    }
 }
 
 impl fmt::Display for Failure {

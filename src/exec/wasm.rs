@@ -17,6 +17,7 @@
 //! guest (compiling the module on a cold cache, ~0.5 s; the request and answer copies, capped at 64 MiB and 16 MiB).
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -208,22 +209,45 @@ fn build_shared() -> wasmtime::Result<Shared> {
     }
     linker.define_unknown_imports_as_traps(&module)?;
     let pre = linker.instantiate_pre(&module)?;
-    // The deadline clock: one detached thread for the process.
-    let ticker = engine.clone();
-    std::thread::Builder::new()
-        .name("cadvlm-epoch".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(TICK);
-                ticker.increment_epoch();
-            }
-        })?;
-    Ok(Shared {
+    let shared = Shared {
         engine,
         pre,
         source: guest.source,
         load_time: guest.elapsed,
-    })
+    };
+    shared.ensure_ticker()?;
+    Ok(shared)
+}
+
+/// The process whose epoch ticker runs (0: none yet).
+static TICKER_PID: AtomicU32 = AtomicU32::new(0);
+
+impl Shared {
+    /// The deadline clock: one detached thread per process. A `fork`ed child (a Python
+    /// multiprocessing worker, say) inherits `SHARED` but not the thread, so each run checks the
+    /// process id and starts the child's own ticker; without it no deadline would ever fire there.
+    fn ensure_ticker(&self) -> std::io::Result<()> {
+        let pid = std::process::id();
+        let was = TICKER_PID.load(Ordering::Acquire);
+        if was == pid
+            || TICKER_PID
+                .compare_exchange(was, pid, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return Ok(()); // running, or another thread of this process is starting it
+        }
+        let ticker = self.engine.clone();
+        std::thread::Builder::new()
+            .name("cadvlm-epoch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(TICK);
+                    ticker.increment_epoch();
+                }
+            })
+            .map(|_| ())
+            .inspect_err(|_| TICKER_PID.store(0, Ordering::Release))
+    }
 }
 
 fn dummy_ctx() -> Ctx {
@@ -482,6 +506,16 @@ impl WasmExecutor {
         fault: Option<&str>,
     ) -> (Outcome, Option<String>) {
         let t0 = Instant::now();
+        if let Err(e) = self.shared.ensure_ticker() {
+            return (
+                Outcome::failed(
+                    FailureKind::Crash,
+                    format!("cannot start the deadline clock: {e}"),
+                    t0.elapsed(),
+                ),
+                None,
+            );
+        }
         let req = Request {
             program,
             limits: &self.limits,

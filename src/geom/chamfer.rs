@@ -127,7 +127,9 @@ impl ChamferError {
 
 fn solid_hash(s: &Solid) -> u64 {
     // the serialised DAG: equal solids hash equal (serialising a Solid cannot fail)
-    let bytes = serde_json::to_vec(s).map(Cow::Owned).unwrap_or(Cow::Borrowed(&[][..]));
+    let bytes = serde_json::to_vec(s)
+        .map(Cow::Owned)
+        .unwrap_or(Cow::Borrowed(&[][..]));
     hash_bytes(&bytes)
 }
 
@@ -406,7 +408,9 @@ mod tests {
         assert!((caps - 2.0 / 2.4).abs() < 0.01, "cap fraction {caps}");
         // every point is on the surface
         for p in &pts {
-            let on = [p[0], p[1]].iter().any(|x| x.abs() < 1e-9 || (x - 1.0).abs() < 1e-9)
+            let on = [p[0], p[1]]
+                .iter()
+                .any(|x| x.abs() < 1e-9 || (x - 1.0).abs() < 1e-9)
                 || p[2].abs() < 1e-9
                 || (p[2] - 0.1).abs() < 1e-9;
             assert!(on, "{p:?} is not on the plate's surface");
@@ -506,7 +510,10 @@ mod tests {
             ..Default::default()
         };
         let cd = chamfer_with(&a, &b, &opts).unwrap();
-        assert!((cd / expect - 1.0).abs() < 0.03, "cd {cd} expected {expect}");
+        assert!(
+            (cd / expect - 1.0).abs() < 0.03,
+            "cd {cd} expected {expect}"
+        );
     }
 
     #[test]
@@ -537,7 +544,13 @@ mod tests {
         let pts = sample_surface(&s, 5000, &mut Rng::new(5, 5)).unwrap();
         let inside = pts
             .iter()
-            .filter(|p| (p[2] - 0.3).abs() < 1e-9 && p[0] > 1e-9 && p[0] < 1.0 - 1e-9 && p[1] > 1e-9 && p[1] < 1.0 - 1e-9)
+            .filter(|p| {
+                (p[2] - 0.3).abs() < 1e-9
+                    && p[0] > 1e-9
+                    && p[0] < 1.0 - 1e-9
+                    && p[1] > 1e-9
+                    && p[1] < 1.0 - 1e-9
+            })
             .count();
         assert_eq!(inside, 0);
     }
