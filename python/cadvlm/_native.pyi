@@ -33,6 +33,15 @@ def iou(
     memory_mb: Optional[int] = None,
     fuel: Optional[int] = None,
 ) -> float: ...
+def chamfer(
+    a: str,
+    b: str,
+    *,
+    sandbox: str = "wasm",
+    timeout_ms: Optional[int] = None,
+    memory_mb: Optional[int] = None,
+    fuel: Optional[int] = None,
+) -> float: ...
 def iou_many(
     preds: Sequence[str],
     targets: Sequence[str],

@@ -280,6 +280,37 @@ fn iou(
 }
 
 #[pyfunction]
+#[pyo3(signature = (a, b, *, sandbox="wasm", timeout_ms=None, memory_mb=None, fuel=None))]
+fn chamfer(
+    py: Python<'_>,
+    a: String,
+    b: String,
+    sandbox: &str,
+    timeout_ms: Option<u64>,
+    memory_mb: Option<u64>,
+    fuel: Option<u64>,
+) -> PyResult<f64> {
+    let ex = executor_for(&sandbox_config(sandbox, timeout_ms, memory_mb, fuel)?)?;
+    let res = py.detach(|| {
+        let t = ex.target(&b).map_err(PairError::Target)?;
+        match ex.score(&a, &t).result {
+            Ok(m) => m.ious.and_then(|i| i.chamfer).ok_or_else(|| {
+                PairError::Prediction(Failure::new(
+                    exec::FailureKind::Crash,
+                    format!("the {} executor gives no Chamfer distance", ex.config().backend),
+                ))
+            }),
+            Err(f) => Err(PairError::Prediction(f)),
+        }
+    });
+    match res {
+        Ok(v) => Ok(v),
+        Err(PairError::Prediction(f)) => Err(cad_error(py, &f, Some("a"))),
+        Err(PairError::Target(f)) => Err(cad_error(py, &f, Some("b"))),
+    }
+}
+
+#[pyfunction]
 #[pyo3(signature = (preds, targets, normalize="unitcube", threads=None, *, sandbox="wasm", timeout_ms=None, memory_mb=None, fuel=None))]
 #[allow(clippy::too_many_arguments)]
 fn iou_many(
@@ -392,6 +423,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(execute_many, m)?)?;
     m.add_function(wrap_pyfunction!(iou, m)?)?;
     m.add_function(wrap_pyfunction!(iou_many, m)?)?;
+    m.add_function(wrap_pyfunction!(chamfer, m)?)?;
     m.add_function(wrap_pyfunction!(reward, m)?)?;
     m.add_function(wrap_pyfunction!(render, m)?)?;
     m.add_function(wrap_pyfunction!(code_from_completion, m)?)?;
