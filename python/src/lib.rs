@@ -260,15 +260,29 @@ fn iou(
 ) -> PyResult<f64> {
     let norm = parse_normalize(normalize)?;
     let ex = executor_for(&sandbox_config(sandbox, timeout_ms, memory_mb, fuel)?)?;
+    pair_value(py, &*ex, &a, &b, "IoU", |ex, a, t| {
+        ex.reward(a, t, norm).result.map(|m| m.iou)
+    })
+}
+
+/// One number of program `a` against target `b` (`measure` runs `a` against the target), with the
+/// GIL released; a failure is a `CadError` naming the program (`"a"` or `"b"`).
+fn pair_value(
+    py: Python<'_>,
+    ex: &dyn Executor,
+    a: &str,
+    b: &str,
+    what: &str,
+    measure: impl FnOnce(&dyn Executor, &str, &Target) -> Result<Option<f64>, Failure> + Send,
+) -> PyResult<f64> {
     let res = py.detach(|| {
-        let t = ex.target(&b).map_err(PairError::Target)?;
-        match ex.reward(&a, &t, norm).result {
-            Ok(m) => m.iou.ok_or_else(|| {
-                PairError::Prediction(Failure::new(
-                    exec::FailureKind::Crash,
-                    "the executor gave no IoU",
-                ))
-            }),
+        let t = ex.target(b).map_err(PairError::Target)?;
+        match measure(ex, a, &t) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(PairError::Prediction(Failure::new(
+                exec::FailureKind::Crash,
+                format!("the {} executor gives no {what}", ex.config().backend),
+            ))),
             Err(f) => Err(PairError::Prediction(f)),
         }
     });
@@ -291,23 +305,11 @@ fn chamfer(
     fuel: Option<u64>,
 ) -> PyResult<f64> {
     let ex = executor_for(&sandbox_config(sandbox, timeout_ms, memory_mb, fuel)?)?;
-    let res = py.detach(|| {
-        let t = ex.target(&b).map_err(PairError::Target)?;
-        match ex.score(&a, &t).result {
-            Ok(m) => m.ious.and_then(|i| i.chamfer).ok_or_else(|| {
-                PairError::Prediction(Failure::new(
-                    exec::FailureKind::Crash,
-                    format!("the {} executor gives no Chamfer distance", ex.config().backend),
-                ))
-            }),
-            Err(f) => Err(PairError::Prediction(f)),
-        }
-    });
-    match res {
-        Ok(v) => Ok(v),
-        Err(PairError::Prediction(f)) => Err(cad_error(py, &f, Some("a"))),
-        Err(PairError::Target(f)) => Err(cad_error(py, &f, Some("b"))),
-    }
+    pair_value(py, &*ex, &a, &b, "Chamfer distance", |ex, a, t| {
+        ex.score(a, t)
+            .result
+            .map(|m| m.ious.and_then(|i| i.chamfer))
+    })
 }
 
 #[pyfunction]
