@@ -128,6 +128,7 @@ pub fn sample_rollouts(
             temperature: cfg.temperature,
             top_p: cfg.top_p,
             seed: seed ^ first.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            threads: 0,
         };
         let refs: Vec<&Sample> = chunk.iter().collect();
         programs.extend(policy.generate(&refs, k, &gen_cfg, cfg.batch, &mut |_| {})?);
