@@ -9,6 +9,7 @@ use clap::Args;
 
 use crate::model::generate::{GenerateConfig, generate};
 use crate::pipeline::BackendKind;
+use crate::train::metrics::cpu_seconds;
 
 #[derive(Args)]
 pub struct BenchSampleArgs {
@@ -46,17 +47,6 @@ pub fn run(a: BenchSampleArgs) -> Result<()> {
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => bail!("--backend cuda needs a build with --features cuda"),
     }
-}
-
-/// Seconds of CPU (user + system) this process has used so far, from `/proc/self/stat` (Linux).
-pub fn cpu_seconds() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based)
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i)?.parse::<f64>().ok();
-    // USER_HZ is 100 on every Linux ABI
-    Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 fn bench_on<B: Backend>(a: &BenchSampleArgs, device: &B::Device) -> Result<()> {

@@ -240,7 +240,7 @@ pub fn round_rollouts(
         imgs.len(),
         cfg.k
     ));
-    let t = std::time::Instant::now();
+    let (t, cpu0) = (std::time::Instant::now(), super::metrics::cpu_seconds());
     let rs = sample_rollouts(
         policy,
         &imgs,
@@ -251,10 +251,14 @@ pub fn round_rollouts(
         policy_step,
     )?;
     write_rollouts(path, &rs)?;
+    let wall = t.elapsed().as_secs_f64();
+    let cores = match (cpu0, super::metrics::cpu_seconds()) {
+        (Some(a), Some(b)) => format!(", CPU {:.2} cores", (b - a) / wall),
+        _ => String::new(),
+    };
     pb.println(format!(
-        "round {round}: {} rollouts in {:.1} s",
+        "round {round}: {} rollouts in {wall:.1} s{cores}",
         rs.len(),
-        t.elapsed().as_secs_f64()
     ));
     Ok((imgs, rs))
 }
