@@ -256,10 +256,10 @@ pub fn round_rollouts(
         (Some(a), Some(b)) => format!(", CPU {:.2} cores", (b - a) / wall),
         _ => String::new(),
     };
-    pb.println(format!(
-        "round {round}: {} rollouts in {wall:.1} s{cores}",
-        rs.len(),
-    ));
+    super::say(
+        pb,
+        format!("round {round}: {} rollouts in {wall:.1} s{cores}", rs.len(),),
+    );
     Ok((imgs, rs))
 }
 
