@@ -433,6 +433,41 @@ fn guest_spinning_hits_fuel_or_deadline() {
 }
 
 #[test]
+fn measuring_against_a_target_is_not_held_to_the_programs_deadline() {
+    // 10 ms for the program (the deadline's resolution): running SQUARE_HOLE takes well under a
+    // millisecond, scoring it against UNION (three IoUs and the Chamfer distance) far longer
+    let ex = WasmExecutor::new(SandboxConfig {
+        timeout_ms: 10,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let target = ex.target(UNION).expect("the target executes");
+    let t = Instant::now();
+    let o = ex.score(SQUARE_HOLE, &target);
+    let took = t.elapsed();
+    let r = o.result.as_ref().expect("scored, not timed out");
+    let ious = r
+        .ious
+        .as_ref()
+        .expect("all three IoUs and the Chamfer distance");
+    assert!(
+        ious.chamfer.is_some() && took > Duration::from_millis(20),
+        "{ious:?} in {took:?}"
+    );
+    // the program's fuel is reported (with reading the target from the request), not the measuring's
+    let run = ex.execute(SQUARE_HOLE).fuel_used.unwrap();
+    let used = o.fuel_used.unwrap();
+    assert!(
+        used >= run && used < 4 * run,
+        "{used} vs {run} to run the program alone"
+    );
+    // the program itself still gets its 10 ms
+    let o = fault(&ex, "spin");
+    assert_eq!(o.failure_kind(), Some(FailureKind::Timeout), "{o:?}");
+    assert!(o.elapsed < Duration::from_secs(1), "{:?}", o.elapsed);
+}
+
+#[test]
 fn guest_allocating_without_bound_is_out_of_memory() {
     let ex = WasmExecutor::new(SandboxConfig {
         memory_mb: 64,

@@ -13,6 +13,15 @@ use cadvlm::exec::{FailureKind, Ious, Report, exec_program};
 use cadvlm::geom::{self, MeasureOptions, Normalize, Solid};
 use serde::{Deserialize, Serialize};
 
+#[link(wasm_import_module = "cadvlm")]
+unsafe extern "C" {
+    /// Tells the host that the program has run and measuring its solid against the target begins:
+    /// the host then gives measuring its own fuel and deadline (the program's limits are for the
+    /// program; IoU_best and the Chamfer distance of a large solid may take longer than its program,
+    /// and on a loaded machine they must not turn into the program's timeout).
+    fn executed();
+}
+
 /// What the host asks for.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +129,10 @@ fn main() {
     let (mut report, solid) = exec_program(&req.program, &req.limits, &MeasureOptions::default());
     // with a target: one IoU (a reward) under `normalize`, or all three (a score; an empty solid fails)
     let mut ious = None;
+    if solid.is_some() && req.target.is_some() {
+        // SAFETY: an import without arguments or results; the host only resets this store's limits
+        unsafe { executed() };
+    }
     match (&solid, &req.target, req.normalize) {
         (Some(s), Some(t), Some(norm)) => report.iou = Some(geom::iou(s, t, norm)),
         (Some(s), Some(_), None) if s.is_empty() => {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use wasmtime::{
-    Caller, Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker,
+    AsContextMut, Caller, Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker,
     PoolingAllocationConfig, ResourceLimiter, Store, Trap, Val, ValType,
 };
 
@@ -38,6 +38,11 @@ pub static GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cadvlm-
 
 /// Epoch ticker period: the deadline's resolution.
 const TICK: Duration = Duration::from_millis(10);
+/// Wall-clock backstop for measuring an executed program's solid against its target (the guest's
+/// `cadvlm.executed` call starts it, with a fresh fuel budget): trusted code on a solid the
+/// executor's limits already bounded, so fuel is the real bound; the program's own `timeout_ms`
+/// no longer applies, so that a loaded machine does not turn scoring into the program's timeout.
+const MEASURE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest request the host will copy into a guest (program + target solid).
 const MAX_REQUEST: usize = 64 << 20;
 /// Largest answer a guest may write to stdout.
@@ -73,6 +78,12 @@ struct Ctx {
     exit_code: Option<i32>,
     rng: u64,
     limiter: MemLimiter,
+    /// Fuel for measuring (see [`MEASURE_TIMEOUT`]).
+    measure_fuel: u64,
+    /// Set when the guest reported its program executed and measuring began.
+    measuring: bool,
+    /// Fuel the program itself used (set when measuring begins).
+    program_fuel: Option<u64>,
 }
 
 /// Refuses (with a trap, remembered in `hit`) linear memory beyond `max_bytes`, and extra tables/instances.
@@ -180,6 +191,18 @@ fn build_shared() -> wasmtime::Result<Shared> {
     let module = guest.module;
     let mut linker: Linker<Ctx> = Linker::new(&engine);
     define_wasi(&mut linker)?;
+    linker.func_wrap("cadvlm", "executed", |mut caller: Caller<'_, Ctx>| {
+        let fuel = caller.data().measure_fuel;
+        let left = caller.get_fuel()?;
+        let ctx = caller.data_mut();
+        ctx.measuring = true;
+        ctx.program_fuel = Some(fuel.saturating_sub(left));
+        caller.set_fuel(fuel)?;
+        caller
+            .as_context_mut()
+            .set_epoch_deadline(MEASURE_TIMEOUT.as_millis().div_ceil(TICK.as_millis()) as u64);
+        Ok(())
+    })?;
     // Anything else the module imports from WASI answers ENOSYS; imports from elsewhere trap.
     for imp in module.imports() {
         if imp.module() != WASI || DEFINED.contains(&imp.name()) {
@@ -263,6 +286,9 @@ fn dummy_ctx() -> Ctx {
             max_bytes: 0,
             hit: false,
         },
+        measure_fuel: 0,
+        measuring: false,
+        program_fuel: None,
     }
 }
 
@@ -560,6 +586,7 @@ impl WasmExecutor {
                 max_bytes,
                 hit: false,
             },
+            measure_fuel: self.cfg.fuel,
             ..dummy_ctx()
         };
         let mut store = Store::new(&self.shared.engine, ctx);
@@ -583,8 +610,11 @@ impl WasmExecutor {
             .instantiate(&mut store)
             .and_then(|inst| inst.get_typed_func::<(), ()>(&mut store, "_start"))
             .and_then(|start| start.call(&mut store, ()));
-        let fuel_used = store.get_fuel().ok().map(|left| self.cfg.fuel - left);
+        let fuel_left = store.get_fuel().ok();
         let ctx = store.into_data();
+        let fuel_used = ctx
+            .program_fuel
+            .or(fuel_left.map(|left| self.cfg.fuel - left));
         let elapsed = t0.elapsed();
         let mut out = match res {
             Ok(()) => parse_answer(&ctx, elapsed),
@@ -628,7 +658,16 @@ fn classify_error(
             format!("the guest exited with code {code}{}", stderr_tail(ctx)),
         )
     } else {
+        let measuring = "measuring the program's solid against its target";
         match e.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) if ctx.measuring => (
+                FailureKind::OutOfFuel,
+                format!("{measuring} used all its fuel ({})", cfg.fuel),
+            ),
+            Some(Trap::Interrupt) if ctx.measuring => (
+                FailureKind::Timeout,
+                format!("{measuring} ran past {} s", MEASURE_TIMEOUT.as_secs()),
+            ),
             Some(Trap::OutOfFuel) => (
                 FailureKind::OutOfFuel,
                 format!("the program used all its fuel ({})", cfg.fuel),
