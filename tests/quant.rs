@@ -266,8 +266,16 @@ fn four_bit_matvec_matches_for_every_group_size_tail_and_isa() {
                 double_quant: true,
             },
         ];
-        for (rows, cols) in [(3, 1), (4, 31), (2, 33), (5, 64), (3, 65), (6, 130), (17, 200), (20, 4128)]
-        {
+        for (rows, cols) in [
+            (3, 1),
+            (4, 31),
+            (2, 33),
+            (5, 64),
+            (3, 65),
+            (6, 130),
+            (17, 200),
+            (20, 4128),
+        ] {
             let w = rng.gauss_vec(rows * cols, 0.05);
             let x: Vec<f32> = (0..cols).map(|_| 0.3 + rng.gauss()).collect();
             for f in formats {

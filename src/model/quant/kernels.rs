@@ -687,9 +687,38 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn prefetch_ahead(p: *const u8) {
-        // SAFETY: a prefetch reads nothing architecturally; wrapping_add keeps the address
-        // computation defined when it leaves the allocation.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8) };
+        // A prefetch reads nothing architecturally (a safe intrinsic); wrapping_add keeps the
+        // address computation defined when it leaves the allocation.
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
+    }
+
+    /// The group index of each successive 32-weight run (no division per chunk).
+    struct RunGroups {
+        per_group: usize,
+        group: usize,
+        left: usize,
+    }
+
+    impl RunGroups {
+        fn new(group: usize) -> Self {
+            let per_group = group / 32;
+            RunGroups {
+                per_group,
+                group: 0,
+                left: per_group,
+            }
+        }
+
+        #[inline]
+        fn next(&mut self) -> usize {
+            let g = self.group;
+            self.left -= 1;
+            if self.left == 0 {
+                self.group += 1;
+                self.left = self.per_group;
+            }
+            g
+        }
     }
 
     /// `[s0 ×4 | s1 ×4]`: the scales of the two 32-weight runs of a 64-weight chunk when a group
@@ -757,11 +786,12 @@ mod x86 {
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_add_ps(d[0], d[1]), acc);
             }
         } else {
+            let mut runs = RunGroups::new(group);
             for c in 0..chunks {
                 let mut d = [_mm256_setzero_ps(); 2];
                 // SAFETY: as above.
                 unsafe { q4_chunk(pp.add(32 * c), px.add(64 * c), &mut d) };
-                let sv = halves(scales[64 * c / group], scales[(64 * c + 32) / group]);
+                let sv = halves(scales[runs.next()], scales[runs.next()]);
                 acc = _mm256_fmadd_ps(sv, _mm256_add_ps(d[0], d[1]), acc);
             }
         }
@@ -947,7 +977,12 @@ mod x86 {
     /// in f32 up to summation order: the levels are looked up bit for bit (byte planes), not
     /// rounded to a narrower table.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_nf4_avx2(packed: &[u8], absmax: &[f32], block: usize, xp: &[f32]) -> f32 {
+    pub(super) unsafe fn dot_nf4_avx2(
+        packed: &[u8],
+        absmax: &[f32],
+        block: usize,
+        xp: &[f32],
+    ) -> f32 {
         debug_assert!(packed.len() * 2 == xp.len() && absmax.len() * block == xp.len());
         // SAFETY: each plane has 16 bytes.
         let planes: [__m256i; 4] = std::array::from_fn(|t| unsafe {
@@ -967,11 +1002,12 @@ mod x86 {
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_add_ps(d[0], d[1]), acc);
             }
         } else {
+            let mut runs = RunGroups::new(block);
             for c in 0..chunks {
                 let mut d = [_mm256_setzero_ps(); 2];
                 // SAFETY: as above.
                 unsafe { nf4_chunk(pp.add(32 * c), px.add(64 * c), &planes, &mut d) };
-                let sv = halves(absmax[64 * c / block], absmax[(64 * c + 32) / block]);
+                let sv = halves(absmax[runs.next()], absmax[runs.next()]);
                 acc = _mm256_fmadd_ps(sv, _mm256_add_ps(d[0], d[1]), acc);
             }
         }
