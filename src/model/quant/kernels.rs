@@ -750,9 +750,9 @@ mod x86 {
                 _mm256_set1_epi32(0x0F_0000),
                 _mm256_set1_epi32(0x0F00_0000),
             ];
-            for t in 0..4 {
-                let w0 = _mm256_cvtepi32_ps(_mm256_and_si256(b, m[t]));
-                let w1 = _mm256_cvtepi32_ps(_mm256_and_si256(b4, m[t]));
+            for (t, &mt) in m.iter().enumerate() {
+                let w0 = _mm256_cvtepi32_ps(_mm256_and_si256(b, mt));
+                let w1 = _mm256_cvtepi32_ps(_mm256_and_si256(b4, mt));
                 a[0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x.add(16 * t)), a[0]);
                 a[1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.add(16 * t + 8)), a[1]);
             }
