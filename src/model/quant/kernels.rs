@@ -2,6 +2,14 @@
 //! (prefill / training), in AVX-512, AVX2 + FMA and portable scalar versions, parallel over output
 //! rows with rayon.
 //!
+//! The AVX2 4-bit matvec kernels are exact in f32 (up to summation order) and shuffle-light: int4
+//! masks each nibble in place inside its dword (and, convert, FMA: no widening shuffles), NF4 looks
+//! the levels up bit for bit from four byte planes with `vpshufb` (12 in-lane shuffles per 32
+//! weights, where two `vpermps` and a blend per 8 weights took 18 shuffles, 16 of them cross-lane,
+//! and 4 blends); both read a copy of `x` permuted once per
+//! matvec into their unpack order ([`Avx2Layout`]) and prefetch the codes ahead. Measurements:
+//! `reports/quant-avx2.md`.
+//!
 //! Soundness of the `unsafe` here: every `#[target_feature]` function is reached only through
 //! [`matvec`], [`matmul`] or [`dequant_row`], which first assert that the CPU has the instruction set
 //! (`Isa::available`, i.e. `is_x86_feature_detected!`); all pointer reads stay inside slices whose
