@@ -246,6 +246,52 @@ fn matvec_matches_dequantize_then_f32_for_every_format_and_isa() {
     }
 }
 
+/// The 4-bit matvec kernels of every instruction set against dequantize-then-f32 for every group
+/// size class the formats allow: multiples of 64 (one scale per whole 64-weight SIMD chunk), odd
+/// multiples of 32 (a group boundary inside a chunk: 32, 96, 160), rows whose padded length ends
+/// in a half chunk (a 32-weight tail), single-chunk rows and rows long enough for the rayon path.
+#[test]
+fn four_bit_matvec_matches_for_every_group_size_tail_and_isa() {
+    let isas = Isa::all_available();
+    let mut rng = Rng(17);
+    for g in [32, 64, 96, 128, 160, 256] {
+        let formats = [
+            QuantFormat::Int4 { group_size: g },
+            QuantFormat::Nf4 {
+                block_size: g,
+                double_quant: false,
+            },
+            QuantFormat::Nf4 {
+                block_size: g,
+                double_quant: true,
+            },
+        ];
+        for (rows, cols) in [
+            (3, 1),
+            (4, 31),
+            (2, 33),
+            (5, 64),
+            (3, 65),
+            (6, 130),
+            (17, 200),
+            (20, 4128),
+        ] {
+            let w = rng.gauss_vec(rows * cols, 0.05);
+            let x: Vec<f32> = (0..cols).map(|_| 0.3 + rng.gauss()).collect();
+            for f in formats {
+                let q = QTensor::quantize(&w, rows, cols, f).unwrap();
+                let reference = reference_matvec(&q.dequantize(), rows, cols, &x);
+                for &isa in &isas {
+                    let mut y = vec![f32::NAN; rows];
+                    q.matvec_with(isa, &x, &mut y).unwrap();
+                    let e = rel_err(&y, &reference);
+                    assert!(e <= 1e-5, "{rows}×{cols} {f:?} {isa:?}: relative error {e}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn matmul_matches_dequantize_then_f32_for_every_format_and_isa() {
     let isas = Isa::all_available();

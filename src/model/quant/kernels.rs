@@ -2,6 +2,14 @@
 //! (prefill / training), in AVX-512, AVX2 + FMA and portable scalar versions, parallel over output
 //! rows with rayon.
 //!
+//! The AVX2 4-bit matvec kernels are exact in f32 (up to summation order) and shuffle-light: int4
+//! masks each nibble in place inside its dword (and, convert, FMA: no widening shuffles), NF4 looks
+//! the levels up bit for bit from four byte planes with `vpshufb` (12 in-lane shuffles per 32
+//! weights, where two `vpermps` and a blend per 8 weights took 18 shuffles, 16 of them cross-lane,
+//! and 4 blends); both read a copy of `x` permuted once per
+//! matvec into their unpack order ([`Avx2Layout`]) and prefetch the codes ahead. Measurements:
+//! `reports/quant-avx2.md`.
+//!
 //! Soundness of the `unsafe` here: every `#[target_feature]` function is reached only through
 //! [`matvec`], [`matmul`] or [`dequant_row`], which first assert that the CPU has the instruction set
 //! (`Isa::available`, i.e. `is_x86_feature_detected!`); all pointer reads stay inside slices whose
@@ -111,7 +119,49 @@ fn dot_i8(isa: Isa, q: &[i8], x: &[f32]) -> f32 {
     }
 }
 
-/// `Σ_g s_g · Σ_{j∈g} (q_j − z_g) x_j`, using `xsum[g] = Σ_{j∈g} x_j`.
+/// The order in which the AVX2 4-bit dot products read `x`: within each run of 64 weights (32
+/// packed bytes, one 256-bit load) the kernels produce 8 vectors of 8 weights in the order their
+/// nibble unpack yields them, and read a copy of `x` permuted (and for int4 scaled) to match, made
+/// once per matvec by [`avx2_x_layout`]. A trailing run of 32 weights (`stride % 64 == 32`) keeps
+/// the natural order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Avx2Layout {
+    /// int4: vector `2t + h` (t < 4, h < 2) lane `i` holds the nibble `h` (0 low, 1 high) of byte
+    /// `t` of dword `i` of the 32 bytes, i.e. weight `32(i/4) + 16h + 4(i%4) + t`, masked in place
+    /// (`q · 2^{8t}`), so `x` is scaled by `2^{-8t}` (exact: a power of two).
+    Int4,
+    /// NF4: vector `4h + m` (h < 2, m < 4) lane `4L + e` (L, the 128-bit half, < 2; e < 4) holds
+    /// weight `32L + 16h + 4m + e` (the order of the byte-plane lookups' unpacks).
+    Nf4,
+}
+
+/// `x` permuted (and scaled) into `layout` (see [`Avx2Layout`]); the inverse of what the kernels do.
+fn avx2_x_layout(layout: Avx2Layout, x: &[f32]) -> Vec<f32> {
+    let mut xp = x.to_vec();
+    let full = x.len() / 64 * 64;
+    for (c, o) in x[..full].chunks_exact(64).zip(xp.chunks_exact_mut(64)) {
+        for v in 0..8 {
+            for i in 0..8 {
+                o[8 * v + i] = match layout {
+                    Avx2Layout::Int4 => {
+                        let (t, h) = (v / 2, v % 2);
+                        let scale = [1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16_777_216.0][t];
+                        c[32 * (i / 4) + 16 * h + 4 * (i % 4) + t] * scale
+                    }
+                    Avx2Layout::Nf4 => {
+                        let (h, m, l, e) = (v / 4, v % 4, i / 4, i % 4);
+                        c[32 * l + 16 * h + 4 * m + e]
+                    }
+                };
+            }
+        }
+    }
+    xp
+}
+
+/// `Σ_g s_g · Σ_{j∈g} (q_j − z_g) x_j`, using `xsum[g] = Σ_{j∈g} x_j`; `xp` is `x` in
+/// [`Avx2Layout::Int4`] order (read by the AVX2 kernel only).
+#[allow(clippy::too_many_arguments)]
 fn dot_q4(
     isa: Isa,
     packed: &[u8],
@@ -119,6 +169,7 @@ fn dot_q4(
     zeros: &[u8],
     group: usize,
     x: &[f32],
+    xp: &[f32],
     xsum: &[f32],
 ) -> f32 {
     debug_assert_eq!(packed.len() * 2, x.len());
@@ -128,7 +179,11 @@ fn dot_q4(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { x86::dot_q4_avx512(packed, scales, zeros, group, x, xsum) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::dot_q4_avx2(packed, scales, zeros, group, x, xsum) },
+        Isa::Avx2 => {
+            debug_assert_eq!(xp.len(), x.len());
+            // SAFETY: as above; xp is as long as x.
+            unsafe { x86::dot_q4_avx2(packed, scales, zeros, group, xp, xsum) }
+        }
         _ => {
             let mut acc = 0f32;
             for g in 0..scales.len() {
@@ -148,8 +203,9 @@ fn dot_q4(
     }
 }
 
-/// `Σ_b absmax_b · Σ_{j∈b} NF4[q_j] x_j`.
-fn dot_nf4(isa: Isa, packed: &[u8], absmax: &[f32], block: usize, x: &[f32]) -> f32 {
+/// `Σ_b absmax_b · Σ_{j∈b} NF4[q_j] x_j`; `xp` is `x` in [`Avx2Layout::Nf4`] order (read by the
+/// AVX2 kernel only).
+fn dot_nf4(isa: Isa, packed: &[u8], absmax: &[f32], block: usize, x: &[f32], xp: &[f32]) -> f32 {
     debug_assert_eq!(packed.len() * 2, x.len());
     debug_assert_eq!(absmax.len() * block, x.len());
     match isa {
@@ -157,7 +213,11 @@ fn dot_nf4(isa: Isa, packed: &[u8], absmax: &[f32], block: usize, x: &[f32]) -> 
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { x86::dot_nf4_avx512(packed, absmax, block, x) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::dot_nf4_avx2(packed, absmax, block, x) },
+        Isa::Avx2 => {
+            debug_assert_eq!(xp.len(), x.len());
+            // SAFETY: as above; xp is as long as x.
+            unsafe { x86::dot_nf4_avx2(packed, absmax, block, xp) }
+        }
         _ => {
             let mut acc = 0f32;
             for (b, &s) in absmax.iter().enumerate() {
@@ -293,6 +353,12 @@ pub(crate) fn matvec(isa: Isa, t: &QTensor, x: &[f32], y: &mut [f32]) {
             .collect(),
         _ => Vec::new(),
     };
+    // The AVX2 4-bit kernels read x in the order of their nibble unpack (made once per call).
+    let xp: Vec<f32> = match (&t.data, isa) {
+        (QData::Int4 { .. }, Isa::Avx2) => avx2_x_layout(Avx2Layout::Int4, x),
+        (QData::Nf4 { .. }, Isa::Avx2) => avx2_x_layout(Avx2Layout::Nf4, x),
+        _ => Vec::new(),
+    };
     let row_dot = |r: usize, sbuf: &mut Vec<f32>| -> f32 {
         match &t.data {
             QData::F32(w) => dot_f32(isa, &w[r * s..(r + 1) * s], x),
@@ -311,6 +377,7 @@ pub(crate) fn matvec(isa: Isa, t: &QTensor, x: &[f32], y: &mut [f32]) {
                     &zeros[r * gpr..(r + 1) * gpr],
                     *group_size,
                     x,
+                    &xp,
                     &xsum,
                 )
             }
@@ -328,6 +395,7 @@ pub(crate) fn matvec(isa: Isa, t: &QTensor, x: &[f32], y: &mut [f32]) {
                     sbuf,
                     *block_size,
                     x,
+                    &xp,
                 )
             }
         }
@@ -616,45 +684,154 @@ mod x86 {
 
     // ---- int4 (group-wise, zero point) ----
 
+    /// How far ahead of the packed 4-bit codes being read the AVX2 kernels prefetch, in bytes. The
+    /// kernels spend longer per byte than a plain stream, and the hardware prefetcher alone does
+    /// not run far enough ahead to hide the memory latency behind that work (nor across 4 KiB
+    /// pages); reaching into the next rows is fine, as they are read next.
+    const PREFETCH_BYTES: usize = 1024;
+
+    /// Prefetches the cache line `PREFETCH_BYTES` after `p` into L1 (a hint: never faults, so the
+    /// address may lie past the end of the weights).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn prefetch_ahead(p: *const u8) {
+        // A prefetch reads nothing architecturally (a safe intrinsic); wrapping_add keeps the
+        // address computation defined when it leaves the allocation.
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8);
+    }
+
+    /// The group index of each successive 32-weight run (no division per chunk).
+    struct RunGroups {
+        per_group: usize,
+        group: usize,
+        left: usize,
+    }
+
+    impl RunGroups {
+        fn new(group: usize) -> Self {
+            let per_group = group / 32;
+            RunGroups {
+                per_group,
+                group: 0,
+                left: per_group,
+            }
+        }
+
+        #[inline]
+        fn next(&mut self) -> usize {
+            let g = self.group;
+            self.left -= 1;
+            if self.left == 0 {
+                self.group += 1;
+                self.left = self.per_group;
+            }
+            g
+        }
+    }
+
+    /// `[s0 ×4 | s1 ×4]`: the scales of the two 32-weight runs of a 64-weight chunk when a group
+    /// boundary may fall between them (group size an odd multiple of 32).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn halves(s0: f32, s1: f32) -> __m256 {
+        _mm256_set_m128(_mm_set1_ps(s1), _mm_set1_ps(s0))
+    }
+
+    /// One 64-weight chunk of int4 codes (32 bytes at `p`) times `x` in [`super::Avx2Layout::Int4`]
+    /// order (64 floats at `x`), into two accumulators. Each nibble is masked in place in its
+    /// dword (`q · 2^{8t}`, at most 15 · 2^24, so the int → f32 conversion is exact) and meets an
+    /// `x` pre-scaled by `2^{-8t}`: 8 × (and, convert, FMA) per 64 weights, no shuffles.
+    ///
+    /// # Safety
+    /// `p` is readable for 32 bytes and `x` for 64 floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q4_chunk(p: *const u8, x: *const f32, a: &mut [__m256; 2]) {
+        prefetch_ahead(p);
+        // SAFETY: the caller's contract.
+        unsafe {
+            let b = _mm256_loadu_si256(p as *const __m256i);
+            let b4 = _mm256_srli_epi32::<4>(b);
+            let m = [
+                _mm256_set1_epi32(0x0F),
+                _mm256_set1_epi32(0x0F00),
+                _mm256_set1_epi32(0x0F_0000),
+                _mm256_set1_epi32(0x0F00_0000),
+            ];
+            for (t, &mt) in m.iter().enumerate() {
+                let w0 = _mm256_cvtepi32_ps(_mm256_and_si256(b, mt));
+                let w1 = _mm256_cvtepi32_ps(_mm256_and_si256(b4, mt));
+                a[0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x.add(16 * t)), a[0]);
+                a[1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.add(16 * t + 8)), a[1]);
+            }
+        }
+    }
+
+    /// `Σ_g s_g (Σ_{j∈g} q_j x_j − z_g xsum_g)` with `xp` in [`super::Avx2Layout::Int4`] order.
+    /// Exact in f32 up to summation order (the weights are converted exactly, `x` only scaled by
+    /// powers of two).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_q4_avx2(
         packed: &[u8],
         scales: &[f32],
         zeros: &[u8],
         group: usize,
-        x: &[f32],
+        xp: &[f32],
         xsum: &[f32],
     ) -> f32 {
-        let mask = _mm_set1_epi8(0x0F);
+        debug_assert!(packed.len() * 2 == xp.len() && scales.len() * group == xp.len());
+        let chunks = xp.len() / 64;
+        let (pp, px) = (packed.as_ptr(), xp.as_ptr());
         let mut acc = _mm256_setzero_ps();
-        let mut zterm = 0f32;
-        let chunks = group / 32;
-        let (pp, px) = (packed.as_ptr(), x.as_ptr());
-        for g in 0..scales.len() {
-            let mut d = [_mm256_setzero_ps(); 4];
-            for c in 0..chunks {
-                let base = g * chunks + c;
-                // SAFETY: base < packed.len() / 16 = x.len() / 32 (checked by the dispatcher).
-                unsafe {
-                    let b = _mm_loadu_si128(pp.add(base * 16) as *const __m128i);
-                    let lo = _mm_and_si128(b, mask);
-                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
-                    let xp = px.add(base * 32);
-                    let q0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-                    let q1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(lo, lo)));
-                    let q2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-                    let q3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(hi, hi)));
-                    d[0] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(xp), d[0]);
-                    d[1] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xp.add(8)), d[1]);
-                    d[2] = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xp.add(16)), d[2]);
-                    d[3] = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xp.add(24)), d[3]);
+        if group.is_multiple_of(64) {
+            let per = group / 64;
+            for (g, &s) in scales.iter().enumerate() {
+                let mut d = [_mm256_setzero_ps(); 2];
+                for c in g * per..(g + 1) * per {
+                    // SAFETY: c < chunks = packed.len() / 32 = xp.len() / 64.
+                    unsafe { q4_chunk(pp.add(32 * c), px.add(64 * c), &mut d) };
                 }
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_add_ps(d[0], d[1]), acc);
             }
-            let dg = _mm256_add_ps(_mm256_add_ps(d[0], d[1]), _mm256_add_ps(d[2], d[3]));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(scales[g]), dg, acc);
-            zterm += scales[g] * zeros[g] as f32 * xsum[g];
+        } else {
+            let mut runs = RunGroups::new(group);
+            for c in 0..chunks {
+                let mut d = [_mm256_setzero_ps(); 2];
+                // SAFETY: as above.
+                unsafe { q4_chunk(pp.add(32 * c), px.add(64 * c), &mut d) };
+                let sv = halves(scales[runs.next()], scales[runs.next()]);
+                acc = _mm256_fmadd_ps(sv, _mm256_add_ps(d[0], d[1]), acc);
+            }
         }
-        hsum256(acc) - zterm
+        let mut sum = hsum256(acc);
+        // A trailing run of 32 weights (natural order in xp).
+        if xp.len() % 64 == 32 {
+            let (p, x) = (&packed[32 * chunks..], &xp[64 * chunks..]);
+            let mut d = 0f32;
+            for j in 0..16 {
+                d += (p[j] & 0x0F) as f32 * x[j] + (p[j] >> 4) as f32 * x[j + 16];
+            }
+            sum += scales[64 * chunks / group] * d;
+        }
+        // The zero-point term Σ_g s_g z_g xsum_g, 8 groups at a time.
+        let ng = scales.len();
+        let mut zacc = _mm256_setzero_ps();
+        let mut g = 0;
+        while g + 8 <= ng {
+            // SAFETY: g + 8 <= ng = scales.len() = zeros.len() = xsum.len().
+            unsafe {
+                let z = _mm_loadl_epi64(zeros.as_ptr().add(g) as *const __m128i);
+                let zf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(z));
+                let sz = _mm256_mul_ps(_mm256_loadu_ps(scales.as_ptr().add(g)), zf);
+                zacc = _mm256_fmadd_ps(sz, _mm256_loadu_ps(xsum.as_ptr().add(g)), zacc);
+            }
+            g += 8;
+        }
+        let mut zterm = hsum256(zacc);
+        for k in g..ng {
+            zterm += scales[k] * zeros[k] as f32 * xsum[k];
+        }
+        sum - zterm
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -740,50 +917,120 @@ mod x86 {
         _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32::<28>(idx)))
     }
 
+    /// Byte `t` of the f32 bit patterns of the 16 NF4 levels, for `t` = 0..4 (little-endian): four
+    /// 16-entry byte tables, so that `vpshufb` looks up 32 levels at once, exactly.
+    const NF4_PLANES: [[u8; 16]; 4] = {
+        let mut planes = [[0u8; 16]; 4];
+        let mut i = 0;
+        while i < 16 {
+            let bytes = NF4_CODE[i].to_bits().to_le_bytes();
+            let mut t = 0;
+            while t < 4 {
+                planes[t][i] = bytes[t];
+                t += 1;
+            }
+            i += 1;
+        }
+        planes
+    };
+
+    /// The NF4 levels of 32 nibble indices (one per byte, 0..16): four byte-plane `vpshufb`
+    /// lookups, then two rounds of in-lane unpacks assemble the f32 bit patterns. Returns 4
+    /// vectors; vector `m` lane `4L + e` is the level of index byte `16L + 4m + e`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn nf4_levels32(idx: __m256i, planes: &[__m256i; 4]) -> [__m256; 4] {
+        let b0 = _mm256_shuffle_epi8(planes[0], idx);
+        let b1 = _mm256_shuffle_epi8(planes[1], idx);
+        let b2 = _mm256_shuffle_epi8(planes[2], idx);
+        let b3 = _mm256_shuffle_epi8(planes[3], idx);
+        let l01 = _mm256_unpacklo_epi8(b0, b1);
+        let h01 = _mm256_unpackhi_epi8(b0, b1);
+        let l23 = _mm256_unpacklo_epi8(b2, b3);
+        let h23 = _mm256_unpackhi_epi8(b2, b3);
+        [
+            _mm256_castsi256_ps(_mm256_unpacklo_epi16(l01, l23)),
+            _mm256_castsi256_ps(_mm256_unpackhi_epi16(l01, l23)),
+            _mm256_castsi256_ps(_mm256_unpacklo_epi16(h01, h23)),
+            _mm256_castsi256_ps(_mm256_unpackhi_epi16(h01, h23)),
+        ]
+    }
+
+    /// One 64-weight chunk of NF4 codes (32 bytes at `p`) times `x` in
+    /// [`super::Avx2Layout::Nf4`] order (64 floats at `x`), into two accumulators.
+    ///
+    /// # Safety
+    /// `p` is readable for 32 bytes and `x` for 64 floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn nf4_chunk(p: *const u8, x: *const f32, planes: &[__m256i; 4], a: &mut [__m256; 2]) {
+        let mask = _mm256_set1_epi8(0x0F);
+        prefetch_ahead(p);
+        // SAFETY: the caller's contract.
+        unsafe {
+            let b = _mm256_loadu_si256(p as *const __m256i);
+            let lo = _mm256_and_si256(b, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(b), mask);
+            for (h, idx) in [lo, hi].into_iter().enumerate() {
+                let w = nf4_levels32(idx, planes);
+                for m in 0..4 {
+                    let xv = _mm256_loadu_ps(x.add(32 * h + 8 * m));
+                    a[m % 2] = _mm256_fmadd_ps(w[m], xv, a[m % 2]);
+                }
+            }
+        }
+    }
+
+    /// `Σ_b absmax_b Σ_{j∈b} NF4[q_j] x_j` with `xp` in [`super::Avx2Layout::Nf4`] order. Exact
+    /// in f32 up to summation order: the levels are looked up bit for bit (byte planes), not
+    /// rounded to a narrower table.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_nf4_avx2(
         packed: &[u8],
         absmax: &[f32],
         block: usize,
-        x: &[f32],
+        xp: &[f32],
     ) -> f32 {
-        let mask = _mm_set1_epi8(0x0F);
-        // SAFETY: NF4_CODE has 16 entries.
-        let (tlo, thi) = unsafe {
-            (
-                _mm256_loadu_ps(NF4_CODE.as_ptr()),
-                _mm256_loadu_ps(NF4_CODE.as_ptr().add(8)),
-            )
-        };
+        debug_assert!(packed.len() * 2 == xp.len() && absmax.len() * block == xp.len());
+        // SAFETY: each plane has 16 bytes.
+        let planes: [__m256i; 4] = std::array::from_fn(|t| unsafe {
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(NF4_PLANES[t].as_ptr() as *const __m128i))
+        });
+        let chunks = xp.len() / 64;
+        let (pp, px) = (packed.as_ptr(), xp.as_ptr());
         let mut acc = _mm256_setzero_ps();
-        let chunks = block / 32;
-        let (pp, px) = (packed.as_ptr(), x.as_ptr());
-        for (bi, &s) in absmax.iter().enumerate() {
-            let mut d = [_mm256_setzero_ps(); 4];
-            for c in 0..chunks {
-                let base = bi * chunks + c;
-                // SAFETY: base < packed.len() / 16 = x.len() / 32 (checked by the dispatcher).
-                unsafe {
-                    let b = _mm_loadu_si128(pp.add(base * 16) as *const __m128i);
-                    let lo = _mm_and_si128(b, mask);
-                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), mask);
-                    let xp = px.add(base * 32);
-                    let parts = [
-                        lo,
-                        _mm_unpackhi_epi64(lo, lo),
-                        hi,
-                        _mm_unpackhi_epi64(hi, hi),
-                    ];
-                    for (u, p) in parts.into_iter().enumerate() {
-                        let w = nf4_lut8(_mm256_cvtepu8_epi32(p), tlo, thi);
-                        d[u] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xp.add(8 * u)), d[u]);
-                    }
+        if block.is_multiple_of(64) {
+            let per = block / 64;
+            for (bi, &s) in absmax.iter().enumerate() {
+                let mut d = [_mm256_setzero_ps(); 2];
+                for c in bi * per..(bi + 1) * per {
+                    // SAFETY: c < chunks = packed.len() / 32 = xp.len() / 64.
+                    unsafe { nf4_chunk(pp.add(32 * c), px.add(64 * c), &planes, &mut d) };
                 }
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_add_ps(d[0], d[1]), acc);
             }
-            let db = _mm256_add_ps(_mm256_add_ps(d[0], d[1]), _mm256_add_ps(d[2], d[3]));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(s), db, acc);
+        } else {
+            let mut runs = RunGroups::new(block);
+            for c in 0..chunks {
+                let mut d = [_mm256_setzero_ps(); 2];
+                // SAFETY: as above.
+                unsafe { nf4_chunk(pp.add(32 * c), px.add(64 * c), &planes, &mut d) };
+                let sv = halves(absmax[runs.next()], absmax[runs.next()]);
+                acc = _mm256_fmadd_ps(sv, _mm256_add_ps(d[0], d[1]), acc);
+            }
         }
-        hsum256(acc)
+        let mut sum = hsum256(acc);
+        // A trailing run of 32 weights (natural order in xp).
+        if xp.len() % 64 == 32 {
+            let (p, x) = (&packed[32 * chunks..], &xp[64 * chunks..]);
+            let mut d = 0f32;
+            for j in 0..16 {
+                d += NF4_CODE[(p[j] & 0x0F) as usize] * x[j]
+                    + NF4_CODE[(p[j] >> 4) as usize] * x[j + 16];
+            }
+            sum += absmax[64 * chunks / block] * d;
+        }
+        sum
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]

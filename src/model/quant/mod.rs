@@ -156,9 +156,17 @@ impl Nf4Scales {
         match self {
             Nf4Scales::F32(s) => out.copy_from_slice(&s[start..start + out.len()]),
             Nf4Scales::Double { q, scale2, mean } => {
-                for (i, o) in out.iter_mut().enumerate() {
-                    let b = start + i;
-                    *o = q[b] as f32 * scale2[b / DOUBLE_QUANT_BLOCK] + mean;
+                // Run by run of blocks sharing a second-level scale (a loop the compiler
+                // vectorizes; the matvec decodes one row's scales per row).
+                let (mut b, mut done) = (start, 0);
+                while done < out.len() {
+                    let s2 = scale2[b / DOUBLE_QUANT_BLOCK];
+                    let n = (DOUBLE_QUANT_BLOCK - b % DOUBLE_QUANT_BLOCK).min(out.len() - done);
+                    for (o, &qb) in out[done..done + n].iter_mut().zip(&q[b..b + n]) {
+                        *o = qb as f32 * s2 + mean;
+                    }
+                    b += n;
+                    done += n;
                 }
             }
         }
