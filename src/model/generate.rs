@@ -142,14 +142,20 @@ pub fn generate<B: Backend>(
         .step_by(size)
         .map(|r0| (r0, image.clone().narrow(0, r0, size.min(b - r0)))) // [part, n, hidden]
         .collect();
-    use rayon::prelude::*;
-    chunks
-        .into_par_iter()
-        .map(|(r0, img)| generate_part(model, img, r0, prefix, end, max_seq_len, cfg))
-        .collect::<Vec<_>>()
-        .into_iter()
-        .flatten()
-        .collect()
+    // plain threads, not rayon tasks: the backend's own ops run on the rayon pool, and parts that
+    // occupy its workers starved them (flex on 2 cores used 1.0 core with the parts as rayon tasks)
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|(r0, img)| {
+                s.spawn(move || generate_part(model, img, r0, prefix, end, max_seq_len, cfg))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
 }
 
 /// [`generate`] on one part of a batch whose first row is row `row0` of the whole batch.
