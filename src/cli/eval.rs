@@ -99,6 +99,7 @@ fn eval_on<AB: AutodiffBackend>(a: &EvalArgs, device: &AB::Device) -> Result<()>
             temperature: a.temperature,
             top_p: a.top_p,
             seed: a.seed,
+            threads: 0,
         },
         batch: a.batch,
         sandbox: a.sandbox.config(),

@@ -1,6 +1,7 @@
 //! The `cadvlm` command line: argument parsing and dispatch, one file per subcommand. All work lives
 //! in the library layers below; nothing here is imported by them.
 
+mod bench_sample;
 mod bench_train;
 mod data;
 mod eval;
@@ -49,6 +50,8 @@ enum Cmd {
     Infer(infer::InferArgs),
     /// Measure training throughput (tokens/s) of a model size on a CPU backend.
     BenchTrain(bench_train::BenchTrainArgs),
+    /// Measure batched KV-cache decoding throughput (tokens/s) and CPU cores used.
+    BenchSample(bench_sample::BenchSampleArgs),
     /// PNG figures and report/README.md of a run folder (SFT/DPO curves, rollouts, IoU, gallery).
     Report(report::ReportArgs),
     /// Greedy generation with a local Qwen2-VL / Qwen2.5-VL checkpoint directory for one image (CPU, f32).
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
         Cmd::Eval(a) => eval::run(a),
         Cmd::Infer(a) => infer::run(a),
         Cmd::BenchTrain(a) => bench_train::run(a),
+        Cmd::BenchSample(a) => bench_sample::run(a),
         Cmd::Report(a) => report::run(a),
         Cmd::QwenGenerate(a) => qwen_generate::run(a),
     };

@@ -1,5 +1,8 @@
 //! Batched generation with a KV cache: greedy or sampled (temperature, top-p), stopping at `<|end|>`
-//! or a length limit. Sampling is done on the host from the logits, seeded, so it is reproducible.
+//! or a length limit. Sampling is done on the host from the logits with one seeded stream per row, so
+//! it is reproducible and independent of how the batch is split: on the CPU backends the rows are
+//! split over threads (decoding a small model one token at a time is too little work per op for the
+//! backend's own threads to use the cores).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -24,6 +27,10 @@ pub struct GenerateConfig {
     /// Nucleus mass kept when sampling (1.0 → all).
     pub top_p: f32,
     pub seed: u64,
+    /// Threads the batch's rows are split over (one part per thread, each decoding its rows with the
+    /// shared weights); 0 → one per core of the rayon pool on CPU backends (`flex`, `ndarray`), 1 on
+    /// the GPU.
+    pub threads: usize,
 }
 
 impl Default for GenerateConfig {
@@ -33,8 +40,32 @@ impl Default for GenerateConfig {
             temperature: 0.0,
             top_p: 1.0,
             seed: 0,
+            threads: 0,
         }
     }
+}
+
+impl GenerateConfig {
+    /// The number of parts a batch of `rows` rows on backend `B` is split into.
+    pub fn parts<B: Backend>(&self, device: &B::Device, rows: usize) -> usize {
+        let n = match self.threads {
+            0 if is_cpu_backend::<B>(device) => rayon::current_num_threads(),
+            0 => 1,
+            t => t,
+        };
+        n.clamp(1, rows.max(1))
+    }
+}
+
+/// Whether `B` computes on the CPU (burn's `flex` or `ndarray`, with or without autodiff).
+pub fn is_cpu_backend<B: Backend>(device: &B::Device) -> bool {
+    let name = B::name(device);
+    name.contains("flex") || name.contains("ndarray")
+}
+
+/// The sampling stream of row `row` of a batch seeded `seed`.
+fn row_rng(seed: u64, row: usize) -> StdRng {
+    StdRng::seed_from_u64(crate::geom::rng::Rng::new(seed, row as u64).next_u64())
 }
 
 /// One generated row.
@@ -90,7 +121,9 @@ pub fn sample_token(logits: &[f32], temperature: f32, top_p: f32, rng: &mut StdR
 }
 
 /// Generate one program per row of `image: [batch, n_image_tokens, hidden]`, every row starting with the
-/// same `prefix` tokens (the prompt and `<|begin|>`). Rows stop independently at `end`.
+/// same `prefix` tokens (the prompt and `<|begin|>`). Rows stop independently at `end`. The rows are
+/// split into [`GenerateConfig::parts`] contiguous parts decoded on as many threads; row `r` samples
+/// from its own stream ([`row_rng`]), so the result does not depend on the split.
 pub fn generate<B: Backend>(
     model: &Vlm<B>,
     image: Tensor<B, 3>,
@@ -99,9 +132,39 @@ pub fn generate<B: Backend>(
     max_seq_len: usize,
     cfg: &GenerateConfig,
 ) -> Vec<Generated> {
+    let [b, _, _] = image.dims();
+    let parts = cfg.parts::<B>(&image.device(), b);
+    if parts <= 1 {
+        return generate_part(model, image, 0, prefix, end, max_seq_len, cfg);
+    }
+    let size = b.div_ceil(parts);
+    let chunks: Vec<(usize, Tensor<B, 3>)> = (0..b)
+        .step_by(size)
+        .map(|r0| (r0, image.clone().narrow(0, r0, size.min(b - r0)))) // [part, n, hidden]
+        .collect();
+    use rayon::prelude::*;
+    chunks
+        .into_par_iter()
+        .map(|(r0, img)| generate_part(model, img, r0, prefix, end, max_seq_len, cfg))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// [`generate`] on one part of a batch whose first row is row `row0` of the whole batch.
+fn generate_part<B: Backend>(
+    model: &Vlm<B>,
+    image: Tensor<B, 3>,
+    row0: usize,
+    prefix: &[u32],
+    end: u32,
+    max_seq_len: usize,
+    cfg: &GenerateConfig,
+) -> Vec<Generated> {
     let [b, n, _] = image.dims();
     let device = image.device();
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut rngs: Vec<StdRng> = (0..b).map(|r| row_rng(cfg.seed, row0 + r)).collect();
     let ids: Vec<i64> = (0..b)
         .flat_map(|_| prefix.iter().map(|&t| t as i64))
         .collect();
@@ -136,7 +199,7 @@ pub fn generate<B: Backend>(
                 &host[r * v..(r + 1) * v],
                 cfg.temperature,
                 cfg.top_p,
-                &mut rng,
+                &mut rngs[o],
             );
             let g = &mut out[o];
             if t == end {
@@ -238,6 +301,44 @@ pub fn generate_programs<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_sample_the_same_tokens_however_the_batch_is_split() {
+        type B = burn::backend::Flex;
+        let device = Default::default();
+        let c = VlmConfig::named("tiny", 64).unwrap();
+        B::seed(&device, 3);
+        let model = c.init::<B>(&device);
+        let n_patch = c.grid() * c.grid();
+        let patches = Tensor::<B, 3>::random(
+            [5, n_patch, c.patch_dim()],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let image = model.encode_image(patches); // [5, n_image_tokens, hidden]
+        let run = |threads: usize, temperature: f32| {
+            let cfg = GenerateConfig {
+                max_new_tokens: 24,
+                temperature,
+                top_p: 0.95,
+                seed: 7,
+                threads,
+            };
+            assert_eq!(cfg.parts::<B>(&device, 5), threads.min(5));
+            generate(&model, image.clone(), &[1, 2, 3], 5, c.max_seq_len, &cfg)
+        };
+        for t in [0.0, 1.5] {
+            let one = run(1, t);
+            assert_eq!(one.len(), 5);
+            assert!(one.iter().all(|g| !g.tokens.is_empty()));
+            for threads in [2, 3, 5] {
+                assert_eq!(run(threads, t), one, "threads {threads}, temperature {t}");
+            }
+        }
+        // sampled rows differ from one another (each has its own stream)
+        let s = run(2, 1.5);
+        assert!(s.iter().any(|g| g.tokens != s[0].tokens));
+    }
 
     #[test]
     fn greedy_and_top_p() {

@@ -42,6 +42,7 @@ pub fn settings(r: &Recipe) -> EvalSettings {
             temperature: r.eval.temperature,
             top_p: r.eval.top_p,
             seed: r.sft.seed,
+            threads: 0,
         },
         batch: r.eval.batch,
         sandbox: r.sandbox.clone(),

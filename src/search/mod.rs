@@ -454,6 +454,7 @@ pub fn propose(
         temperature: 0.0,
         top_p: 1.0,
         seed: cfg.seed,
+        threads: 0,
     };
     let greedy = policy.generate(images, 1, &greedy_cfg, batch, &mut |_| {})?;
     let mut out: Vec<Vec<(Source, String)>> = greedy
@@ -466,6 +467,7 @@ pub fn propose(
             temperature: cfg.temperature,
             top_p: cfg.top_p,
             seed: cfg.seed,
+            threads: 0,
         };
         let sampled = policy.generate(images, cfg.samples, &sample_cfg, batch, progress)?;
         for (r, g) in sampled.into_iter().enumerate() {

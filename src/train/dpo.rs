@@ -277,10 +277,13 @@ pub fn train_dpo_policy(
         let pairs = rollout::select_pairs(&rs, &cfg.pairs, keep.as_ref(), cfg.seed ^ round as u64);
         let examples = pair_examples(&*policy, &rs, &pairs, &imgs)?;
         let st = rollout::rollout_stats(&rs, examples.len());
-        pb.println(format!(
-            "round {round}: reward mean {:.3}  VSR {:.3}  IoU(all) {:.3}  {} pairs",
-            st.reward_mean, st.vsr, st.iou_mean_all, st.pairs
-        ));
+        super::say(
+            &pb,
+            format!(
+                "round {round}: reward mean {:.3}  VSR {:.3}  IoU(all) {:.3}  {} pairs",
+                st.reward_mean, st.vsr, st.iou_mean_all, st.pairs
+            ),
+        );
         if !metrics
             .iter()
             .any(|m| m.round == round && m.rollout_pairs.is_some())
@@ -300,10 +303,13 @@ pub fn train_dpo_policy(
         round_stats.push(st);
         let round_end = (round_start + cfg.steps_per_round).min(end);
         if examples.is_empty() {
-            pb.println(format!(
-                "round {round}: no pair has a reward gap ≥ {}; the round trains nothing",
-                cfg.pairs.margin
-            ));
+            super::say(
+                &pb,
+                format!(
+                    "round {round}: no pair has a reward gap ≥ {}; the round trains nothing",
+                    cfg.pairs.margin
+                ),
+            );
             step = round_end;
             policy.save_checkpoint(
                 run,

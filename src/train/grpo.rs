@@ -306,10 +306,19 @@ pub fn train_grpo_policy(
             &pb,
         )?;
         let (ex, adv, st) = group_examples(&*policy, &rs, &imgs, cfg)?;
-        pb.println(format!(
-            "round {round}: reward {:.3} (group std {:.3})  VSR {:.3}  IoU(all) {:.3}  {} groups, {} completions ({} groups all equal)",
-            st.reward, st.reward_std, st.vsr, st.iou_mean_all, st.groups, st.completions, st.zero_std
-        ));
+        super::say(
+            &pb,
+            format!(
+                "round {round}: reward {:.3} (group std {:.3})  VSR {:.3}  IoU(all) {:.3}  {} groups, {} completions ({} groups all equal)",
+                st.reward,
+                st.reward_std,
+                st.vsr,
+                st.iou_mean_all,
+                st.groups,
+                st.completions,
+                st.zero_std
+            ),
+        );
         if !metrics
             .iter()
             .any(|m| m.round == round && m.rollout_groups.is_some())
@@ -330,9 +339,12 @@ pub fn train_grpo_policy(
             write_grpo_metrics(run, &metrics)?;
         }
         if ex.is_empty() {
-            pb.println(format!(
-                "round {round}: every group's rewards are equal (or no group is hard enough); the round trains nothing"
-            ));
+            super::say(
+                &pb,
+                format!(
+                    "round {round}: every group's rewards are equal (or no group is hard enough); the round trains nothing"
+                ),
+            );
             step = round_end;
             policy.save_checkpoint(
                 run,

@@ -252,3 +252,14 @@ pub fn write_grpo_metrics(run: &Path, rows: &[GrpoMetricRow]) -> Result<(), Trai
 pub fn read_grpo_metrics(run: &Path, upto: usize) -> Vec<GrpoMetricRow> {
     read_rows(run, upto, |r: &GrpoMetricRow| r.step)
 }
+
+/// Seconds of CPU (user + system) this process has used so far, from `/proc/self/stat` (Linux).
+pub fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based)
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i)?.parse::<f64>().ok();
+    // USER_HZ is 100 on every Linux ABI
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}

@@ -57,6 +57,16 @@ pub(crate) fn step_bar(total: usize, step: usize, show: bool) -> indicatif::Prog
     pb
 }
 
+/// A line above the progress bar; on stderr when the bar is hidden (stderr not a terminal, e.g. a
+/// log file), where indicatif would drop it.
+pub(crate) fn say(pb: &indicatif::ProgressBar, line: String) {
+    if pb.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        pb.println(line);
+    }
+}
+
 pub(crate) fn ioerr(path: &std::path::Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Io {
         path: path.display().to_string(),

@@ -128,6 +128,7 @@ pub fn sample_rollouts(
             temperature: cfg.temperature,
             top_p: cfg.top_p,
             seed: seed ^ first.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            threads: 0,
         };
         let refs: Vec<&Sample> = chunk.iter().collect();
         programs.extend(policy.generate(&refs, k, &gen_cfg, cfg.batch, &mut |_| {})?);
@@ -239,7 +240,7 @@ pub fn round_rollouts(
         imgs.len(),
         cfg.k
     ));
-    let t = std::time::Instant::now();
+    let (t, cpu0) = (std::time::Instant::now(), super::metrics::cpu_seconds());
     let rs = sample_rollouts(
         policy,
         &imgs,
@@ -250,11 +251,15 @@ pub fn round_rollouts(
         policy_step,
     )?;
     write_rollouts(path, &rs)?;
-    pb.println(format!(
-        "round {round}: {} rollouts in {:.1} s",
-        rs.len(),
-        t.elapsed().as_secs_f64()
-    ));
+    let wall = t.elapsed().as_secs_f64();
+    let cores = match (cpu0, super::metrics::cpu_seconds()) {
+        (Some(a), Some(b)) => format!(", CPU {:.2} cores", (b - a) / wall),
+        _ => String::new(),
+    };
+    super::say(
+        pb,
+        format!("round {round}: {} rollouts in {wall:.1} s{cores}", rs.len(),),
+    );
     Ok((imgs, rs))
 }
 

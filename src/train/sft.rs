@@ -440,10 +440,13 @@ pub fn train_sft_adapted<AB: AutodiffBackend>(
                 executor.as_deref(),
                 device,
             )?;
-            pb.println(format!(
-                "step {step}: val VSR {:.3}  IoU_unitcube(all) {:.3}  IoU_best(all) {:.3}",
-                s.vsr, s.iou_unitcube, s.iou_best
-            ));
+            super::say(
+                &pb,
+                format!(
+                    "step {step}: val VSR {:.3}  IoU_unitcube(all) {:.3}  IoU_best(all) {:.3}",
+                    s.vsr, s.iou_unitcube, s.iou_best
+                ),
+            );
             let r = row.get_or_insert(MetricRow {
                 step,
                 tokens,
