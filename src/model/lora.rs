@@ -271,6 +271,17 @@ impl<B: Backend> LoraLinear<B> {
 
     /// `x: [..., in] -> [..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if D > 2 {
+            // as one `[rows, in]` matrix: one matrix product forward and one for the weight gradient,
+            // where the leading dims would make a batch of small products (and a `[batch, in, out]`
+            // weight gradient summed afterwards)
+            let dims = x.dims();
+            let rows: usize = dims[..D - 1].iter().product();
+            let y = self.forward(x.reshape([rows, self.d_in])); // [rows, out]
+            let mut out = dims;
+            out[D - 1] = self.d_out;
+            return y.reshape(out); // [..., out]
+        }
         let device = x.device();
         let on = adapters_enabled();
         let mut w = self.base_weight(&device); // [out, in]

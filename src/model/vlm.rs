@@ -236,7 +236,6 @@ impl<B: Backend> Vlm<B> {
         batch: &TokenBatch,
         aux_targets: Option<Tensor<B, 2>>,
     ) -> (Tensor<B, 1>, Option<Tensor<B, 1>>) {
-        let device = patches.device();
         let image = self.encode_image(patches); // [batch, n_image_tokens, hidden]
         let aux = match (aux_targets, self.aux_predict(&image)) {
             (Some(t), Some(p)) => {
@@ -245,10 +244,17 @@ impl<B: Backend> Vlm<B> {
             }
             _ => None,
         };
+        (self.text_loss(image, batch), aux)
+    }
+
+    /// The SFT loss given the image tokens `[batch, n_image_tokens, hidden]` (from
+    /// [`Vlm::encode_image`]): the mean negative log-likelihood of the masked targets.
+    pub fn text_loss(&self, image: Tensor<B, 3>, batch: &TokenBatch) -> Tensor<B, 1> {
+        let device = image.device();
         let lp = self.token_logprobs(image, batch.ids_tensor(&device)); // [batch, seq-1]
         let mask = batch.mask_tensor::<B>(&device);
         let n = batch.n_target_tokens().max(1) as f64;
-        (lp.mul(mask).sum().neg().div_scalar(n), aux) // [1]
+        lp.mul(mask).sum().neg().div_scalar(n) // [1]
     }
 
     /// Sum of code-token log-probabilities per row `[batch]` (the DPO policy/reference score).
