@@ -468,6 +468,28 @@ fn measuring_against_a_target_is_not_held_to_the_programs_deadline() {
 }
 
 #[test]
+fn measuring_a_part_with_tiny_holes_is_not_held_to_the_programs_fuel() {
+    // GenCAD-Code 00059989 (four holes of radius 0.003): scoring a plain disk against it needs more
+    // than the program's 2·10⁹ fuel (the Chamfer distance); that was reported as the disk's failure
+    let target = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sandbox/gencad-00059989.py"),
+    )
+    .unwrap();
+    let disk = "import cadquery as cq
+wp_sketch0 = cq.Workplane(cq.Plane(cq.Vector(-0.464, 0.0, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, -1.0, 0.0)))
+loop0=wp_sketch0.moveTo(0.464, 0.0).circle(0.464)
+solid0=wp_sketch0.add(loop0).extrude(0.031)
+solid=solid0
+";
+    let ex = wasm();
+    let t = ex.target(&target).expect("the target executes");
+    let o = ex.score(disk, &t);
+    let ious = o.result.expect("scored").ious.expect("all IoUs");
+    assert!(ious.chamfer.is_some_and(|c| c > 0.0), "{ious:?}");
+    assert!(o.fuel_used.unwrap() < SandboxConfig::default().fuel / 10);
+}
+
+#[test]
 fn guest_allocating_without_bound_is_out_of_memory() {
     let ex = WasmExecutor::new(SandboxConfig {
         memory_mb: 64,

@@ -100,7 +100,12 @@ fn bench_on<AB: AutodiffBackend>(a: &BenchTrainArgs, device: &AB::Device) -> Res
         model = opt.step(model, grads, 1e-4).0;
         if a.profile {
             // the update is done once a value of the last parameter has been read
-            let _ = model.lm_head.base_weight(device).inner().sum().into_scalar();
+            let _ = model
+                .lm_head
+                .base_weight(device)
+                .inner()
+                .sum()
+                .into_scalar();
         }
         let dt = t.elapsed().as_secs_f64();
         marks[3] = dt;

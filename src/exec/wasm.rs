@@ -38,11 +38,14 @@ pub static GUEST_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cadvlm-
 
 /// Epoch ticker period: the deadline's resolution.
 const TICK: Duration = Duration::from_millis(10);
-/// Wall-clock backstop for measuring an executed program's solid against its target (the guest's
-/// `cadvlm.executed` call starts it, with a fresh fuel budget): trusted code on a solid the
-/// executor's limits already bounded, so fuel is the real bound; the program's own `timeout_ms`
-/// no longer applies, so that a loaded machine does not turn scoring into the program's timeout.
+/// Wall-clock bound on measuring an executed program's solid against its target (the guest's
+/// `cadvlm.executed` call starts it): trusted code on a solid the executor's limits already
+/// bounded, so neither the program's `timeout_ms` nor its fuel applies — on a loaded machine the
+/// program's deadline turned scoring into timeouts, and the Chamfer distance of a part with tiny
+/// holes (dev 00059989: four 0.003-radius holes) needs more than the program's 2·10⁹ fuel.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Fuel for measuring: unbounded in practice ([`MEASURE_TIMEOUT`] is the bound).
+const MEASURE_FUEL: u64 = u64::MAX >> 2;
 /// Largest request the host will copy into a guest (program + target solid).
 const MAX_REQUEST: usize = 64 << 20;
 /// Largest answer a guest may write to stdout.
@@ -78,8 +81,8 @@ struct Ctx {
     exit_code: Option<i32>,
     rng: u64,
     limiter: MemLimiter,
-    /// Fuel for measuring (see [`MEASURE_TIMEOUT`]).
-    measure_fuel: u64,
+    /// The program's fuel budget (to tell what it used once measuring begins).
+    program_budget: u64,
     /// Set when the guest reported its program executed and measuring began.
     measuring: bool,
     /// Fuel the program itself used (set when measuring begins).
@@ -192,12 +195,12 @@ fn build_shared() -> wasmtime::Result<Shared> {
     let mut linker: Linker<Ctx> = Linker::new(&engine);
     define_wasi(&mut linker)?;
     linker.func_wrap("cadvlm", "executed", |mut caller: Caller<'_, Ctx>| {
-        let fuel = caller.data().measure_fuel;
+        let budget = caller.data().program_budget;
         let left = caller.get_fuel()?;
         let ctx = caller.data_mut();
         ctx.measuring = true;
-        ctx.program_fuel = Some(fuel.saturating_sub(left));
-        caller.set_fuel(fuel)?;
+        ctx.program_fuel = Some(budget.saturating_sub(left));
+        caller.set_fuel(MEASURE_FUEL)?;
         caller
             .as_context_mut()
             .set_epoch_deadline(MEASURE_TIMEOUT.as_millis().div_ceil(TICK.as_millis()) as u64);
@@ -286,7 +289,7 @@ fn dummy_ctx() -> Ctx {
             max_bytes: 0,
             hit: false,
         },
-        measure_fuel: 0,
+        program_budget: 0,
         measuring: false,
         program_fuel: None,
     }
@@ -586,7 +589,7 @@ impl WasmExecutor {
                 max_bytes,
                 hit: false,
             },
-            measure_fuel: self.cfg.fuel,
+            program_budget: self.cfg.fuel,
             ..dummy_ctx()
         };
         let mut store = Store::new(&self.shared.engine, ctx);
@@ -614,7 +617,7 @@ impl WasmExecutor {
         let ctx = store.into_data();
         let fuel_used = ctx
             .program_fuel
-            .or(fuel_left.map(|left| self.cfg.fuel - left));
+            .or_else(|| fuel_left.map(|left| self.cfg.fuel.saturating_sub(left)));
         let elapsed = t0.elapsed();
         let mut out = match res {
             Ok(()) => parse_answer(&ctx, elapsed),
@@ -662,7 +665,7 @@ fn classify_error(
         match e.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) if ctx.measuring => (
                 FailureKind::OutOfFuel,
-                format!("{measuring} used all its fuel ({})", cfg.fuel),
+                format!("{measuring} used all its fuel ({MEASURE_FUEL})"),
             ),
             Some(Trap::Interrupt) if ctx.measuring => (
                 FailureKind::Timeout,

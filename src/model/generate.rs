@@ -192,7 +192,7 @@ fn generate_part<B: Backend>(
     // the whole batch running; `rows[r]` is the output index of batch row `r`
     let mut rows: Vec<usize> = (0..b).collect();
     let mut cond = cond;
-    for _ in 0..budget {
+    for i in 0..budget {
         let [_, v] = logits.dims();
         let host: Vec<f32> = logits
             .into_data()
@@ -218,7 +218,8 @@ fn generate_part<B: Backend>(
         let keep: Vec<usize> = (0..rows.len())
             .filter(|&r| !out[rows[r]].finished)
             .collect();
-        if keep.is_empty() {
+        // no decoder step after the last token the budget allows (its logits would go unused)
+        if keep.is_empty() || i + 1 == budget {
             break;
         }
         if keep.len() < rows.len() {

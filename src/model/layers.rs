@@ -147,11 +147,7 @@ pub fn attention<B: Backend>(
         None => scores,
     };
     let o = softmax(scores, 3).matmul(v); // [batch, kv_heads, rep·tq, d]
-    if rep > 1 {
-        o.reshape([b, h, tq, d])
-    } else {
-        o
-    } // [batch, heads, tq, d]
+    if rep > 1 { o.reshape([b, h, tq, d]) } else { o } // [batch, heads, tq, d]
 }
 
 /// Additive mask `[tq, tk]` for queries at positions `tk-tq..tk`: causal, except that the first
@@ -202,7 +198,10 @@ mod tests {
         let bias = prefix_causal_bias::<B>(tq, tk, 3, &dev);
         for m in [None, Some(&bias)] {
             let (kr, vr) = (rep(k.clone()), rep(v.clone()));
-            let mut s = q.clone().matmul(kr.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
+            let mut s = q
+                .clone()
+                .matmul(kr.swap_dims(2, 3))
+                .mul_scalar(1.0 / (d as f64).sqrt());
             if let Some(m) = m {
                 s = s.add(m.clone().unsqueeze::<4>());
             }
@@ -223,12 +222,22 @@ mod tests {
         }
 
         let (cos, sin) = rope_tables::<B>(3, tq, d, 10000.0, &dev);
-        let got: Vec<f32> = apply_rope(q.clone(), &cos, &sin).into_data().to_vec().unwrap();
+        let got: Vec<f32> = apply_rope(q.clone(), &cos, &sin)
+            .into_data()
+            .to_vec()
+            .unwrap();
         let x: Vec<f32> = q.into_data().to_vec().unwrap();
-        let (c, s): (Vec<f32>, Vec<f32>) = (cos.into_data().to_vec().unwrap(), sin.into_data().to_vec().unwrap());
+        let (c, s): (Vec<f32>, Vec<f32>) = (
+            cos.into_data().to_vec().unwrap(),
+            sin.into_data().to_vec().unwrap(),
+        );
         for (i, &g) in got.iter().enumerate() {
             let (j, p) = (i % d, (i / d) % tq);
-            let rot = if j < d / 2 { -x[i + d / 2] } else { x[i - d / 2] };
+            let rot = if j < d / 2 {
+                -x[i + d / 2]
+            } else {
+                x[i - d / 2]
+            };
             let want = x[i] * c[p * d + j] + rot * s[p * d + j];
             assert!((g - want).abs() < 1e-6, "{g} vs {want}");
         }
