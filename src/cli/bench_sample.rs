@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use clap::Args;
 
-use crate::model::generate::{GenerateConfig, generate};
+use crate::model::generate::{GenerateConfig, generate_from_patches};
 use crate::pipeline::BackendKind;
 use crate::train::metrics::cpu_seconds;
 
@@ -87,9 +87,8 @@ fn bench_on<B: Backend>(a: &BenchSampleArgs, device: &B::Device) -> Result<()> {
             device,
         ); // [batch, n_patches, patch_dim]
         let (t0, cpu0) = (Instant::now(), cpu_seconds());
-        let image = model.encode_image(patches); // [batch, n_image_tokens, hidden]
         // `end` outside the vocabulary: every row decodes exactly `new_tokens`
-        let out = generate(&model, image, &prefix, u32::MAX, c.max_seq_len, &cfg);
+        let out = generate_from_patches(&model, patches, 1, &prefix, u32::MAX, c.max_seq_len, &cfg);
         let wall = t0.elapsed().as_secs_f64();
         let cores = match (cpu0, cpu_seconds()) {
             (Some(c0), Some(c1)) => (c1 - c0) / wall,

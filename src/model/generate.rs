@@ -142,14 +142,56 @@ pub fn generate<B: Backend>(
         .step_by(size)
         .map(|r0| (r0, image.clone().narrow(0, r0, size.min(b - r0)))) // [part, n, hidden]
         .collect();
-    // plain threads, not rayon tasks: the backend's own ops run on the rayon pool, and parts that
-    // occupy its workers starved them (flex on 2 cores used 1.0 core with the parts as rayon tasks)
+    on_threads(chunks, |r0, img| {
+        generate_part(model, img, r0, prefix, end, max_seq_len, cfg)
+    })
+}
+
+/// [`generate`] from image patches `[images, n_patches, patch_dim]` with `k` rows per image (an
+/// image's rows adjacent, as [`repeat_rows`]). With at least as many images as parts, each thread
+/// also encodes its own images (the vision tower and the prefill run split too); otherwise the batch
+/// is encoded once and [`generate`] splits the rows. Either way row `r` is the same.
+pub fn generate_from_patches<B: Backend>(
+    model: &Vlm<B>,
+    patches: Tensor<B, 3>,
+    k: usize,
+    prefix: &[u32],
+    end: u32,
+    max_seq_len: usize,
+    cfg: &GenerateConfig,
+) -> Vec<Generated> {
+    let [n, _, _] = patches.dims();
+    let k = k.max(1);
+    let encode = |p: Tensor<B, 3>| {
+        let image = model.encode_image(p); // [images, n_image_tokens, hidden]
+        if k > 1 { repeat_rows(image, k) } else { image } // [images·k, n_image_tokens, hidden]
+    };
+    let parts = cfg.parts::<B>(&patches.device(), n);
+    if parts <= 1 {
+        return generate(model, encode(patches), prefix, end, max_seq_len, cfg);
+    }
+    let size = n.div_ceil(parts);
+    let chunks: Vec<(usize, Tensor<B, 3>)> = (0..n)
+        .step_by(size)
+        .map(|i0| (i0, patches.clone().narrow(0, i0, size.min(n - i0)))) // [part, n_patches, patch_dim]
+        .collect();
+    on_threads(chunks, |i0, p| {
+        generate_part(model, encode(p), i0 * k, prefix, end, max_seq_len, cfg)
+    })
+}
+
+/// `f(first row, part)` for every part, each on its own plain thread (not rayon tasks: the backend's
+/// own ops run on the rayon pool, and parts that occupied its workers starved them — flex on 2 cores
+/// used 1.0 core that way), the results concatenated in order.
+fn on_threads<T: Send>(
+    parts: Vec<(usize, T)>,
+    f: impl Fn(usize, T) -> Vec<Generated> + Sync,
+) -> Vec<Generated> {
+    let f = &f;
     std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
+        let handles: Vec<_> = parts
             .into_iter()
-            .map(|(r0, img)| {
-                s.spawn(move || generate_part(model, img, r0, prefix, end, max_seq_len, cfg))
-            })
+            .map(|(r0, t)| s.spawn(move || f(r0, t)))
             .collect();
         handles
             .into_iter()
@@ -278,15 +320,15 @@ pub fn generate_programs<B: Backend>(
         let prefix = prefix_tokens(tok, prompt)?;
         for (ci, chunk) in group.chunks(per_batch).enumerate() {
             let rows: Vec<&Sample> = chunk.iter().map(|&i| samples[i]).collect();
-            let image = model.encode_image(patches_tensor::<B>(&rows, c, device)); // [chunk, n_img, hidden]
-            let image = if k > 1 { repeat_rows(image, k) } else { image }; // [chunk·k, n_img, hidden]
+            let patches = patches_tensor::<B>(&rows, c, device); // [chunk, n_patches, patch_dim]
             let gen_cfg = GenerateConfig {
                 seed: cfg.seed.wrapping_add(ci as u64),
                 ..cfg.clone()
             };
-            for (r, g) in generate(model, image, &prefix, tok.end, c.max_seq_len, &gen_cfg)
-                .into_iter()
-                .enumerate()
+            for (r, g) in
+                generate_from_patches(model, patches, k, &prefix, tok.end, c.max_seq_len, &gen_cfg)
+                    .into_iter()
+                    .enumerate()
             {
                 let program = tok.decode(&g.tokens)?;
                 out[chunk[r / k] * k + r % k] = Some(Program {
@@ -341,6 +383,27 @@ mod tests {
             for threads in [2, 3, 5] {
                 assert_eq!(run(threads, t), one, "threads {threads}, temperature {t}");
             }
+        }
+        // from patches (each thread encoding its own images), k rows per image: the same rows
+        let patches = Tensor::<B, 3>::random(
+            [3, n_patch, c.patch_dim()],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let from = |threads: usize| {
+            let cfg = GenerateConfig {
+                max_new_tokens: 16,
+                temperature: 1.5,
+                top_p: 1.0,
+                seed: 9,
+                threads,
+            };
+            generate_from_patches(&model, patches.clone(), 2, &[1, 2], 5, c.max_seq_len, &cfg)
+        };
+        let one = from(1);
+        assert_eq!(one.len(), 6);
+        for threads in [2, 3, 4] {
+            assert_eq!(from(threads), one, "from patches, threads {threads}");
         }
         // sampled rows differ from one another (each has its own stream)
         let s = run(2, 1.5);
