@@ -472,7 +472,8 @@ fn measuring_a_part_with_tiny_holes_is_not_held_to_the_programs_fuel() {
     // GenCAD-Code 00059989 (four holes of radius 0.003): scoring a plain disk against it needs more
     // than the program's 2·10⁹ fuel (the Chamfer distance); that was reported as the disk's failure
     let target = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sandbox/gencad-00059989.py"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/cadquery/gencad-test100-dev/00059989.py"),
     )
     .unwrap();
     let disk = "import cadquery as cq

@@ -137,12 +137,7 @@ pub fn generate<B: Backend>(
     if parts <= 1 {
         return generate_part(model, image, 0, prefix, end, max_seq_len, cfg);
     }
-    let size = b.div_ceil(parts);
-    let chunks: Vec<(usize, Tensor<B, 3>)> = (0..b)
-        .step_by(size)
-        .map(|r0| (r0, image.clone().narrow(0, r0, size.min(b - r0)))) // [part, n, hidden]
-        .collect();
-    on_threads(chunks, |r0, img| {
+    on_threads(split_rows(image, parts), |r0, img| {
         generate_part(model, img, r0, prefix, end, max_seq_len, cfg)
     })
 }
@@ -170,14 +165,20 @@ pub fn generate_from_patches<B: Backend>(
     if parts <= 1 {
         return generate(model, encode(patches), prefix, end, max_seq_len, cfg);
     }
-    let size = n.div_ceil(parts);
-    let chunks: Vec<(usize, Tensor<B, 3>)> = (0..n)
-        .step_by(size)
-        .map(|i0| (i0, patches.clone().narrow(0, i0, size.min(n - i0)))) // [part, n_patches, patch_dim]
-        .collect();
-    on_threads(chunks, |i0, p| {
+    on_threads(split_rows(patches, parts), |i0, p| {
         generate_part(model, encode(p), i0 * k, prefix, end, max_seq_len, cfg)
     })
+}
+
+/// `x: [rows, ..]` cut into `parts` contiguous parts of at most ⌈rows / parts⌉ rows, each with its
+/// first row.
+fn split_rows<B: Backend>(x: Tensor<B, 3>, parts: usize) -> Vec<(usize, Tensor<B, 3>)> {
+    let [rows, _, _] = x.dims();
+    let size = rows.div_ceil(parts.max(1));
+    (0..rows)
+        .step_by(size)
+        .map(|r0| (r0, x.clone().narrow(0, r0, size.min(rows - r0)))) // [part, ..]
+        .collect()
 }
 
 /// `f(first row, part)` for every part, each on its own plain thread (not rayon tasks: the backend's
